@@ -1,0 +1,46 @@
+# Every target that needs Python uses the project's own virtual environment, made on demand.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RPC := services/common/rpc
+PROTOS := $(wildcard protos/*.proto)
+
+.PHONY: run test test-unit protos protos-check lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@command -v tesseract >/dev/null || { echo "tesseract is missing: apt-get install tesseract-ocr (vision-ocr needs it)"; exit 1; }
+	$(VENV)/bin/meshworker up
+
+test: $(STAMP) protos-check
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+# The virtual include path makes generated modules import each other as services.common.rpc.*
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I$(RPC)=protos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+protos-check: $(STAMP)
+	@tmp=$$(mktemp -d) && mkdir -p $$tmp/$(RPC) && \
+	$(PY) -m grpc_tools.protoc -I$(RPC)=protos --python_out=$$tmp --grpc_python_out=$$tmp --pyi_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/$(RPC)/*.py*; do cmp -s $$f $(RPC)/$$(basename $$f) || { echo "$(RPC)/$$(basename $$f) is stale: run make protos"; rm -rf $$tmp; exit 1; }; done; \
+	rm -rf $$tmp
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services tests bench
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,230 @@
+"""The node's configuration: read once, from a TOML file and MESHWORKER_* variables.
+
+`load(environ)` is the only reader; every process gets a frozen `Config` from it. A bad
+value raises `ConfigError` naming the key and the form it wants, so start-up can stop
+with a message a person can act on (the CLI turns it into exit status 2).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+ENV_PREFIX = "MESHWORKER_"
+COMPONENTS = ("nebula-agent", "dht", "router")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BUILTIN_SERVICES = ("vision-ocr",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names key and form."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config {key}: {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One service this node hosts: where its backend listens and how to treat it."""
+
+    name: str
+    upstream: str  # "http://host:port" or "unix:/path/to.sock"
+    health_path: str = "/health"
+    invoke_path: str = "/"
+    command: tuple[str, ...] = ()  # run as supervised program svc-<name> when set
+    idempotent: bool = False
+    timeout_s: float = 60.0
+
+    @property
+    def program(self) -> str:
+        return f"svc-{self.name}"
+
+
+@dataclass(frozen=True)
+class Config:
+    worker_id: str
+    state_dir: Path
+    runtime_dir: Path
+    config_path: Path | None = None
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = 8000
+    dht_host: str = "0.0.0.0"
+    dht_port: int = 8468
+    dht_seeds: tuple[tuple[str, int], ...] = ()
+    nebula_port: int = 4242
+    services: tuple[ServiceConfig, ...] = ()
+    log_level: str = "INFO"
+    grpc_tcp_base_port: int = 0  # 0: unix sockets in runtime_dir; else 127.0.0.1:base+i
+    max_body_bytes: int = 32 * 1024 * 1024
+    health_interval_s: float = 1.0
+    health_fail_threshold: int = 3
+    health_ok_threshold: int = 2
+    announce_ttl_s: int = 60
+    latency_peer: str | None = None  # "host:port" whose TCP connect time is latency_ms
+    advertise_url: str | None = None  # how peers reach this gateway without an overlay
+
+    def grpc_target(self, component: str) -> str:
+        """Address of a component's gRPC server, as both grpc servers and channels take it."""
+        if self.grpc_tcp_base_port:
+            return f"127.0.0.1:{self.grpc_tcp_base_port + COMPONENTS.index(component)}"
+        return f"unix:{self.runtime_dir / (component + '.sock')}"
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    @property
+    def gateway_address_file(self) -> Path:
+        """Written by the gateway once bound: the real port when gateway_port is 0."""
+        return self.runtime_dir / "gateway.json"
+
+
+def _as_int(key: str, value: Any, low: int = 0, high: int = 65535) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected an integer from {low} to {high}, got {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(key, f"expected an integer from {low} to {high}, got {value!r}")
+    return number
+
+
+def _as_float(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a positive number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(key, f"expected a positive number of seconds, got {value!r}")
+    return number
+
+
+def _as_list(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise ConfigError(key, f"expected a comma-separated string or a list of strings, got {value!r}")
+
+
+def _as_host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(key, f"expected host:port, got {value!r}")
+    return host, _as_int(key, port, 1)
+
+
+def _as_level(key: str, value: Any) -> str:
+    level = str(value).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(key, f"expected one of DEBUG, INFO, WARNING, ERROR, got {value!r}")
+    return level
+
+
+def _as_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^(https?://[^/\s]+|unix:/\S+)", value):
+        raise ConfigError(key, f"expected http://host:port or unix:/path, got {value!r}")
+    return value.rstrip("/")
+
+
+# key -> parser for every scalar top-level key; each is also MESHWORKER_<KEY>.
+_SCALARS: dict[str, Callable[[str, Any], Any]] = {
+    "worker_id": lambda k, v: str(v),
+    "gateway_host": lambda k, v: str(v),
+    "gateway_port": _as_int,
+    "dht_host": lambda k, v: str(v),
+    "dht_port": _as_int,
+    "dht_seeds": lambda k, v: tuple(_as_host_port(k, s) for s in _as_list(k, v)),
+    "nebula_port": _as_int,
+    "log_level": _as_level,
+    "grpc_tcp_base_port": _as_int,
+    "max_body_bytes": lambda k, v: _as_int(k, v, 1, 2**40),
+    "health_interval_s": _as_float,
+    "health_fail_threshold": lambda k, v: _as_int(k, v, 1, 100),
+    "health_ok_threshold": lambda k, v: _as_int(k, v, 1, 100),
+    "announce_ttl_s": lambda k, v: _as_int(k, v, 2, 86400),
+    "latency_peer": lambda k, v: ":".join(map(str, _as_host_port(k, str(v)))),
+    "advertise_url": _as_url,
+}
+
+
+def _builtin_service(name: str, runtime_dir: Path) -> dict[str, Any]:
+    return {
+        "url": f"unix:{runtime_dir / f'svc-{name}.sock'}",
+        "command": ["meshworker", "run", f"svc-{name}"],
+        "idempotent": True,
+    }
+
+
+def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceConfig:
+    key = f"service.{name}"
+    if not SERVICE_NAME.match(name):
+        raise ConfigError("services", f"{name!r} is not a service name (a-z, 0-9, '-', at most 63)")
+    if name in BUILTIN_SERVICES:
+        table = {**_builtin_service(name, runtime_dir), **table}
+    if "url" not in table:
+        raise ConfigError(key, f"unknown service {name!r}: define [{key}] with url = "
+                          f"\"http://host:port\", or use a built-in ({', '.join(BUILTIN_SERVICES)})")
+    command = table.get("command", ())
+    return ServiceConfig(
+        name=name,
+        upstream=_as_url(f"{key}.url", table["url"]),
+        health_path=str(table.get("health_path", "/health")),
+        invoke_path=str(table.get("invoke_path", "/")),
+        command=tuple(shlex.split(command) if isinstance(command, str) else command),
+        idempotent=bool(table.get("idempotent", False)),
+        timeout_s=_as_float(f"{key}.timeout_s", table.get("timeout_s", 60.0)),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as err:
+        raise ConfigError("config", f"cannot read {path}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError("config", f"{path} is not valid TOML: {err}") from None
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "/root")) / ".local/state")
+    return Path(base) / "meshworker"
+
+
+def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
+    """Build the Config from a TOML file (if any) overlaid with MESHWORKER_* variables."""
+    state_dir = Path(environ.get(ENV_PREFIX + "STATE_DIR") or default_state_dir(environ))
+    path_text = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    path = Path(path_text) if path_text else state_dir / "meshworker.toml"
+    if path_text is None and not path.exists():
+        path = None
+    file_values = _read_toml(path) if path else {}
+    unknown = set(file_values) - set(_SCALARS) - {"services", "service", "state_dir", "runtime_dir"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown key; see the configuration reference in README.md")
+
+    values: dict[str, Any] = {}
+    for key, parse in _SCALARS.items():
+        raw = environ.get(ENV_PREFIX + key.upper(), file_values.get(key))
+        if raw is not None and raw != "":
+            values[key] = parse(key, raw)
+    state_dir = Path(environ.get(ENV_PREFIX + "STATE_DIR") or file_values.get("state_dir") or state_dir)
+    runtime_dir = Path(environ.get(ENV_PREFIX + "RUNTIME_DIR") or file_values.get("runtime_dir")
+                       or state_dir / "run")
+    names = _as_list("services", environ.get(ENV_PREFIX + "SERVICES",
+                                              file_values.get("services", list(BUILTIN_SERVICES))))
+    tables = file_values.get("service", {})
+    services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names))
+    return Config(
+        worker_id=values.pop("worker_id", None) or socket.gethostname(),
+        state_dir=state_dir,
+        runtime_dir=runtime_dir,
+        config_path=path,
+        services=services,
+        **values,
+    )

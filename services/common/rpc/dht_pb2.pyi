@@ -1,0 +1,99 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ProviderRecord(_message.Message):
+    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    worker_id: str
+    url: str
+    issued_at: float
+    expires_at: float
+    sequence: int
+    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class AnnounceRequest(_message.Message):
+    __slots__ = ("service", "ttl_seconds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    ttl_seconds: int
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class AnnounceResponse(_message.Message):
+    __slots__ = ("record", "stored_on")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    STORED_ON_FIELD_NUMBER: _ClassVar[int]
+    record: ProviderRecord
+    stored_on: int
+    def __init__(self, record: _Optional[_Union[ProviderRecord, _Mapping]] = ..., stored_on: _Optional[int] = ...) -> None: ...
+
+class WithdrawRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class WithdrawResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class FindProvidersRequest(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    def __init__(self, service: _Optional[str] = ...) -> None: ...
+
+class FindProvidersResponse(_message.Message):
+    __slots__ = ("providers",)
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderRecord]
+    def __init__(self, providers: _Optional[_Iterable[_Union[ProviderRecord, _Mapping]]] = ...) -> None: ...
+
+class ListPeersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ListPeersResponse(_message.Message):
+    __slots__ = ("peers",)
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+
+class DhtStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DhtStatsResponse(_message.Message):
+    __slots__ = ("known_peers", "stored_records", "announces", "lookups", "port")
+    KNOWN_PEERS_FIELD_NUMBER: _ClassVar[int]
+    STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ANNOUNCES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    known_peers: int
+    stored_records: int
+    announces: int
+    lookups: int
+    port: int
+    def __init__(self, known_peers: _Optional[int] = ..., stored_records: _Optional[int] = ..., announces: _Optional[int] = ..., lookups: _Optional[int] = ..., port: _Optional[int] = ...) -> None: ...
