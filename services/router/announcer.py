@@ -1,0 +1,84 @@
+"""Keeps the DHT's view of this node's services in step with their health.
+
+Healthy services are announced, and re-announced at about half the record TTL (with
+jitter, so nodes started together do not republish together); a service that turns
+unhealthy is withdrawn at once. When the dht process comes back after a crash it has
+lost its records, so a SERVING transition on its health stream triggers a full announce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.grpcclient import DEADLINE_S
+from services.common.rpc import dht_pb2, dht_pb2_grpc
+
+log = logging.getLogger(__name__)
+RETRY_S = 1.0
+
+
+class Announcer:
+    def __init__(self, channel: grpc.aio.Channel, ttl_s: int):
+        self._channel = channel
+        self._dht = dht_pb2_grpc.DhtStub(channel)
+        self._ttl_s = ttl_s
+        self._healthy: set[str] = set()
+        self._withdrawn: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def set_health(self, service: str, healthy: bool) -> None:
+        if healthy:
+            self._healthy.add(service)
+            self._withdrawn.discard(service)
+        else:
+            self._healthy.discard(service)
+            self._withdrawn.add(service)
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch_dht())
+            tasks.create_task(self._sync_forever())
+
+    async def _sync_forever(self) -> None:
+        delay = self._republish_delay()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            delay = self._republish_delay() if await self._sync() else RETRY_S
+
+    async def _sync(self) -> bool:
+        try:
+            for service in sorted(self._withdrawn):
+                await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=DEADLINE_S)
+                self._withdrawn.discard(service)
+            for service in sorted(self._healthy):
+                await self._dht.Announce(dht_pb2.AnnounceRequest(service=service,
+                                                                 ttl_seconds=self._ttl_s),
+                                         timeout=DEADLINE_S)
+        except grpc.aio.AioRpcError as err:
+            log.warning("DHT not reachable (%s); retrying in %.0f s", err.code().name, RETRY_S)
+            return False
+        return True
+
+    async def _watch_dht(self) -> None:
+        health = health_pb2_grpc.HealthStub(self._channel)
+        while True:
+            try:
+                async for reply in health.Watch(health_pb2.HealthCheckRequest()):
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        self._wake.set()
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(RETRY_S)
+
+    def _republish_delay(self) -> float:
+        return self._ttl_s / 2 * random.uniform(0.8, 1.0)
