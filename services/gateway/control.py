@@ -1,0 +1,77 @@
+"""The gateway's side of the control path: the pushed route table and outcome reports.
+
+The router pushes its whole table over WatchRoutes whenever it changes, so a request
+whose route is known costs no gRPC call. Outcomes are queued and sent in batches off
+the request path; if the router is down they wait (bounded) until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+import grpc
+
+from services.common.grpcclient import DEADLINE_S
+from services.common.rpc import router_pb2, router_pb2_grpc
+
+log = logging.getLogger(__name__)
+RECONNECT_S = 0.2
+MAX_PENDING_OUTCOMES = 100_000
+
+
+class RouterLink:
+    def __init__(self, channel: grpc.aio.Channel):
+        self.stub = router_pb2_grpc.RouterStub(channel)
+        self.routes: dict[str, router_pb2.Route] = {}
+        self.table_version = 0  # 0 until a table arrived: the gateway cannot route yet
+        self.connected = False
+        self._pending: deque[router_pb2.Outcome] = deque(maxlen=MAX_PENDING_OUTCOMES)
+        self._queued = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def watch_routes(self) -> None:
+        while True:
+            try:
+                async for table in self.stub.WatchRoutes(router_pb2.WatchRoutesRequest()):
+                    self.routes = {r.service: r for r in table.routes}
+                    self.table_version = table.version
+                    if not self.connected:
+                        log.info("route table %d from router: %s", table.version, sorted(self.routes))
+                    self.connected = True
+            except grpc.aio.AioRpcError as err:
+                if self.connected:
+                    log.warning("router unreachable (%s): routing from the last table", err.code().name)
+                self.connected = False
+            await asyncio.sleep(RECONNECT_S)
+
+    def report(self, service: str, kind: int, success: bool) -> None:
+        self._pending.append(router_pb2.Outcome(service=service, kind=kind, success=success))
+        self._idle.clear()
+        self._queued.set()
+
+    async def send_outcomes(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._pending:
+                batch = list(self._pending)
+                try:
+                    await self.stub.ReportOutcome(router_pb2.ReportOutcomeRequest(outcomes=batch),
+                                                  timeout=DEADLINE_S)
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(RECONNECT_S)
+                    continue
+                for _ in batch:
+                    self._pending.popleft()
+            self._idle.set()
+
+    async def flush(self, timeout: float = DEADLINE_S) -> bool:
+        """Wait until every reported outcome reached the router, so /stats is current."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True

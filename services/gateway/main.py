@@ -1,0 +1,48 @@
+"""The gateway process: the Starlette app on uvicorn, on a socket bound here.
+
+Binding the socket ourselves lets gateway_port be 0 (tests, several nodes on one host):
+the real address goes to gateway.json in the runtime directory once it is listening.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+import uvicorn
+
+from services.common.config import Config
+from services.gateway.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections queue until uvicorn accepts them
+    return sock
+
+
+def write_address(cfg: Config, sock: socket.socket) -> None:
+    host, port = sock.getsockname()[:2]
+    path = cfg.gateway_address_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": host, "port": port}))
+    os.replace(tmp, path)
+
+
+async def serve(cfg: Config, started_at: float) -> None:
+    sock = bind(cfg.gateway_host, cfg.gateway_port)
+    write_address(cfg, sock)
+    log.info("API server on http://%s:%d: GET /health /stats /metrics, ANY /service/{type}[/{path}]",
+             *sock.getsockname()[:2])
+    config = uvicorn.Config(create_app(cfg, started_at), loop="none", http="httptools",
+                            lifespan="on", access_log=False, log_config=None,
+                            timeout_graceful_shutdown=10)
+    await uvicorn.Server(config).serve(sockets=[sock])

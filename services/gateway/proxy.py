@@ -1,0 +1,97 @@
+"""Streaming HTTP forwarding from the gateway to a backend (or, later, a peer gateway).
+
+Request bodies flow to the upstream as they arrive and response bodies flow back as
+they are produced: an OCR image or an LLM token stream is never held whole in memory.
+Small bodies of known length are read in one piece, which costs less than chunking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from yarl import URL
+
+from services.common.upstream import open_session
+from services.common.rpc import router_pb2
+from services.gateway.errors import GatewayError, body_too_large, unavailable
+
+SMALL_BODY = 256 * 1024
+# RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+class Upstreams:
+    """One keep-alive session per upstream, opened on first use."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[aiohttp.ClientSession, str]] = {}
+
+    def get(self, upstream: str) -> tuple[aiohttp.ClientSession, str]:
+        if upstream not in self._sessions:
+            self._sessions[upstream] = open_session(upstream)
+        return self._sessions[upstream]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(session.close() for session, _ in self._sessions.values()))
+
+
+def forward_headers(request: Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+
+
+async def limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > limit:
+            raise body_too_large(limit)
+        yield chunk
+
+
+async def request_body(request: Request, length: int | None, limit: int) -> bytes | AsyncIterator[bytes]:
+    if length is not None and length <= SMALL_BODY:
+        return await request.body()
+    return limited(request.stream(), limit)
+
+
+async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path: str, query: bytes,
+               headers: dict[str, str], body: bytes | AsyncIterator[bytes],
+               limit: int) -> aiohttp.ClientResponse:
+    """Send the request upstream; map every failure we can name to its status."""
+    session, base = upstreams.get(route.upstream)
+    url = URL(base + path + (("?" + query.decode("latin-1")) if query else ""), encoded=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=route.timeout_seconds)
+    try:
+        return await session.request(method, url, headers=headers, data=body, timeout=timeout,
+                                     allow_redirects=False)
+    except aiohttp.ClientConnectorError as err:
+        raise unavailable("backend_unavailable", f"{route.service} backend refused the connection: "
+                                                 f"{err.os_error.strerror or err}") from None
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        raise GatewayError(504, "backend_timeout", f"{route.service} backend did not answer within "
+                                                   f"{route.timeout_seconds:g} s") from None
+    except aiohttp.ClientError as err:
+        if isinstance(err.__cause__, GatewayError):  # raised by `limited` while aiohttp sent it
+            raise err.__cause__ from None
+        raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
+
+
+async def relay(upstream: aiohttp.ClientResponse, extra_headers: dict[str, str]) -> Response:
+    """The upstream's answer with its status and end-to-end headers, streamed unless small."""
+    raw = [(k.lower(), v) for k, v in upstream.raw_headers
+           if k.decode("latin-1").lower() not in HOP_BY_HOP]
+    raw += [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
+    length = upstream.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+        response = Response(await upstream.read(), status_code=upstream.status)
+    else:
+        response = StreamingResponse(upstream.content.iter_any(), status_code=upstream.status,
+                                     background=BackgroundTask(upstream.release))
+    response.raw_headers = raw + ([(b"content-length", length.encode())] if length else [])
+    return response
