@@ -18,6 +18,8 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
+from prometheus_client import disable_created_metrics
+
 from services.common import config, programs
 from services.common.config import Config, ConfigError
 
@@ -79,6 +81,8 @@ def node_started_at(cfg: Config) -> float:
 
 def run_component(cfg: Config, component: str) -> int:
     configure_logging(component, cfg.log_level)
+    # /metrics concatenates every component: `_created` series would only add noise there.
+    disable_created_metrics()
     if component == "gateway":
         from services.gateway import main as gateway
         return asyncio.run(gateway.serve(cfg, node_started_at(cfg))) or 0

@@ -11,14 +11,16 @@ import re
 import shlex
 import socket
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 ENV_PREFIX = "MESHWORKER_"
 COMPONENTS = ("nebula-agent", "dht", "router")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BUILTIN_SERVICES = ("vision-ocr",)
+SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s"})
 
 
 class ConfigError(ValueError):
@@ -163,6 +165,9 @@ def _builtin_service(name: str, runtime_dir: Path) -> dict[str, Any]:
 
 def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceConfig:
     key = f"service.{name}"
+    unknown = set(table) - SERVICE_KEYS
+    if unknown:
+        raise ConfigError(f"{key}.{min(unknown)}", f"unknown key; a service takes {', '.join(sorted(SERVICE_KEYS))}")
     if not SERVICE_NAME.match(name):
         raise ConfigError("services", f"{name!r} is not a service name (a-z, 0-9, '-', at most 63)")
     if name in BUILTIN_SERVICES:
@@ -199,18 +204,18 @@ def default_state_dir(environ: Mapping[str, str]) -> Path:
 def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
     """Build the Config from a TOML file (if any) overlaid with MESHWORKER_* variables."""
     state_dir = Path(environ.get(ENV_PREFIX + "STATE_DIR") or default_state_dir(environ))
-    path_text = config_path or environ.get(ENV_PREFIX + "CONFIG")
+    path_text = config_path or environ.get(ENV_PREFIX + "CONFIG") or None
     path = Path(path_text) if path_text else state_dir / "meshworker.toml"
     if path_text is None and not path.exists():
         path = None
     file_values = _read_toml(path) if path else {}
     unknown = set(file_values) - set(_SCALARS) - {"services", "service", "state_dir", "runtime_dir"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown key; see the configuration reference in README.md")
+        raise ConfigError(min(unknown), "unknown key; see the configuration reference in README.md")
 
     values: dict[str, Any] = {}
     for key, parse in _SCALARS.items():
-        raw = environ.get(ENV_PREFIX + key.upper(), file_values.get(key))
+        raw = environ.get(ENV_PREFIX + key.upper()) or file_values.get(key)  # empty variable = unset
         if raw is not None and raw != "":
             values[key] = parse(key, raw)
     state_dir = Path(environ.get(ENV_PREFIX + "STATE_DIR") or file_values.get("state_dir") or state_dir)

@@ -40,7 +40,9 @@ class DhtNode:
         self.server.stop()
 
     async def announce(self, service: str, ttl_s: float = 0) -> tuple[records.Record, int]:
-        record = records.new_record(service, self.worker_id, self.url, ttl_s or self.ttl_s, time.time())
+        previous = self._announced.get(service, {}).get("sequence", 0)
+        record = records.new_record(service, self.worker_id, self.url, ttl_s or self.ttl_s, time.time(),
+                                    previous)
         self._announced[service] = record
         stored = await self._store(service, record)
         log.info("Published service: %s by %s (%s), stored on %d nodes",
@@ -56,27 +58,42 @@ class DhtNode:
         return True
 
     async def find_providers(self, service: str) -> list[records.Record]:
-        key = records.service_key(service)
-        local = records.decode(self.storage.get(digest(key)))
-        remote = records.decode(await self.server.get(key)) if self.peers() else {}
-        merged = records.merge(local, remote, time.time())
+        """The union of the provider sets held here and on the k nodes closest to the key.
+
+        kademlia's own get() stops at the first value (and prefers a local one), which
+        would hide providers stored only elsewhere; a provider set must be merged.
+        """
+        dkey = digest(records.service_key(service))
+        merged = records.decode(self.storage.get(dkey))
+        for value in await self._values_near(dkey):
+            merged = records.merge(merged, records.decode(value), time.time())
+        merged = records.merge({}, merged, time.time())
         return sorted(merged.values(), key=lambda r: r["worker_id"])
 
     def peers(self) -> list[Node]:
+        if self.server.protocol is None:  # not listening yet
+            return []
         return [n for bucket in self.server.protocol.router.buckets for n in bucket.get_nodes()]
+
+    async def _closest_nodes(self, dkey: bytes) -> list[Node]:
+        target = Node(dkey)
+        nearest = self.server.protocol.router.find_neighbors(target)
+        if not nearest:
+            return []
+        spider = NodeSpiderCrawl(self.server.protocol, target, nearest, self.server.ksize, self.server.alpha)
+        return await spider.find()
+
+    async def _values_near(self, dkey: bytes) -> list[str]:
+        nodes = await self._closest_nodes(dkey)
+        replies = await asyncio.gather(*(self.server.protocol.call_find_value(n, Node(dkey)) for n in nodes))
+        return [reply["value"] for ok, reply in replies if ok and isinstance(reply, dict) and "value" in reply]
 
     async def _store(self, service: str, record: records.Record) -> int:
         """Store on this node and on the k closest peers; returns how many accepted it."""
         dkey = digest(records.service_key(service))
         value = records.encode({self.worker_id: record})
         self.storage[dkey] = value
-        target = Node(dkey)
-        nearest = self.server.protocol.router.find_neighbors(target)
-        if not nearest:
-            return 1
-        spider = NodeSpiderCrawl(self.server.protocol, target, nearest,
-                                 self.server.ksize, self.server.alpha)
-        nodes = await spider.find()
+        nodes = await self._closest_nodes(dkey)
         replies = await asyncio.gather(*(self.server.protocol.call_store(n, dkey, value) for n in nodes))
         return 1 + sum(1 for ok, _ in replies if ok)
 

@@ -17,16 +17,23 @@ def service_key(service: str) -> str:
     return f"providers/{service}"
 
 
-def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float) -> Record:
-    # Wall-clock milliseconds make a sequence that keeps increasing across restarts
-    # without persisting a counter.
+def next_sequence(now: float, previous: int = 0) -> int:
+    # Wall-clock milliseconds keep increasing across restarts without a persisted counter;
+    # previous + 1 keeps two records issued in one millisecond (or after the clock stepped
+    # back) in order.
+    return max(int(now * 1000), previous + 1)
+
+
+def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float,
+               previous_sequence: int = 0) -> Record:
     return {"service": service, "worker_id": worker_id, "url": url, "issued_at": now,
-            "expires_at": now + ttl_s, "sequence": int(now * 1000)}
+            "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence)}
 
 
 def tombstone(record: Record, now: float) -> Record:
     """A newer record that expires at once: merging it removes the worker's entry."""
-    return {**record, "issued_at": now, "expires_at": now, "sequence": int(now * 1000)}
+    return {**record, "issued_at": now, "expires_at": now,
+            "sequence": next_sequence(now, record["sequence"])}
 
 
 def decode(value: str | bytes | None) -> dict[str, Record]:

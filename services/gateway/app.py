@@ -136,7 +136,7 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def read_json(request: Request, limit: int) -> bytes:
     paths.check_body_length(request.headers.get("content-length"), limit)
-    body = b"".join([chunk async for chunk in proxy.limited(request.stream(), limit)])
+    body = b"".join([chunk async for chunk in proxy.LimitedBody(request.stream(), limit)])
     try:
         json.loads(body)
     except ValueError:
@@ -148,7 +148,7 @@ async def invoke(gw: Gateway, request: Request, route: router_pb2.Route) -> Resp
     """POST /service/{type}: the backend's answer wrapped in the seed's envelope."""
     body = await read_json(request, gw.cfg.max_body_bytes)
     upstream = await proxy.send(route, gw.upstreams, "POST", route.invoke_path, b"",
-                                {"content-type": "application/json"}, body, gw.cfg.max_body_bytes)
+                                {"content-type": "application/json"}, body)
     async with upstream:
         answer = await upstream.read()
     if upstream.status >= 400:
@@ -167,7 +167,7 @@ async def passthrough(gw: Gateway, request: Request, route: router_pb2.Route, su
     length = paths.check_body_length(request.headers.get("content-length"), limit)
     body = await proxy.request_body(request, length, limit)
     upstream = await proxy.send(route, gw.upstreams, request.method, sub_path,
-                                request.scope["query_string"], proxy.forward_headers(request), body, limit)
+                                request.scope["query_string"], proxy.forward_headers(request), body)
     return await proxy.relay(upstream, {})
 
 

@@ -36,7 +36,7 @@ def split_service_path(raw_path: bytes) -> tuple[str, str]:
 def check_body_length(content_length: str | None, limit: int) -> int | None:
     if content_length is None:
         return None
-    if not content_length.isdigit():
+    if not (content_length.isascii() and content_length.isdigit()):
         raise bad_request("bad_content_length", "Content-Length is not a number")
     if int(content_length) > limit:
         raise body_too_large(limit)

@@ -8,7 +8,7 @@ Small bodies of known length are read in one piece, which costs less than chunki
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import aiohttp
 from starlette.background import BackgroundTask
@@ -16,14 +16,16 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
-from services.common.upstream import open_session
 from services.common.rpc import router_pb2
+from services.common.upstream import open_session
 from services.gateway.errors import GatewayError, body_too_large, unavailable
 
 SMALL_BODY = 256 * 1024
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
+                        "te", "trailer", "transfer-encoding", "upgrade", "host"})
+# A relayed answer's length is set again by us: kept when known, chunked when not.
+NOT_RELAYED = HOP_BY_HOP | {"content-length"}
 
 
 class Upstreams:
@@ -45,50 +47,66 @@ def forward_headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
 
 
-async def limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in stream:
-        seen += len(chunk)
-        if seen > limit:
-            raise body_too_large(limit)
-        yield chunk
+class LimitedBody:
+    """A request body stream that stops with 413 once it passes the limit.
+
+    aiohttp consumes it in its own writer and reports a failure there in its own terms,
+    so the flag tells `send` afterwards that the limit, not the upstream, ended it.
+    """
+
+    def __init__(self, stream: AsyncIterator[bytes], limit: int):
+        self.stream, self.limit, self.exceeded = stream, limit, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.stream:
+            seen += len(chunk)
+            if seen > self.limit:
+                self.exceeded = True
+                raise body_too_large(self.limit)
+            yield chunk
 
 
-async def request_body(request: Request, length: int | None, limit: int) -> bytes | AsyncIterator[bytes]:
+async def request_body(request: Request, length: int | None, limit: int) -> bytes | LimitedBody:
     if length is not None and length <= SMALL_BODY:
         return await request.body()
-    return limited(request.stream(), limit)
+    return LimitedBody(request.stream(), limit)
 
 
 async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path: str, query: bytes,
-               headers: dict[str, str], body: bytes | AsyncIterator[bytes],
-               limit: int) -> aiohttp.ClientResponse:
+               headers: dict[str, str], body: bytes | LimitedBody) -> aiohttp.ClientResponse:
     """Send the request upstream; map every failure we can name to its status."""
     session, base = upstreams.get(route.upstream)
     url = URL(base + path + (("?" + query.decode("latin-1")) if query else ""), encoded=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=route.timeout_seconds)
     try:
-        return await session.request(method, url, headers=headers, data=body, timeout=timeout,
-                                     allow_redirects=False)
+        upstream = await session.request(method, url, headers=headers, data=body, timeout=timeout,
+                                         allow_redirects=False)
+    except GatewayError:
+        raise
     except aiohttp.ClientConnectorError as err:
         raise unavailable("backend_unavailable", f"{route.service} backend refused the connection: "
                                                  f"{err.os_error.strerror or err}") from None
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise GatewayError(504, "backend_timeout", f"{route.service} backend did not answer within "
                                                    f"{route.timeout_seconds:g} s") from None
     except aiohttp.ClientError as err:
-        if isinstance(err.__cause__, GatewayError):  # raised by `limited` while aiohttp sent it
-            raise err.__cause__ from None
+        if isinstance(body, LimitedBody) and body.exceeded:
+            raise body_too_large(body.limit) from None
         raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
+    if isinstance(body, LimitedBody) and body.exceeded:  # the upstream answered before the end
+        upstream.close()
+        raise body_too_large(body.limit)
+    return upstream
 
 
 async def relay(upstream: aiohttp.ClientResponse, extra_headers: dict[str, str]) -> Response:
     """The upstream's answer with its status and end-to-end headers, streamed unless small."""
     raw = [(k.lower(), v) for k, v in upstream.raw_headers
-           if k.decode("latin-1").lower() not in HOP_BY_HOP]
+           if k.decode("latin-1").lower() not in NOT_RELAYED]
     raw += [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
     length = upstream.headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
+    if length is not None and length.isascii() and length.isdigit() and int(length) <= SMALL_BODY:
         response = Response(await upstream.read(), status_code=upstream.status)
     else:
         response = StreamingResponse(upstream.content.iter_any(), status_code=upstream.status,

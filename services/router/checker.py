@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 
@@ -22,7 +22,7 @@ async def probe(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
             if reply.status < 300:
                 return True, ""
             return False, f"health check answered HTTP {reply.status}"
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+    except (TimeoutError, aiohttp.ClientError, OSError) as err:
         return False, f"health check failed: {type(err).__name__}: {err}".rstrip(": ")
 
 

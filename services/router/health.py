@@ -22,7 +22,14 @@ class HealthDamper:
 
     def observe(self, ok: bool, error: str = "") -> bool:
         """Feed one check result; returns True when the state changed."""
-        self.last_error = "" if ok else error
+        if not ok:
+            self.last_error = error
+        changed = self._update(ok)
+        if self.healthy:
+            self.last_error = ""
+        return changed
+
+    def _update(self, ok: bool) -> bool:
         if not self.checked:
             self.checked = True
             changed = ok != self.healthy

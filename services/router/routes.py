@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from services.common.config import ServiceConfig
 from services.common.rpc import router_pb2

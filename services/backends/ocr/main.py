@@ -32,7 +32,8 @@ def serve(socket_path: str, log_level: str = "info") -> None:
     # slower even alone on small images; one thread per run unless the operator says so.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     config = uvicorn.Config(
-        create_app(), uds=str(path), log_level=log_level.lower(), access_log=False, lifespan="on"
+        create_app(), uds=str(path), log_level=log_level.lower(), access_log=False, lifespan="on",
+        log_config=None,  # keep the CLI's logging, which prefixes lines with the program name
     )
     uvicorn.Server(config).run()
 

@@ -1,0 +1,166 @@
+"""Tests for services.common.config.load: defaults, TOML, env overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from services import cli
+from services.common.config import ConfigError, ServiceConfig, load
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {"MESHWORKER_STATE_DIR": str(tmp_path)}
+
+
+def write_toml(tmp_path, text: str, name: str = "meshworker.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_with_only_a_state_dir(env, tmp_path):
+    cfg = load(env)
+
+    assert cfg.worker_id == socket.gethostname()
+    assert (cfg.gateway_port, cfg.dht_port, cfg.nebula_port) == (8000, 8468, 4242)
+    assert cfg.state_dir == tmp_path
+    assert cfg.runtime_dir == tmp_path / "run"
+    assert cfg.config_path is None
+    assert cfg.dht_seeds == ()
+    assert cfg.log_level == "INFO"
+    assert cfg.services == (ServiceConfig(
+        name="vision-ocr", upstream=f"unix:{tmp_path}/run/svc-vision-ocr.sock",
+        command=("meshworker", "run", "svc-vision-ocr"), idempotent=True),)
+
+
+def test_toml_file_in_state_dir_is_read(env, tmp_path):
+    write_toml(tmp_path, 'worker_id = "box-1"\ngateway_port = 9000\nlog_level = "debug"\n')
+
+    cfg = load(env)
+
+    assert cfg.config_path == tmp_path / "meshworker.toml"
+    assert (cfg.worker_id, cfg.gateway_port, cfg.log_level) == ("box-1", 9000, "DEBUG")
+
+
+def test_explicit_config_path_and_env_var_both_work(env, tmp_path):
+    path = write_toml(tmp_path, "dht_port = 9468\n", name="other.toml")
+
+    assert load(env, config_path=path).dht_port == 9468
+    assert load({**env, "MESHWORKER_CONFIG": path}).dht_port == 9468
+
+
+def test_env_overrides_toml(env, tmp_path):
+    write_toml(tmp_path, 'gateway_port = 9000\nworker_id = "from-file"\n')
+
+    cfg = load({**env, "MESHWORKER_GATEWAY_PORT": "9100"})
+
+    assert cfg.gateway_port == 9100
+    assert cfg.worker_id == "from-file"
+
+
+def test_services_comma_list_with_service_tables(env, tmp_path):
+    write_toml(tmp_path, """
+[service.echo]
+url = "http://127.0.0.1:9001/"
+health_path = "/ready"
+timeout_s = 5
+command = "python -m echo --greeting 'hi there'"
+""")
+
+    cfg = load({**env, "MESHWORKER_SERVICES": " vision-ocr , echo,"})
+
+    assert [s.name for s in cfg.services] == ["vision-ocr", "echo"]
+    echo = cfg.service("echo")
+    assert echo.upstream == "http://127.0.0.1:9001"
+    assert echo.health_path == "/ready"
+    assert echo.timeout_s == 5.0
+    assert echo.command == ("python", "-m", "echo", "--greeting", "hi there")
+    assert echo.program == "svc-echo"
+
+
+def test_services_list_in_toml(env, tmp_path):
+    write_toml(tmp_path, 'services = ["api"]\n[service.api]\nurl = "unix:/tmp/api.sock"\n')
+
+    cfg = load(env)
+
+    assert cfg.services == (ServiceConfig(name="api", upstream="unix:/tmp/api.sock"),)
+
+
+def test_dht_seeds_parsed_into_host_port_pairs(env):
+    assert load({**env, "MESHWORKER_DHT_SEEDS": "a:1,b:2"}).dht_seeds == (("a", 1), ("b", 2))
+
+
+def test_runtime_dir_override(env, tmp_path):
+    cfg = load({**env, "MESHWORKER_RUNTIME_DIR": str(tmp_path / "sockets")})
+
+    assert cfg.runtime_dir == tmp_path / "sockets"
+    assert cfg.services[0].upstream == f"unix:{tmp_path}/sockets/svc-vision-ocr.sock"
+
+
+def test_grpc_target_unix_by_default(env, tmp_path):
+    assert load(env).grpc_target("router") == f"unix:{tmp_path}/run/router.sock"
+
+
+def test_grpc_target_tcp_with_base_port(env):
+    cfg = load({**env, "MESHWORKER_GRPC_TCP_BASE_PORT": "50000"})
+
+    assert cfg.grpc_target("nebula-agent") == "127.0.0.1:50000"
+    assert cfg.grpc_target("router") == "127.0.0.1:50002"
+
+
+@pytest.mark.parametrize("extra, key, form", [
+    ({"MESHWORKER_GATEWAY_PORT": "abc"}, "gateway_port", "integer from 0 to 65535"),
+    ({"MESHWORKER_GATEWAY_PORT": "70000"}, "gateway_port", "integer from 0 to 65535"),
+    ({"MESHWORKER_LOG_LEVEL": "LOUD"}, "log_level", "DEBUG, INFO, WARNING, ERROR"),
+    ({"MESHWORKER_DHT_SEEDS": "a:1,nohost"}, "dht_seeds", "host:port"),
+    ({"MESHWORKER_SERVICES": "mystery"}, "service.mystery", 'url = "http://host:port"'),
+    ({"MESHWORKER_SERVICES": "Bad_Name"}, "services", "a-z, 0-9, '-'"),
+])
+def test_bad_env_value_names_key_and_form(env, extra, key, form):
+    with pytest.raises(ConfigError) as caught:
+        load({**env, **extra})
+
+    assert caught.value.key == key
+    assert key in str(caught.value)
+    assert form in str(caught.value)
+
+
+@pytest.mark.parametrize("toml, key, form", [
+    ('services = ["x"]\n[service.x]\nurl = "ftp://x"\n', "service.x.url", "http://host:port or unix:/path"),
+    ("gatway_port = 8000\n", "gatway_port", "unknown key"),
+    ("gateway_port = = 1\n", "config", "not valid TOML"),
+])
+def test_bad_toml_names_key_and_form(env, tmp_path, toml, key, form):
+    write_toml(tmp_path, toml)
+
+    with pytest.raises(ConfigError) as caught:
+        load(env)
+
+    assert caught.value.key == key
+    assert key in str(caught.value)
+    assert form in str(caught.value)
+
+
+def test_unreadable_explicit_config_path(env, tmp_path):
+    missing = tmp_path / "missing.toml"
+
+    with pytest.raises(ConfigError) as caught:
+        load(env, config_path=str(missing))
+
+    assert caught.value.key == "config"
+    assert f"cannot read {missing}" in str(caught.value)
+
+
+def test_cli_exits_2_with_message_naming_the_key(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("MESHWORKER_CONFIG", raising=False)
+    monkeypatch.setenv("MESHWORKER_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MESHWORKER_GATEWAY_PORT", "abc")
+
+    assert cli.main(["status"]) == 2
+
+    err = capsys.readouterr().err
+    assert "gateway_port" in err
+    assert "'abc'" in err
