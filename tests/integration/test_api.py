@@ -1,0 +1,220 @@
+"""The gateway's HTTP API on a real node: the seed's fields, real OCR, every bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from meshnode import wait_for
+from PIL import Image, ImageDraw, ImageFont
+
+pytestmark = pytest.mark.timeout(180)
+
+SENTENCE = "Meshworker reads this line 42"
+SEED_CAPABILITIES = {"hostname", "cpu_cores", "has_gpu", "gpu_type", "gpu_memory", "worker_type",
+                     "low_latency", "latency_ms", "has_edge", "ram"}
+SEED_ROUTING = {"local_requests", "forwarded_requests", "cache_hits", "cache_misses", "dht_lookups",
+                "failed_requests", "cache_size", "cache_hit_rate"}
+
+
+def render_png(text: str) -> bytes:
+    image = Image.new("RGB", (1100, 140), "white")
+    ImageDraw.Draw(image).text((30, 40), text, fill="black", font=ImageFont.load_default(size=48))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+class ControlledBackend(BaseHTTPRequestHandler):
+    """A small HTTP service the test controls: echo, slow answers, body sizes."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status: int, payload) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(3)
+        self.answer(200, {"path": self.path})
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding") != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunks = []
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        self.rfile.readline()
+        return b"".join(chunks)
+
+    def do_POST(self):
+        body = self.read_body()
+        self.answer(200, {"echo": json.loads(body) if self.path == "/" else None, "size": len(body),
+                          "path": self.path})
+
+
+@pytest.fixture(scope="module")
+def test_backend():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ControlledBackend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node, test_backend):
+    return start_module_node(f"""
+services = ["vision-ocr", "echo"]
+max_body_bytes = 1048576
+[service.echo]
+url = "{test_backend}"
+health_path = "/health"
+timeout_s = 1
+""")
+
+
+def test_health_has_every_field(node):
+    reply = node.get("/health")
+    body = reply.json()
+    assert reply.status == 200
+    assert body["status"] == "healthy"
+    assert body["worker_id"] == "node1"
+    assert body["vpn_ip"] is None and "no overlay" in body["vpn_reason"]
+    assert body["services"] == ["echo", "vision-ocr"]
+    assert body["dht_enabled"] is True
+    assert 0 < body["uptime"] < 120  # seconds since start, not a Unix timestamp (the seed's bug)
+    assert abs(body["started_at"] + body["uptime"] - time.time()) < 5
+    assert body["version"] == "0.1.0"
+    assert body["components"] == {c: "SERVING" for c in ("nebula-agent", "dht", "router", "gateway")}
+    assert reply.headers["X-Mesh-Worker"] == "node1"
+
+
+def test_stats_has_seed_fields_and_exact_numbers(node):
+    body = node.get("/stats").json()
+    assert body["worker_id"] == "node1" and body["vpn_ip"] is None
+    assert SEED_CAPABILITIES <= set(body["capabilities"])
+    assert body["capabilities"]["ram_bytes"] > 0 and body["capabilities"]["gpus"] == []
+    assert body["capabilities"]["has_gpu"] is False and body["capabilities"]["worker_type"] in ("cpu", "edge")
+    assert set(body["routing"]) == SEED_ROUTING
+    assert all(v == 0 for v in body["routing"].values())
+
+
+def test_ocr_reads_rendered_text_and_counts_one_local_request(node):
+    before = node.get("/stats").json()["routing"]
+    image = base64.b64encode(render_png(SENTENCE)).decode()
+    reply = node.post_json("/service/vision-ocr", {"image_base64": image})
+    body = reply.json()
+    assert reply.status == 200, body
+    assert body["status"] == "success" and body["service"] == "vision-ocr"
+    assert body["message"] == "Processed by node1" and body["worker_id"] == "node1"
+    assert body["data"]["text"] == SENTENCE
+    assert {w["text"] for w in body["data"]["words"]} == set(SENTENCE.split())
+    assert reply.headers["X-Mesh-Route"] == "local"
+    routing = node.get("/stats").json()["routing"]
+    assert routing["local_requests"] == before["local_requests"] + 1
+    assert routing["failed_requests"] == before["failed_requests"]
+
+
+def test_ocr_multipart_upload_through_the_path_route(node):
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"l.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + render_png(SENTENCE) + f"\r\n--{boundary}--\r\n".encode()
+    reply = node.request("POST", "/service/vision-ocr/ocr", body,
+                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert reply.status == 200, reply.body
+    assert reply.json()["text"] == SENTENCE
+
+
+def test_non_image_upload_is_a_clear_400(node):
+    reply = node.post_json("/service/vision-ocr", {"image_base64": base64.b64encode(b"not an image").decode()})
+    assert reply.status == 400
+    assert reply.json()["error"]["code"] == "bad_image"
+
+
+def test_passthrough_keeps_method_path_and_query(node):
+    reply = node.get("/service/echo/some/path?x=1&y=%20z")
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"path": "/some/path?x=1&y=%20z"}
+
+
+def test_unknown_service_is_404_in_the_error_shape(node):
+    reply = node.post_json("/service/no-such-thing", {})
+    assert reply.status == 404
+    assert reply.json()["error"] == {"code": "no_such_service",
+                                     "message": "no node of the mesh hosts service 'no-such-thing'"}
+
+
+def test_invalid_json_is_400(node):
+    reply = node.request("POST", "/service/echo", b"{not json", {"Content-Type": "application/json"})
+    assert reply.status == 400
+    assert reply.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("path", ["/service/..", "/service/a%2Fb", "/service/echo%2F..%2Fx",
+                                  "/service/%2e%2e", "/service/" + "a" * 300, "/service/ec%01ho",
+                                  "/service/echo/../../etc/passwd", "/service/echo/%2e%2e/x",
+                                  "/service/echo/a%00b", "/service/ECHO"])
+def test_hostile_service_paths_never_reach_a_backend(node, path):
+    reply = node.request("POST", path, b"{}", {"Content-Type": "application/json"})
+    assert reply.status in (400, 404), (path, reply.status)
+    assert "error" in reply.json()
+
+
+def test_body_over_the_limit_is_413(node):
+    reply = node.request("POST", "/service/echo/upload", b"x" * (1048576 + 1))
+    assert reply.status == 413
+    assert reply.json()["error"]["code"] == "body_too_large"
+
+
+def test_chunked_body_over_the_limit_is_413(node):
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 65536
+    req = urllib.request.Request(node.base_url + "/service/echo/upload", data=chunks(), method="POST",
+                                 headers={"Transfer-Encoding": "chunked"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    with err.value:
+        assert err.value.code == 413, err.value.read()
+
+
+def test_body_under_the_limit_streams_through(node):
+    reply = node.request("POST", "/service/echo/upload", b"z" * 900_000)
+    assert reply.status == 200 and reply.json()["size"] == 900_000
+
+
+def test_slow_backend_is_504_after_its_timeout(node):
+    started = time.monotonic()
+    reply = node.get("/service/echo/slow")
+    assert reply.status == 504
+    assert reply.json()["error"]["code"] == "backend_timeout"
+    assert time.monotonic() - started < 2.9  # the configured 1 s, not the backend's 3 s
+
+
+def test_backend_down_is_503_with_retry_after(start_node, test_backend):
+    node = start_node('services = ["echo"]\n[service.echo]\nurl = "http://127.0.0.1:9"\n', wait=False)
+    wait_for(lambda: (node.health() or {}).get("router_connected"), 60, "the gateway's route table")
+    reply = node.post_json("/service/echo", {"a": 1})
+    assert reply.status == 503
+    assert reply.headers["Retry-After"] == "1"
+    assert reply.json()["error"]["code"] in ("backend_unhealthy", "backend_unavailable")
+    health = node.get("/health").json()
+    assert health["status"] == "degraded" and health["services"] == []

@@ -1,0 +1,129 @@
+"""A real node for tests: `meshworker up` under supervisord, on port 0 and unix sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 60
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid, read from /proc (children files need CONFIG_PROC_CHILDREN)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Reply:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class Node:
+    def __init__(self, state_dir: Path, env: dict[str, str], log_path: Path):
+        self.state_dir = state_dir
+        self.runtime_dir = state_dir / "run"
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.pids_seen: set[int] = set()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "meshworker"), "up"], env=self.env, cwd=REPO,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def base_url(self) -> str:
+        port = json.loads((self.runtime_dir / "gateway.json").read_text())["port"]
+        return f"http://127.0.0.1:{port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+        req = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as reply:
+                return Reply(reply.status, reply.headers, reply.read())
+        except urllib.error.HTTPError as err:
+            return Reply(err.code, err.headers, err.read())
+
+    def get(self, path: str) -> Reply:
+        return self.request("GET", path)
+
+    def post_json(self, path: str, payload) -> Reply:
+        return self.request("POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+
+    def health(self) -> dict | None:
+        try:
+            return self.get("/health").json()
+        except (OSError, ValueError):
+            return None
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> dict:
+        def healthy():
+            assert self.proc.poll() is None, f"meshworker up exited:\n{self.log_path.read_text()[-3000:]}"
+            h = self.health()
+            return h if h and h["status"] == "healthy" else None
+        return wait_for(healthy, timeout, "the node to report healthy")
+
+    def supervisorctl(self, *args: str) -> str:
+        out = subprocess.run([str(BIN / "supervisorctl"), "-c", str(REPO / "supervisord.conf"), *args],
+                             check=False, env=self.env, capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+
+    def pid_of(self, program: str) -> int:
+        return int(self.supervisorctl("pid", program))
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.pids_seen |= descendants(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            raise AssertionError("meshworker up did not stop within 30 s of SIGTERM")
