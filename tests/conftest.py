@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from meshnode import Node, alive
+from meshtest import Node, alive
 
 
 class NodeFactory:

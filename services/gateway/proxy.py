@@ -8,6 +8,7 @@ Small bodies of known length are read in one piece, which costs less than chunki
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -79,9 +80,17 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
     session, base = upstreams.get(route.upstream)
     url = URL(base + path + (("?" + query.decode("latin-1")) if query else ""), encoded=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=route.timeout_seconds)
+    request = functools.partial(session.request, method, url, headers=headers, data=body,
+                                timeout=timeout, allow_redirects=False)
     try:
-        upstream = await session.request(method, url, headers=headers, data=body, timeout=timeout,
-                                         allow_redirects=False)
+        try:
+            upstream = await request()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            # A pooled keep-alive connection can be dead (the backend restarted): one more
+            # try on a fresh one, only when replaying the request is safe.
+            if not (route.idempotent and isinstance(body, bytes)):
+                raise
+            upstream = await request()
     except GatewayError:
         raise
     except aiohttp.ClientConnectorError as err:

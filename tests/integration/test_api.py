@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import threading
 import time
@@ -12,24 +11,14 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from meshnode import wait_for
-from PIL import Image, ImageDraw, ImageFont
+from meshtest import SENTENCE, render_png, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
-SENTENCE = "Meshworker reads this line 42"
 SEED_CAPABILITIES = {"hostname", "cpu_cores", "has_gpu", "gpu_type", "gpu_memory", "worker_type",
                      "low_latency", "latency_ms", "has_edge", "ram"}
 SEED_ROUTING = {"local_requests", "forwarded_requests", "cache_hits", "cache_misses", "dht_lookups",
                 "failed_requests", "cache_size", "cache_hit_rate"}
-
-
-def render_png(text: str) -> bytes:
-    image = Image.new("RGB", (1100, 140), "white")
-    ImageDraw.Draw(image).text((30, 40), text, fill="black", font=ImageFont.load_default(size=48))
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 class ControlledBackend(BaseHTTPRequestHandler):

@@ -1,7 +1,8 @@
-"""A real node for tests: `meshworker up` under supervisord, on port 0 and unix sockets."""
+"""Test support: a real node (`meshworker up` on port 0 and unix sockets), waits, images."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -13,9 +14,21 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 60
+SENTENCE = "Meshworker reads this line 42"
+
+
+def render_png(text: str) -> bytes:
+    """A PNG of one line of text, large and clean enough for tesseract to read exactly."""
+    image = Image.new("RGB", (1100, 140), "white")
+    ImageDraw.Draw(image).text((30, 40), text, fill="black", font=ImageFont.load_default(size=48))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def descendants(pid: int) -> set[int]:
