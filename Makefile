@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The default node hosts vision-ocr, which needs Debian's tesseract-ocr (about 30 MB).
 run: $(STAMP)
-	@command -v tesseract >/dev/null || { echo "tesseract is missing: apt-get install tesseract-ocr (vision-ocr needs it)"; exit 1; }
+	@command -v tesseract >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing tesseract-ocr for vision-ocr"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr >/dev/null; \
+	  else echo "vision-ocr needs tesseract: sudo apt-get install tesseract-ocr"; exit 1; fi; }
 	$(VENV)/bin/meshworker up
 
 test: $(STAMP) protos-check
