@@ -18,6 +18,7 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
+import uvloop
 from prometheus_client import disable_created_metrics
 
 from services.common import config, programs
@@ -85,7 +86,9 @@ def run_component(cfg: Config, component: str) -> int:
     disable_created_metrics()
     if component == "gateway":
         from services.gateway import main as gateway
-        return asyncio.run(gateway.serve(cfg, node_started_at(cfg))) or 0
+        # uvloop: the gateway is the data path, and it roughly doubles what one core proxies.
+        uvloop.run(gateway.serve(cfg, node_started_at(cfg)))
+        return 0
     if component.startswith("svc-") and cfg.service(component[4:]) is not None:
         return run_backend(cfg, component[4:])
     servers = {"nebula-agent": "services.nebula.main", "dht": "services.dht.main",

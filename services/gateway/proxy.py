@@ -25,8 +25,9 @@ SMALL_BODY = 256 * 1024
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "host"})
-# A relayed answer's length is set again by us: kept when known, chunked when not.
-NOT_RELAYED = HOP_BY_HOP | {"content-length"}
+# A relayed answer's length is set again by us (kept when known, chunked when not), and
+# uvicorn adds its own Date and Server: relaying the backend's would send them twice.
+NOT_RELAYED = HOP_BY_HOP | {"content-length", "date", "server"}
 
 
 class Upstreams:

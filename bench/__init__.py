@@ -1,0 +1,1 @@
+"""`python -m bench`: meshworker's figures beside what users would use instead."""

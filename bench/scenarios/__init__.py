@@ -1,0 +1,8 @@
+"""The scenarios, in the order a full run takes them. Each is one module with NAME and
+run(ctx) -> ScenarioResult; add a module here to add a scenario."""
+
+from __future__ import annotations
+
+from bench.scenarios import footprint, large_body, local_route
+
+SCENARIOS = {module.NAME: module for module in (local_route, large_body, footprint)}

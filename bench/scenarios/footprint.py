@@ -1,0 +1,65 @@
+"""Scenario 6, footprint: the RSS of every process of a node, idle and under load, and the
+time from `meshworker up` to a healthy /health that lists the service.
+
+Each run starts a fresh node (the one other scenarios share has already served load), so
+"idle" means just started and not yet called.
+"""
+
+from __future__ import annotations
+
+from bench import procs, stats
+from bench.context import Context
+from bench.report import Row, ScenarioResult
+from bench.targets import Node
+from bench.wrk import run_wrk
+
+NAME = "footprint"
+KIB_PER_MIB = 1024
+SAMPLE_EVERY_S = 0.050
+LOAD_CONNECTIONS = 16
+COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "gateway")
+
+
+def idle_rss_mib(node: Node) -> dict[str, float]:
+    by_name: dict[str, float] = {}
+    for process in procs.process_tree(node.proc.pid):
+        # Sum same-named processes (a sidecar may fork helpers): RSS is per name here.
+        by_name[process.name] = by_name.get(process.name, 0) + procs.rss_kib(process.pid) / KIB_PER_MIB
+    by_name["total"] = sum(by_name.values())
+    return by_name
+
+
+def loaded_rss_mib(ctx: Context, node: Node) -> dict[str, float]:
+    """Peak RSS per process while wrk drives the gateway route with 16 connections."""
+    pids = node.pids()
+    with procs.PeakRss(pids, SAMPLE_EVERY_S) as rss:
+        load = run_wrk(f"{node.url}/service/bench/hello", LOAD_CONNECTIONS, ctx.settings.wrk_seconds)
+    peaks = {name: kib / KIB_PER_MIB for name, kib in rss.peak_kib.items()}
+    # Per-process peaks may fall at different instants: their sum bounds the total from above.
+    peaks["total"] = sum(peaks.values())
+    peaks["requests_per_s"] = load.requests_per_s
+    return peaks
+
+
+def one_run(ctx: Context, index: int, with_load: bool) -> dict:
+    with Node(ctx.backend().url) as node:
+        result = {"up_to_healthy_s": node.healthy_after_s, "idle_mib": idle_rss_mib(node)}
+        if with_load:
+            result["loaded_mib"] = loaded_rss_mib(ctx, node)
+    ctx.progress(f"{NAME} run {index + 1}/{ctx.settings.footprint_runs}: healthy after "
+                 f"{result['up_to_healthy_s']:.2f} s, idle RSS {result['idle_mib']['total']:.1f} MiB")
+    return result
+
+
+def run(ctx: Context) -> ScenarioResult:
+    count = ctx.settings.footprint_runs
+    runs = [one_run(ctx, i, with_load=i == count - 1) for i in range(count)]
+    names = [n for n in COMPONENTS if n in runs[0]["idle_mib"]]
+    names += sorted(set(runs[0]["idle_mib"]) - set(names) - {"total"}) + ["total"]
+    rows = [Row(f"idle RSS, {name} (MiB)", stats.median([r["idle_mib"].get(name, 0) for r in runs]))
+            for name in names]
+    loaded = runs[-1]["loaded_mib"]
+    rows += [Row(f"RSS under {LOAD_CONNECTIONS}-connection load, {name} (MiB)", loaded[name])
+             for name in ("gateway", "total")]
+    rows.append(Row("time from `meshworker up` to healthy (s)", stats.median_of(runs, "up_to_healthy_s")))
+    return ScenarioResult(rows, {"runs": runs})

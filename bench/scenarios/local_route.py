@@ -1,0 +1,94 @@
+"""Scenario 1, local route overhead: one small backend called directly, through nginx, and
+through the meshworker gateway (`/service/bench/hello`, the transparent proxy).
+
+One connection: p50/p99 of sequential keep-alive requests. 16 connections: wrk's
+requests/s. Each run measures all three routes back to back, in a rotating order, and the
+ratios are taken within a run before the median, so a noisy neighbour slowing one run
+moves every route of that run alike.
+"""
+
+from __future__ import annotations
+
+from bench import httpclient, stats
+from bench.context import Context
+from bench.report import Row, ScenarioResult, Target
+from bench.wrk import run_wrk
+
+NAME = "local_route"
+ROUTES = ("direct", "nginx", "gateway")
+CONNECTIONS = 16
+ADDED_P50_TARGET_MS = 0.5
+THROUGHPUT_SHARE_TARGET = 0.60
+# Linux delays an ACK by 40 ms (plus scheduling): a reply written in two pieces by a server
+# that leaves Nagle on waits that long for each second piece.
+NAGLE_STALL_MS = (38.0, 50.0)
+
+
+def route_endpoints(ctx: Context) -> dict[str, tuple[str, str]]:
+    """(base URL, path) of the same backend endpoint, by route."""
+    return {"direct": (ctx.backend().url, "/hello"), "nginx": (ctx.nginx().url, "/hello"),
+            "gateway": (ctx.node().url, "/service/bench/hello")}
+
+
+def measure_route(ctx: Context, base: str, path: str) -> dict:
+    settings = ctx.settings
+    latencies = httpclient.sequential_latencies_ms(
+        base, path, settings.latency_requests, settings.latency_warmup, settings.latency_budget_s)
+    url = base + path
+    load = run_wrk(url, CONNECTIONS, settings.wrk_seconds)
+    if load.failures:
+        ctx.progress(f"{url}: {load.non_2xx} non-2xx replies, {load.socket_errors} socket errors under load")
+    p50 = stats.percentile(latencies, 50)
+    if NAGLE_STALL_MS[0] <= p50 <= NAGLE_STALL_MS[1]:
+        ctx.progress(f"{url}: p50 {p50:.1f} ms on a kept-alive connection is the Nagle + delayed-ACK "
+                     "stall: are its accepted sockets TCP_NODELAY?")
+    return {"p50_ms": p50, "p99_ms": stats.percentile(latencies, 99), "samples": len(latencies),
+            "rps": load.ok_requests_per_s, "failures": load.failures, "wrk": load.as_dict()}
+
+
+def one_run(ctx: Context, endpoints: dict[str, tuple[str, str]], index: int) -> dict:
+    order = ROUTES[index % len(ROUTES):] + ROUTES[:index % len(ROUTES)]
+    run = {route: measure_route(ctx, *endpoints[route]) for route in order}
+    direct = run["direct"]
+    for route in ("nginx", "gateway"):
+        run[route]["added_p50_ms"] = run[route]["p50_ms"] - direct["p50_ms"]
+        run[route]["added_p99_ms"] = run[route]["p99_ms"] - direct["p99_ms"]
+        run[route]["rps_share"] = run[route]["rps"] / direct["rps"]
+    run["gateway"]["rps_vs_nginx"] = run["gateway"]["rps"] / run["nginx"]["rps"]
+    ctx.progress(f"{NAME} run {index + 1}/{ctx.settings.runs}: " + "; ".join(
+        f"{r} p50 {run[r]['p50_ms']:.3f} ms p99 {run[r]['p99_ms']:.3f} ms {run[r]['rps']:.0f} req/s"
+        for r in ROUTES))
+    return run
+
+
+def run(ctx: Context) -> ScenarioResult:
+    endpoints = route_endpoints(ctx)
+    runs = [one_run(ctx, endpoints, i) for i in range(ctx.settings.runs)]
+    urls = {route: base + path for route, (base, path) in endpoints.items()}
+    return ScenarioResult(rows=summarize(runs), raw={"urls": urls, "connections": CONNECTIONS, "runs": runs})
+
+
+def summarize(runs: list[dict]) -> list[Row]:
+    def med(route: str, key: str) -> float:
+        return stats.median([r[route][key] for r in runs])
+
+    def total(route: str, key: str) -> float:
+        return sum(r[route][key] for r in runs)
+
+    return [
+        Row("p50 latency, 1 connection (ms)", med("gateway", "p50_ms"), med("direct", "p50_ms"), "direct"),
+        Row("p50 latency, 1 connection (ms)", med("gateway", "p50_ms"), med("nginx", "p50_ms"), "nginx"),
+        Row("p99 latency, 1 connection (ms)", med("gateway", "p99_ms"), med("direct", "p99_ms"), "direct"),
+        Row("p99 latency, 1 connection (ms)", med("gateway", "p99_ms"), med("nginx", "p99_ms"), "nginx"),
+        Row("added p50 over direct, 1 connection (ms)", med("gateway", "added_p50_ms"),
+            med("nginx", "added_p50_ms"), "nginx", Target("<=", ADDED_P50_TARGET_MS, unit="ms")),
+        Row("added p99 over direct, 1 connection (ms)", med("gateway", "added_p99_ms"),
+            med("nginx", "added_p99_ms"), "nginx"),
+        Row(f"requests/s, {CONNECTIONS} connections", med("gateway", "rps"), med("direct", "rps"), "direct",
+            Target(">=", THROUGHPUT_SHARE_TARGET, of="ratio"), ratio=med("gateway", "rps_share")),
+        Row(f"requests/s, {CONNECTIONS} connections", med("gateway", "rps"), med("nginx", "rps"), "nginx",
+            ratio=med("gateway", "rps_vs_nginx")),
+        Row("share of direct requests/s", med("gateway", "rps_share"), med("nginx", "rps_share"), "nginx"),
+        Row("failed requests under load, all runs", total("gateway", "failures"),
+            total("nginx", "failures"), "nginx", Target("<=", 0)),
+    ]

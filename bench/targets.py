@@ -1,0 +1,209 @@
+"""What the scenarios call: the small backend, nginx in front of it, a meshworker node.
+
+Each is a context manager that starts its process(es) on enter, waits until they answer
+(polling with a deadline, never a fixed sleep), and stops them on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Self
+
+from bench import procs
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+READY_DEADLINE_S = 60
+SERVICE = "bench"
+
+
+def http_get_json(url: str, timeout_s: float = 2) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        return json.load(reply)
+
+
+@contextlib.contextmanager
+def stopped_on_failure(target):
+    """Stop what target.__enter__ already started if it then fails, Ctrl-C included: a `with`
+    statement calls __exit__ only once __enter__ has returned."""
+    try:
+        yield
+    except BaseException:
+        target.__exit__(None, None, None)
+        raise
+
+
+class Backend:
+    """bench/backend.py in its own process; it binds port 0 and prints the port."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def __enter__(self) -> Self:
+        self.proc = procs.spawn([sys.executable, "-m", "bench.backend"], self.workdir / "backend.log",
+                                stdout=subprocess.PIPE, cwd=REPO)
+        with stopped_on_failure(self):
+            self.port = int(procs.read_first_line(self.proc, READY_DEADLINE_S))
+            procs.wait_until(lambda: http_get_json(f"{self.url}/health")["status"] == "healthy",
+                             READY_DEADLINE_S, "backend")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            procs.stop(self.proc)
+
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        # Default 1000: nginx would close our one measured connection mid-sample, and
+        # uvicorn (direct, gateway) sets no such limit.
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """Debian's nginx as the reverse proxy a user would otherwise put in front of a backend.
+
+    nginx refuses `listen ...:0`, and wrk speaks TCP only, so a unix socket would leave nginx
+    out of the throughput test. Instead we bind the TCP socket on port 0 here and hand it to
+    nginx through the NGINX environment variable: the mechanism nginx's own binary upgrade
+    uses to pass listening sockets to a new master ("using inherited sockets from ..." in its
+    log). No port is probed and released, so nothing can race us for it.
+    """
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.workdir, self.upstream_port = workdir, upstream_port
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def __enter__(self) -> Self:
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+        if binary is None:
+            raise RuntimeError("nginx not found: apt-get install nginx-light")
+        with socket.create_server(("127.0.0.1", 0), backlog=2048) as sock:
+            self.port = sock.getsockname()[1]
+            conf = self.workdir / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port,
+                                              upstream_port=self.upstream_port))
+            argv = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
+                    "-c", str(conf)]
+            self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
+                                    env=dict(os.environ, NGINX=f"{sock.fileno()};"))
+        with stopped_on_failure(self):
+            procs.wait_until(lambda: http_get_json(f"{self.url}/health")["status"] == "healthy",
+                             READY_DEADLINE_S, "nginx")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            procs.stop(self.proc)
+
+
+NODE_TOML = """\
+services = ["{service}"]
+
+[service.{service}]
+url = "{url}"
+health_path = "/health"
+invoke_path = "/"
+"""
+
+
+class Node:
+    """`meshworker up` with one service, `bench`, backed by the given backend URL."""
+
+    def __init__(self, backend_url: str):
+        self.state_dir = procs.make_tmpdir()
+        self.backend_url = backend_url
+        self.proc: subprocess.Popen | None = None
+        self.gateway_port = 0
+        self.started_at = 0.0
+        self.healthy_after_s = 0.0
+
+    def __enter__(self) -> Self:
+        config = self.state_dir / "meshworker.toml"
+        config.write_text(NODE_TOML.format(service=SERVICE, url=self.backend_url))
+        env = dict(os.environ, MESHWORKER_STATE_DIR=str(self.state_dir), MESHWORKER_GATEWAY_PORT="0",
+                   MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING")
+        self.started_at = time.perf_counter()
+        self.proc = procs.spawn([str(VENV_BIN / "meshworker"), "up"], self.state_dir / "node.log",
+                                env=env, cwd=REPO)
+        with stopped_on_failure(self):
+            try:
+                self.gateway_port = procs.wait_until(self._healthy_port, READY_DEADLINE_S, "meshworker node")
+            except (TimeoutError, RuntimeError, OSError) as err:
+                raise RuntimeError(f"node did not become healthy ({err}); its log ends:\n"
+                                   f"{self.log_tail()}") from None
+        self.healthy_after_s = time.perf_counter() - self.started_at
+        return self
+
+    def _healthy_port(self) -> int | None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"meshworker up exited with {self.proc.returncode}")
+        port = json.loads((self.state_dir / "run" / "gateway.json").read_text())["port"]
+        health = http_get_json(f"http://127.0.0.1:{port}/health")
+        return port if health["status"] == "healthy" and SERVICE in health["services"] else None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def pids(self) -> dict[str, int]:
+        """supervisord and every program under it, by name (nebula-agent, dht, router, gateway)."""
+        return {p.name: p.pid for p in procs.process_tree(self.proc.pid)}
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return (self.state_dir / "node.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            procs.stop(self.proc)
+            self.proc = None
+        shutil.rmtree(self.state_dir, ignore_errors=True)
