@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from meshtest import Node, alive
+from netns import Host
 
 
 class NodeFactory:
@@ -24,8 +25,10 @@ class NodeFactory:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
 
-    def __call__(self, config_toml: str | None = None, wait: bool = True, **env: str) -> Node:
-        """A started (by default healthy) node; config_toml and MESHWORKER_* env as given."""
+    def __call__(self, config_toml: str | None = None, wait: bool = True, host: Host | None = None,
+                 **env: str) -> Node:
+        """A started (by default healthy) node; config_toml and MESHWORKER_* env as given;
+        inside `host`'s network namespace when one is given."""
         # Unix socket paths are limited to 107 bytes: keep the state directory short.
         state_dir = Path(tempfile.mkdtemp(prefix="mw-", dir="/tmp"))
         node_env = {**os.environ, "MESHWORKER_STATE_DIR": str(state_dir), "MESHWORKER_GATEWAY_PORT": "0",
@@ -34,7 +37,7 @@ class NodeFactory:
         if config_toml is not None:
             (state_dir / "meshworker.toml").write_text(config_toml)
             node_env["MESHWORKER_CONFIG"] = str(state_dir / "meshworker.toml")
-        node = Node(state_dir, node_env, state_dir / "node.log")
+        node = Node(state_dir, node_env, state_dir / "node.log", host)
         self.nodes.append(node)
         node.start()
         if wait:

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from netns import Host
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +76,10 @@ class Reply:
 
 
 class Node:
-    def __init__(self, state_dir: Path, env: dict[str, str], log_path: Path):
+    """A node run by `meshworker up`, on this host or inside a netns.Host."""
+
+    def __init__(self, state_dir: Path, env: dict[str, str], log_path: Path, host: Host | None = None):
+        self.host = host
         self.state_dir = state_dir
         self.runtime_dir = state_dir / "run"
         self.env = env
@@ -85,7 +89,8 @@ class Node:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "meshworker"), "up"], env=self.env, cwd=REPO,
+            argv = [str(BIN / "meshworker"), "up"]
+            self.proc = subprocess.Popen(self.host.command(argv) if self.host else argv, env=self.env, cwd=REPO,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
@@ -95,6 +100,13 @@ class Node:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 30) -> Reply:
+        """An HTTP request to this node's gateway, from inside its host when it has one."""
+        if self.host is not None:
+            return self.host.call(self._request, method, path, body, headers, timeout)
+        return self._request(method, path, body, headers, timeout)
+
+    def _request(self, method: str, path: str, body: bytes | None,
+                 headers: dict[str, str] | None, timeout: float) -> Reply:
         req = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as reply:
