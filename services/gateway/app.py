@@ -25,7 +25,7 @@ from services.common.config import COMPONENTS, Config
 from services.common.rpc import nebula_pb2, nebula_pb2_grpc, router_pb2
 from services.gateway import metrics, paths, proxy
 from services.gateway.control import RouterLink
-from services.gateway.errors import GatewayError, bad_request, no_such_service, unavailable
+from services.gateway.errors import GatewayError, StreamTooLarge, bad_request, no_such_service, unavailable
 
 ROUTE_LABELS = {router_pb2.ROUTE_KIND_LOCAL: "local", router_pb2.ROUTE_KIND_FORWARDED: "forwarded"}
 EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
@@ -171,6 +171,18 @@ async def passthrough(gw: Gateway, request: Request, route: router_pb2.Route, su
     return await proxy.relay(upstream, {})
 
 
+async def discard_rest(request: Request, bound: int) -> None:
+    """Read and drop what the client still sends past the limit, up to a bound, before
+    answering 413 (nginx's lingering close): closing with unread data makes the kernel
+    send a reset, and a client still sending would lose the 413 with the connection."""
+    deadline = time.monotonic() + 2.0
+    while bound > 0 and time.monotonic() < deadline:
+        message = await request.receive()
+        bound -= len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
 async def service(request: Request) -> Response:
     gw = gateway(request)
     started = time.perf_counter()
@@ -187,6 +199,8 @@ async def service(request: Request) -> Response:
             raise GatewayError(405, "method_not_allowed", "use POST /service/{type}, or "
                                                           "/service/{type}/{path} for the backend's API")
     except GatewayError as err:
+        if isinstance(err, StreamTooLarge):
+            await discard_rest(request, gw.cfg.max_body_bytes)
         response = err.response()
     label = ROUTE_LABELS.get(route.kind, "local") if route else "local"
     response.headers["X-Mesh-Route"] = label

@@ -30,5 +30,12 @@ def body_too_large(limit: int) -> GatewayError:
     return GatewayError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
+class StreamTooLarge(GatewayError):
+    """413 found while reading a body: the client is still sending the rest of it."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+
+
 def unavailable(code: str, message: str) -> GatewayError:
     return GatewayError(503, code, message, retry_after=1)

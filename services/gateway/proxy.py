@@ -19,7 +19,7 @@ from yarl import URL
 
 from services.common.rpc import router_pb2
 from services.common.upstream import open_session
-from services.gateway.errors import GatewayError, body_too_large, unavailable
+from services.gateway.errors import GatewayError, StreamTooLarge, unavailable
 
 SMALL_BODY = 256 * 1024
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
@@ -65,7 +65,7 @@ class LimitedBody:
             seen += len(chunk)
             if seen > self.limit:
                 self.exceeded = True
-                raise body_too_large(self.limit)
+                raise StreamTooLarge(self.limit)
             yield chunk
 
 
@@ -102,11 +102,11 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
                                                    f"{route.timeout_seconds:g} s") from None
     except aiohttp.ClientError as err:
         if isinstance(body, LimitedBody) and body.exceeded:
-            raise body_too_large(body.limit) from None
+            raise StreamTooLarge(body.limit) from None
         raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
     if isinstance(body, LimitedBody) and body.exceeded:  # the upstream answered before the end
         upstream.close()
-        raise body_too_large(body.limit)
+        raise StreamTooLarge(body.limit)
     return upstream
 
 

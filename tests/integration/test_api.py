@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import threading
 import time
@@ -167,15 +168,22 @@ def test_hostile_service_paths_never_reach_a_backend(node, path):
     assert "error" in reply.json()
 
 
-def test_body_over_the_limit_is_413(node):
-    reply = node.request("POST", "/service/echo/upload", b"x" * (1048576 + 1))
+def test_body_over_the_limit_is_413_before_it_is_sent(node):
+    # With Expect: 100-continue a client waits for our verdict before sending the body.
+    conn = http.client.HTTPConnection("127.0.0.1", int(node.base_url.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/service/echo/upload")
+    conn.putheader("Content-Length", str(1048576 + 1))
+    conn.putheader("Expect", "100-continue")
+    conn.endheaders()
+    reply = conn.getresponse()
     assert reply.status == 413
-    assert reply.json()["error"]["code"] == "body_too_large"
+    assert json.loads(reply.read())["error"]["code"] == "body_too_large"
+    conn.close()
 
 
 def test_chunked_body_over_the_limit_is_413(node):
     def chunks():
-        for _ in range(40):
+        for _ in range(24):  # 1.5 MiB, over the 1 MiB limit
             yield b"y" * 65536
     req = urllib.request.Request(node.base_url + "/service/echo/upload", data=chunks(), method="POST",
                                  headers={"Transfer-Encoding": "chunked"})
