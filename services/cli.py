@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -21,8 +22,9 @@ from pathlib import Path
 import uvloop
 from prometheus_client import disable_created_metrics
 
-from services.common import config, programs
+from services.common import config, identity, programs
 from services.common.config import Config, ConfigError
+from services.common.statefile import write_atomically
 
 log = logging.getLogger("meshworker")
 SUPERVISORD_CONF = Path(__file__).resolve().parent.parent / "supervisord.conf"
@@ -35,15 +37,6 @@ def configure_logging(component: str, level: str) -> None:
         format=f"{component:<16}| %(asctime)s %(levelname)s %(name)s - %(message)s")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def prepare_runtime(cfg: Config) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     programs_dir = cfg.runtime_dir / "programs"
@@ -51,8 +44,21 @@ def prepare_runtime(cfg: Config) -> None:
     for stale in programs_dir.glob("*.conf"):
         stale.unlink()
     for name, text in programs.backend_programs(cfg.services).items():
-        write_atomically(programs_dir / name, text)
-    write_atomically(cfg.runtime_dir / "node.json", json.dumps({"started_at": time.time()}))
+        write_atomically(programs_dir / name, text.encode())
+    write_atomically(cfg.runtime_dir / "node.json", json.dumps({"started_at": time.time()}).encode())
+    identity.NodeIdentity.load_or_create(cfg.state_dir)  # made once, before any program reads it
+
+
+def ensure_mesh_secret(cfg: Config) -> Config:
+    """A first start makes the mesh secret that nodes joining this mesh must be given."""
+    if cfg.mesh_secret is not None:
+        return cfg
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = cfg.state_dir / config.MESH_SECRET_FILE
+    write_atomically(path, identity.new_mesh_secret().encode())
+    print(f"new mesh: its secret is in {path}; nodes that join this mesh need it as "
+          "MESHWORKER_MESH_SECRET", flush=True)
+    return dataclasses.replace(cfg, mesh_secret=path.read_text())
 
 
 def up(cfg: Config) -> int:
@@ -62,6 +68,7 @@ def up(cfg: Config) -> int:
     if supervisord is None:
         print("supervisord not found: pip install supervisor", file=sys.stderr)
         return 1
+    cfg = ensure_mesh_secret(cfg)
     prepare_runtime(cfg)
     env = dict(os.environ, MESHWORKER_STATE_DIR=str(cfg.state_dir),
                MESHWORKER_RUNTIME_DIR=str(cfg.runtime_dir),

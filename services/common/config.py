@@ -20,6 +20,7 @@ ENV_PREFIX = "MESHWORKER_"
 COMPONENTS = ("nebula-agent", "dht", "router")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BUILTIN_SERVICES = ("vision-ocr",)
+MESH_SECRET_FILE = "mesh.secret"
 SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s"})
 
 
@@ -70,6 +71,7 @@ class Config:
     announce_ttl_s: int = 60
     latency_peer: str | None = None  # "host:port" whose TCP connect time is latency_ms
     advertise_url: str | None = None  # how peers reach this gateway without an overlay
+    mesh_secret: str | None = None  # proves membership; from mesh_secret, else <state>/mesh.secret
 
     def grpc_target(self, component: str) -> str:
         """Address of a component's gRPC server, as both grpc servers and channels take it."""
@@ -152,7 +154,25 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "announce_ttl_s": lambda k, v: _as_int(k, v, 2, 86400),
     "latency_peer": lambda k, v: ":".join(map(str, _as_host_port(k, str(v)))),
     "advertise_url": _as_url,
+    "mesh_secret": lambda k, v: _as_secret(k, v),
 }
+
+
+def _as_secret(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 16:
+        raise ConfigError(key, "expected a string of at least 16 characters (the mesh secret that "
+                               "every node of the mesh shares)")
+    return value
+
+
+def _read_secret_file(state_dir: Path) -> str | None:
+    path = state_dir / MESH_SECRET_FILE
+    try:
+        return _as_secret(f"{path}", path.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise ConfigError("mesh_secret", f"cannot read {path}: {err.strerror}") from None
 
 
 def _builtin_service(name: str, runtime_dir: Path) -> dict[str, Any]:
@@ -225,6 +245,8 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
                                               file_values.get("services", list(BUILTIN_SERVICES))))
     tables = file_values.get("service", {})
     services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names))
+    if "mesh_secret" not in values:
+        values["mesh_secret"] = _read_secret_file(state_dir)
     return Config(
         worker_id=values.pop("worker_id", None) or socket.gethostname(),
         state_dir=state_dir,

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import socket
 
+import pynvml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from services.common import capabilities
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
+from services.common.identity import NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc
-from services.dht.node import DhtNode
+from services.dht import state
+from services.dht.node import DhtNode, Signer
 
 log = logging.getLogger(__name__)
+PING_DEADLINE_S = 1.0
+MAINTENANCE_INTERVAL_S = 10.0
 
 
-def _record_pb(record: dict) -> dht_pb2.ProviderRecord:
-    return dht_pb2.ProviderRecord(**record)
+def record_pb(record: dict) -> dht_pb2.ProviderRecord:
+    return dht_pb2.ProviderRecord(
+        service=record["service"], worker_id=record["worker_id"], url=record["url"],
+        issued_at=record["issued_at"], expires_at=record["expires_at"], sequence=record["sequence"],
+        idempotent=record["idempotent"], gpu_model=record["gpu_model"],
+        gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"])
+
+
+def gpu_summary() -> dict:
+    gpus = capabilities.read_gpus(pynvml)
+    return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
 
 
 class DhtServicer(dht_pb2_grpc.DhtServicer):
@@ -30,9 +48,11 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
               registry=registry).set_function(node.storage.record_count)
 
     async def Announce(self, request, context):
-        record, stored = await self.node.announce(request.service, request.ttl_seconds)
+        summary = await asyncio.to_thread(gpu_summary)
+        record, stored = await self.node.announce(request.service, request.ttl_seconds,
+                                                  idempotent=request.idempotent, **summary)
         self.announces.inc()
-        return dht_pb2.AnnounceResponse(record=_record_pb(record), stored_on=stored)
+        return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)
 
     async def Withdraw(self, request, context):
         return dht_pb2.WithdrawResponse(removed=await self.node.withdraw(request.service))
@@ -40,35 +60,77 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
     async def FindProviders(self, request, context):
         self.lookups.inc()
         found = await self.node.find_providers(request.service)
-        return dht_pb2.FindProvidersResponse(providers=[_record_pb(r) for r in found])
+        return dht_pb2.FindProvidersResponse(providers=[record_pb(r) for r in found])
 
     async def ListPeers(self, request, context):
+        peers = self.node.peers()
+        rtts = await asyncio.gather(*(asyncio.wait_for(self.node.ping(p), PING_DEADLINE_S) for p in peers),
+                                    return_exceptions=True)
         return dht_pb2.ListPeersResponse(peers=[
-            dht_pb2.Peer(node_id=n.id.hex(), address=f"{n.ip}:{n.port}") for n in self.node.peers()])
+            dht_pb2.Peer(node_id=p.id.hex(), address=f"{p.ip}:{p.port}",
+                         rtt_seconds=rtt if isinstance(rtt, float) else 0.0, reachable=isinstance(rtt, float))
+            for p, rtt in zip(peers, rtts, strict=True)])
+
+    async def ListServices(self, request, context):
+        return dht_pb2.ListServicesResponse(services=self.node.services_stored())
 
     async def Stats(self, request, context):
         return dht_pb2.DhtStatsResponse(
             known_peers=len(self.node.peers()), stored_records=self.node.storage.record_count(),
             announces=int(self.registry.get_sample_value("meshworker_dht_announces_total")),
             lookups=int(self.registry.get_sample_value("meshworker_dht_lookups_total")),
-            port=self.node.port)
+            port=self.node.port, node_id=self.node.node_id.hex())
 
 
-def gateway_url(cfg: Config) -> str:
-    """How peers reach this node's gateway; the overlay address replaces this later."""
-    return cfg.advertise_url or f"http://{cfg.worker_id}:{cfg.gateway_port}"
+def advertised_url(cfg: Config) -> str:
+    """How peers reach this node's gateway: the configured URL, else the address this host
+    uses toward its first seed (a connected UDP socket sends nothing), with the port the
+    gateway really bound."""
+    if cfg.advertise_url:
+        return cfg.advertise_url
+    host = socket.gethostname()
+    if cfg.dht_seeds:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(cfg.dht_seeds[0])
+                host = probe.getsockname()[0]
+            except OSError:
+                pass
+    try:
+        port = json.loads(cfg.gateway_address_file.read_text())["port"]
+    except (OSError, ValueError, KeyError):
+        port = cfg.gateway_port
+    return f"http://{host}:{port}"
+
+
+async def maintain(cfg: Config, node: DhtNode, saved: state.DhtState) -> None:
+    """Persist the known peers, and rejoin from seeds and old peers whenever alone."""
+    while True:
+        await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+        if not node.peers():
+            await node.bootstrap(list(dict.fromkeys([*cfg.dht_seeds, *saved.peers])))
+        saved.peers = [(p.ip, p.port) for p in node.peers()] or saved.peers
+        state.save(cfg.state_dir, saved)
 
 
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
-    node = DhtNode(cfg.worker_id, gateway_url(cfg), cfg.announce_ttl_s)
+    saved = state.load(cfg.state_dir)
+    signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
+    node = DhtNode(cfg.worker_id, lambda: advertised_url(cfg), cfg.announce_ttl_s, signer, saved.node_id)
     server = ComponentServer(cfg, "dht", registry)
     server.add(dht_pb2_grpc.add_DhtServicer_to_server, DhtServicer(node, registry),
                dht_pb2.DESCRIPTOR.services_by_name["Dht"].full_name)
     await server.start()
-    await node.start(cfg.dht_host, cfg.dht_port, list(cfg.dht_seeds))
+    await node.start(cfg.dht_host, cfg.dht_port, list(dict.fromkeys([*cfg.dht_seeds, *saved.peers])))
+    state.save(cfg.state_dir, saved)
     await server.set_serving(True)
     try:
-        await server.run_until_stopped()
+        async with asyncio.TaskGroup() as tasks:
+            maintenance = tasks.create_task(maintain(cfg, node, saved))
+            await server.run_until_stopped()
+            maintenance.cancel()
     finally:
+        saved.peers = [(p.ip, p.port) for p in node.peers()] or saved.peers
+        state.save(cfg.state_dir, saved)
         node.stop()

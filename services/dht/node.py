@@ -1,59 +1,104 @@
-"""The Kademlia node of one meshworker: announce, withdraw and find provider records."""
+"""The Kademlia node of one meshworker: announce, withdraw and find signed provider records."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from kademlia.crawling import NodeSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
+from kademlia.protocol import KademliaProtocol
 from kademlia.utils import digest
 
+from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
 from services.dht.storage import ProviderStorage
 
 log = logging.getLogger(__name__)
+# rpcudp waits 5 s for an answer; a mesh's peers answer within milliseconds (LAN or the
+# overlay), and a peer that died would otherwise stall every lookup that meets it by 5 s
+# until kademlia drops it from the routing table.
+RPC_TIMEOUT_S = 1.0
+
+
+class MeshProtocol(KademliaProtocol):
+    def __init__(self, source_node: Node, storage: ProviderStorage, ksize: int):
+        super().__init__(source_node, storage, ksize)
+        self._wait_timeout = RPC_TIMEOUT_S
+
+
+class MeshServer(Server):
+    protocol_class = MeshProtocol
+
+
+@dataclass(frozen=True)
+class Signer:
+    """What this node signs its records with: its key and the mesh's proof of that key."""
+
+    identity: NodeIdentity
+    trust: MeshTrust
+
+    @property
+    def proof(self) -> bytes:
+        return self.trust.proof(self.identity.public_key)
 
 
 class DhtNode:
-    def __init__(self, worker_id: str, url: str, ttl_s: float):
+    def __init__(self, worker_id: str, url: Callable[[], str], ttl_s: float, signer: Signer,
+                 node_id: bytes | None = None):
         self.worker_id = worker_id
-        self.url = url
+        self.url = url  # asked at each announce: the gateway's port or address may change
         self.ttl_s = ttl_s
-        self.storage = ProviderStorage()
-        self.server = Server(storage=self.storage)
+        self.signer = signer
+        self.storage = ProviderStorage(signer.trust)
+        self.server = MeshServer(storage=self.storage, node_id=node_id)
         self.port = 0
         self._announced: dict[str, records.Record] = {}
+
+    @property
+    def node_id(self) -> bytes:
+        return self.server.node.id
 
     async def start(self, host: str, port: int, seeds: list[tuple[str, int]]) -> None:
         await self.server.listen(port, host)
         self.port = self.server.transport.get_extra_info("sockname")[1]
-        if seeds:
-            found = await self.server.bootstrap(await _resolve(seeds))
-            log.info("DHT bootstrapped from %s: %d peers answered", seeds, len(found))
-        else:
-            log.info("DHT listening on UDP %d as bootstrap node", self.port)
+        log.info("DHT listening on UDP %s:%d, node id %s", host, self.port, self.node_id.hex()[:12])
+        await self.bootstrap(seeds)
+
+    async def bootstrap(self, seeds: list[tuple[str, int]]) -> int:
+        if not seeds:
+            log.info("no DHT seeds: this node is a bootstrap node")
+            return 0
+        addresses = await _resolve(seeds)
+        found = await self.server.bootstrap(addresses) if addresses else []
+        log.info("DHT bootstrap from %s: %d peers answered", seeds, len(found))
+        return len(found)
 
     def stop(self) -> None:
         self.server.stop()
 
-    async def announce(self, service: str, ttl_s: float = 0) -> tuple[records.Record, int]:
+    async def announce(self, service: str, ttl_s: float = 0, **summary: Any) -> tuple[records.Record, int]:
         previous = self._announced.get(service, {}).get("sequence", 0)
-        record = records.new_record(service, self.worker_id, self.url, ttl_s or self.ttl_s, time.time(),
-                                    previous)
+        record = records.new_record(service, self.worker_id, self.url(), ttl_s or self.ttl_s, time.time(),
+                                    previous, **summary)
+        record = records.sign(record, self.signer.identity, self.signer.proof)
         self._announced[service] = record
         stored = await self._store(service, record)
         log.info("Published service: %s by %s (%s), stored on %d nodes",
-                 service, self.worker_id, self.url, stored)
+                 service, self.worker_id, record["url"], stored)
         return record, stored
 
     async def withdraw(self, service: str) -> bool:
         record = self._announced.pop(service, None)
         if record is None:
             return False
-        await self._store(service, records.tombstone(record, time.time()))
+        gone = records.sign(records.tombstone(record, time.time()), self.signer.identity, self.signer.proof)
+        await self._store(service, gone)
         log.info("Withdrew service: %s", service)
         return True
 
@@ -66,14 +111,28 @@ class DhtNode:
         dkey = digest(records.service_key(service))
         merged = records.decode(self.storage.get(dkey))
         for value in await self._values_near(dkey):
-            merged = records.merge(merged, records.decode(value), time.time())
+            merged = records.merge(merged, records.authentic(records.decode(value), self.signer.trust),
+                                   time.time())
         merged = records.merge({}, merged, time.time())
         return sorted(merged.values(), key=lambda r: r["worker_id"])
+
+    def services_stored(self) -> list[str]:
+        """Services with live records on this node (every service, in a mesh of ≤ k nodes)."""
+        now = time.time()
+        found = {r["service"] for _, value in self.storage for r in
+                 records.merge({}, records.decode(value), now).values()}
+        return sorted(found)
 
     def peers(self) -> list[Node]:
         if self.server.protocol is None:  # not listening yet
             return []
         return [n for bucket in self.server.protocol.router.buckets for n in bucket.get_nodes()]
+
+    async def ping(self, peer: Node) -> float | None:
+        """Round-trip time to a peer in seconds, or None when it does not answer."""
+        started = time.perf_counter()
+        ok, _ = await self.server.protocol.call_ping(peer)
+        return time.perf_counter() - started if ok else None
 
     async def _closest_nodes(self, dkey: bytes) -> list[Node]:
         target = Node(dkey)
@@ -99,10 +158,15 @@ class DhtNode:
 
 
 async def _resolve(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """Kademlia wants IP addresses; seeds may be names (MESHWORKER_DHT_SEEDS=node-a:8468)."""
+    """Kademlia wants IP addresses; seeds may be names (MESHWORKER_DHT_SEEDS=node-a:8468).
+    A name that does not resolve (yet) is skipped, not fatal: other seeds may answer."""
     loop = asyncio.get_running_loop()
     resolved = []
     for host, port in seeds:
-        infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+        try:
+            infos = await loop.getaddrinfo(host, port, type=2)  # SOCK_DGRAM
+        except OSError as err:
+            log.warning("DHT seed %s:%d does not resolve: %s", host, port, err)
+            continue
         resolved.append((infos[0][4][0], port))
     return resolved

@@ -1,8 +1,10 @@
-"""Provider records and the merge rule for a DHT key that holds many providers.
+"""Provider records, their signatures, and the merge rule for a key with many providers.
 
 A key (one per service) maps to a JSON object {worker_id: record}. Storing merges
 instead of overwriting, so two workers announcing the same service never erase each
-other (the seed's read-modify-write on one JSON list did). Pure functions only.
+other (the seed's read-modify-write on one JSON list did). Each record is signed by its
+node's ed25519 key and carries that key's proof of membership; readers keep only
+authentic records. Pure functions only.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
+
 Record = dict[str, Any]
+# rpcudp caps a datagram at 8 KiB and a signed record is about 450 bytes: a key keeps the
+# freshest providers that fit, and a lookup unions what several nodes hold.
+MAX_PROVIDERS_PER_KEY = 14
+VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
+SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "gpu_model", "gpu_free_bytes",
+                 "issued_at", "expires_at", "sequence", "key", "proof")
 
 
 def service_key(service: str) -> str:
@@ -25,9 +35,38 @@ def next_sequence(now: float, previous: int = 0) -> int:
 
 
 def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float,
-               previous_sequence: int = 0) -> Record:
+               previous_sequence: int = 0, **summary: Any) -> Record:
+    """An unsigned record; summary: idempotent, gpu_model, gpu_free_bytes."""
     return {"service": service, "worker_id": worker_id, "url": url, "issued_at": now,
-            "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence)}
+            "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence),
+            "idempotent": bool(summary.get("idempotent", False)),
+            "gpu_model": str(summary.get("gpu_model", "")),
+            "gpu_free_bytes": int(summary.get("gpu_free_bytes", 0))}
+
+
+def _signed_bytes(record: Record) -> bytes:
+    return json.dumps([record.get(f) for f in SIGNED_FIELDS], separators=(",", ":")).encode()
+
+
+def sign(record: Record, identity: NodeIdentity, proof: bytes) -> Record:
+    record = {**record, "key": b64(identity.public_key), "proof": b64(proof)}
+    return {**record, "sig": b64(identity.sign(_signed_bytes(record)))}
+
+
+def is_authentic(record: Any, trust: MeshTrust) -> bool:
+    """Well formed, from a key the mesh trusts, and signed by that key."""
+    try:
+        key, proof, sig = unb64(record["key"]), unb64(record["proof"]), unb64(record["sig"])
+        valid_shape = isinstance(record["worker_id"], str) and isinstance(record["sequence"], int) \
+            and isinstance(record["expires_at"], (int, float))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return valid_shape and trust.trusts(key, proof) and verify(key, sig, _signed_bytes(record))
+
+
+def authentic(providers: dict[str, Record], trust: MeshTrust) -> dict[str, Record]:
+    """The records a reader may use: forged, unsigned and foreign ones are dropped."""
+    return {w: r for w, r in providers.items() if is_authentic(r, trust) and r["worker_id"] == w}
 
 
 def tombstone(record: Record, now: float) -> Record:
@@ -36,8 +75,9 @@ def tombstone(record: Record, now: float) -> Record:
             "sequence": next_sequence(now, record["sequence"])}
 
 
-def decode(value: str | bytes | None) -> dict[str, Record]:
-    if not value:
+def decode(value: object) -> dict[str, Record]:
+    """A stored value as providers; anything else (a peer may send any type) is none."""
+    if not value or not isinstance(value, (str, bytes, bytearray)):
         return {}
     try:
         providers = json.loads(value)
@@ -50,11 +90,28 @@ def encode(providers: dict[str, Record]) -> str:
     return json.dumps(providers, separators=(",", ":"), sort_keys=True)
 
 
-def merge(current: dict[str, Record], incoming: dict[str, Record], now: float) -> dict[str, Record]:
-    """Newest record per worker wins; expired records (tombstones included) are dropped."""
+def merge(current: dict[str, Record], incoming: dict[str, Record], now: float,
+          limit: int = MAX_PROVIDERS_PER_KEY) -> dict[str, Record]:
+    """Newest record per worker wins; expired records (tombstones included) are dropped;
+    past `limit`, the freshest records are kept."""
     merged = dict(current)
     for worker, record in incoming.items():
         kept = merged.get(worker)
-        if kept is None or record.get("sequence", 0) > kept.get("sequence", 0):
+        if kept is None or record.get("sequence", 0) > kept.get("sequence", 0) and (
+                kept.get("key") == record.get("key") or kept.get("expires_at", 0) <= now):
+            # A live record binds its worker id to its key: another member cannot take it over.
             merged[worker] = record
-    return {w: r for w, r in merged.items() if r.get("expires_at", 0) > now}
+    live = sorted(((w, r) for w, r in merged.items() if r.get("expires_at", 0) > now),
+                  key=lambda item: item[1].get("issued_at", 0), reverse=True)
+    return dict(_within_budget(live[:limit]))
+
+
+def _within_budget(records: list[tuple[str, Record]]) -> list[tuple[str, Record]]:
+    """The freshest records whose encoding fits in one rpcudp datagram with room to spare."""
+    kept, size = [], 2
+    for worker, record in records:
+        size += len(encode({worker: record}))
+        if size > VALUE_BUDGET_BYTES:
+            break
+        kept.append((worker, record))
+    return kept

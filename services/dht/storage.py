@@ -6,15 +6,21 @@ import time
 
 from kademlia.storage import ForgetfulStorage
 
+from services.common.identity import MeshTrust
 from services.dht import records
 
 
 class ProviderStorage(ForgetfulStorage):
-    """Every STORE, local or from a peer, merges into what the key already holds."""
+    """Every STORE, local or from a peer, merges into what the key already holds; records
+    that are not authentic are dropped before they can displace a real one."""
+
+    def __init__(self, trust: MeshTrust):
+        super().__init__()
+        self.trust = trust
 
     def __setitem__(self, key: bytes, value: str) -> None:
-        now = time.time()
-        merged = records.merge(records.decode(self.get(key)), records.decode(value), now)
+        incoming = records.authentic(records.decode(value), self.trust)
+        merged = records.merge(records.decode(self.get(key)), incoming, time.time())
         super().__setitem__(key, records.encode(merged))
 
     def record_count(self) -> int:

@@ -47,8 +47,8 @@ class RouterLink:
                 self.connected = False
             await asyncio.sleep(RECONNECT_S)
 
-    def report(self, service: str, kind: int, success: bool) -> None:
-        self._pending.append(router_pb2.Outcome(service=service, kind=kind, success=success))
+    def report(self, outcome: router_pb2.Outcome) -> None:
+        self._pending.append(outcome)
         self._idle.clear()
         self._queued.set()
 

@@ -70,6 +70,10 @@ class LimitedBody:
 
 
 async def request_body(request: Request, length: int | None, limit: int) -> bytes | LimitedBody:
+    # RFC 9112 §6.3: without Content-Length or Transfer-Encoding a request has no body (a GET),
+    # and sending it on as a chunked stream would give the backend a body it never had.
+    if length is None and "transfer-encoding" not in request.headers:
+        return b""
     if length is not None and length <= SMALL_BODY:
         return await request.body()
     return LimitedBody(request.stream(), limit)

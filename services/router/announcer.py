@@ -23,8 +23,9 @@ RETRY_S = 1.0
 
 
 class Announcer:
-    def __init__(self, channel: grpc.aio.Channel, ttl_s: int):
+    def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool]):
         self._channel = channel
+        self._idempotent = idempotent
         self._dht = dht_pb2_grpc.DhtStub(channel)
         self._ttl_s = ttl_s
         self._healthy: set[str] = set()
@@ -61,9 +62,9 @@ class Announcer:
                 await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=DEADLINE_S)
                 self._withdrawn.discard(service)
             for service in sorted(self._healthy):
-                await self._dht.Announce(dht_pb2.AnnounceRequest(service=service,
-                                                                 ttl_seconds=self._ttl_s),
-                                         timeout=DEADLINE_S)
+                request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
+                                                  idempotent=self._idempotent.get(service, False))
+                await self._dht.Announce(request, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as err:
             log.warning("DHT not reachable (%s); retrying in %.0f s", err.code().name, RETRY_S)
             return False

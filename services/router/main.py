@@ -1,42 +1,64 @@
-"""The router process: local services and their health, routes, routing statistics."""
+"""The router process: local services and their health, remote providers, routes, counters."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common import grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
-from services.common.rpc import router_pb2, router_pb2_grpc
+from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import routes
 from services.router.announcer import Announcer
 from services.router.checker import check_forever
 from services.router.health import HealthDamper
+from services.router.mesh_view import mesh_services
+from services.router.providers import Latencies, Provider, ProviderCache
 from services.router.stats import RoutingCounters
 
 log = logging.getLogger(__name__)
+REFRESH_TICK_S = 1.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, cfg: Config, registry: CollectorRegistry):
+    def __init__(self, cfg: Config, registry: CollectorRegistry, dht: dht_pb2_grpc.DhtStub):
         self.cfg = cfg
+        self.dht = dht
         self.health = {s.name: HealthDamper(cfg.health_fail_threshold, cfg.health_ok_threshold)
                        for s in cfg.services}
         self.counters = RoutingCounters()
+        self.cache = ProviderCache()
+        self.latencies = Latencies()
+        self.rng = random.Random()
         self.version = 1
         self._changed = asyncio.Event()
         self.outcomes = Counter("meshworker_router_outcomes", "Request outcomes reported by the gateway",
                                 ["route", "result"], registry=registry)
+        self.refreshes = Counter("meshworker_router_cache_refreshes", "DHT lookups that refreshed a cached "
+                                 "route before its records expired", registry=registry)
+        Gauge("meshworker_router_cache_size", "Services with cached remote providers",
+              registry=registry).set_function(lambda: len(self.cache))
         healthy = Gauge("meshworker_router_service_healthy",
                         "1 when a local service passes its health checks", ["service"], registry=registry)
         for name, damper in self.health.items():
             healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
 
+    def route(self, service: str, now: float) -> router_pb2.Route:
+        svc = self.cfg.service(service)
+        local = (svc, self.health[service].healthy) if svc else None
+        return routes.choose(service, local, self.cache.get(service, now), self.cfg.worker_id,
+                             self.latencies, self.rng)
+
     def table(self) -> router_pb2.RouteTable:
-        return routes.route_table(self.version, self.cfg.worker_id, self.cfg.services, self.health)
+        now = time.time()
+        names = dict.fromkeys([*(s.name for s in self.cfg.services), *self.cache.entries])
+        return router_pb2.RouteTable(version=self.version, routes=[self.route(n, now) for n in names])
 
     def publish(self) -> None:
         """Wake every WatchRoutes stream: each waits on the event that was current when it sent."""
@@ -44,11 +66,31 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def lookup(self, service: str) -> list[Provider]:
+        reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=service),
+                                             timeout=grpcclient.DEADLINE_S)
+        return [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model)
+                for r in reply.providers if r.worker_id != self.cfg.worker_id]
+
     async def Resolve(self, request, context):
+        now = time.time()
         svc = self.cfg.service(request.service)
-        if svc is None:
-            return router_pb2.Route(service=request.service, kind=router_pb2.ROUTE_KIND_NONE)
-        return routes.local_route(self.cfg.worker_id, svc, self.health[svc.name].healthy)
+        if svc is not None and self.health[svc.name].healthy:
+            return self.route(request.service, now)
+        if self.cache.get(request.service, now) is not None:
+            self.counters.cache_hits += 1
+            return self.route(request.service, now)
+        self.counters.cache_misses += 1
+        self.counters.dht_lookups += 1
+        try:
+            providers = await self.lookup(request.service)
+        except grpc.aio.AioRpcError as err:
+            if svc is not None:
+                return self.route(request.service, now)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the DHT is not answering: {err.code().name}")
+        self.cache.put(request.service, providers, now)
+        self.publish()
+        return self.route(request.service, now)
 
     async def WatchRoutes(self, request, context):
         while True:
@@ -57,10 +99,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await changed.wait()
 
     async def ReportOutcome(self, request, context):
+        dropped = False
         for outcome in request.outcomes:
             self.counters.record(outcome)
             self.outcomes.labels(router_pb2.RouteKind.Name(outcome.kind).removeprefix("ROUTE_KIND_").lower(),
                                  "success" if outcome.success else "failure").inc()
+            if outcome.success and outcome.worker_id:
+                self.latencies.observe(outcome.worker_id, outcome.latency_seconds)
+            failed = [*outcome.failed_workers]
+            if outcome.kind == router_pb2.ROUTE_KIND_FORWARDED and not outcome.success:
+                failed.append(outcome.worker_id)
+            for worker in failed:
+                dropped |= self.cache.drop_provider(outcome.service, worker)
+        if dropped:
+            self.publish()
         return router_pb2.ReportOutcomeResponse()
 
     async def ListLocalServices(self, request, context):
@@ -71,17 +123,36 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             for s in self.cfg.services])
 
     async def Stats(self, request, context):
-        return self.counters.as_proto(cache_size=0)
+        return self.counters.as_proto(cache_size=len(self.cache))
+
+    async def MeshServices(self, request, context):
+        return await mesh_services(self)
+
+    async def refresh_forever(self) -> None:
+        """Keep cached routes ahead of their records' expiry, off the request path."""
+        while True:
+            await asyncio.sleep(REFRESH_TICK_S)
+            now = time.time()
+            changed = self.cache.prune(now)
+            for service in self.cache.due_for_refresh(now):
+                try:
+                    self.cache.put(service, await self.lookup(service), now)
+                except grpc.aio.AioRpcError:
+                    continue
+                self.refreshes.inc()
+                changed = True
+            if changed:
+                self.publish()
 
 
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
-    servicer = RouterServicer(cfg, registry)
+    dht = grpcclient.channel(cfg, "dht")
+    servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht))
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
                router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
-    dht = grpcclient.channel(cfg, "dht")
-    announcer = Announcer(dht, cfg.announce_ttl_s)
+    announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services})
 
     def on_health_change(service: str, healthy: bool) -> None:
         announcer.set_health(service, healthy)
@@ -89,7 +160,7 @@ async def serve(cfg: Config) -> None:
 
     await server.start()
     async with asyncio.TaskGroup() as tasks:
-        background = [tasks.create_task(announcer.run())] + [
+        background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever())] + [
             tasks.create_task(check_forever(svc, servicer.health[svc.name], cfg.health_interval_s,
                                             on_health_change)) for svc in cfg.services]
         await server.set_serving(True)

@@ -21,6 +21,8 @@ class RoutingCounters:
             self.local_requests += 1
         elif outcome.kind == router_pb2.ROUTE_KIND_FORWARDED:
             self.forwarded_requests += 1
+            # The gateway used the route the router cached and pushed: no lookup was needed.
+            self.cache_hits += outcome.from_table
         if not outcome.success:
             self.failed_requests += 1
 

@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
 from services.common.config import load
+from services.common.identity import NodeIdentity, mesh_trust
 from services.dht.main import DhtServicer
-from services.dht.node import DhtNode
+from services.dht.node import DhtNode, Signer
 from services.gateway.metrics import GatewayMetrics
 from services.nebula.main import NebulaAgentServicer
 from services.router.main import RouterServicer
@@ -24,16 +25,18 @@ NON_BASE_UNITS = {"ms", "milliseconds", "us", "microseconds", "ns", "nanoseconds
 @pytest.fixture
 async def registries(tmp_path) -> AsyncIterator[dict[str, CollectorRegistry]]:
     """Each component's registry built as its main.py does, with one sample in every labelled family."""
-    cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path)})
+    cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
     # Started (UDP on 127.0.0.1, any port): the dht gauges read the live routing table.
-    node = DhtNode(cfg.worker_id, "http://node:8000", 60)
+    signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
+    node = DhtNode(cfg.worker_id, lambda: "http://node:8000", 60, signer)
     await node.start("127.0.0.1", 0, [])
     gateway = GatewayMetrics()
     gateway.observe("vision-ocr", "local", 200, 0.01)
     gateway.component_up.labels("router").set(1)
     dht, router, nebula = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     DhtServicer(node, dht)
-    RouterServicer(cfg, router).outcomes.labels("local", "success").inc()
+    # The dht stub is only called when a route is resolved; constructing needs none.
+    RouterServicer(cfg, router, object()).outcomes.labels("local", "success").inc()
     NebulaAgentServicer(cfg, nebula)
     yield {"gateway": gateway.registry, "dht": dht, "router": router, "nebula-agent": nebula}
     node.stop()

@@ -7,28 +7,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProviderRecord(_message.Message):
-    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence")
+    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GPU_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     service: str
     worker_id: str
     url: str
     issued_at: float
     expires_at: float
     sequence: int
-    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ...) -> None: ...
+    idempotent: bool
+    gpu_model: str
+    gpu_free_bytes: int
+    public_key: str
+    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds")
+    __slots__ = ("service", "ttl_seconds", "idempotent")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    idempotent: bool
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")
@@ -67,12 +77,26 @@ class ListPeersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("node_id", "address")
+    __slots__ = ("node_id", "address", "rtt_seconds", "reachable")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RTT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    rtt_seconds: float
+    reachable: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., rtt_seconds: _Optional[float] = ..., reachable: _Optional[bool] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, services: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPeersResponse(_message.Message):
     __slots__ = ("peers",)
@@ -85,15 +109,17 @@ class DhtStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DhtStatsResponse(_message.Message):
-    __slots__ = ("known_peers", "stored_records", "announces", "lookups", "port")
+    __slots__ = ("known_peers", "stored_records", "announces", "lookups", "port", "node_id")
     KNOWN_PEERS_FIELD_NUMBER: _ClassVar[int]
     STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     known_peers: int
     stored_records: int
     announces: int
     lookups: int
     port: int
-    def __init__(self, known_peers: _Optional[int] = ..., stored_records: _Optional[int] = ..., announces: _Optional[int] = ..., lookups: _Optional[int] = ..., port: _Optional[int] = ...) -> None: ...
+    node_id: str
+    def __init__(self, known_peers: _Optional[int] = ..., stored_records: _Optional[int] = ..., announces: _Optional[int] = ..., lookups: _Optional[int] = ..., port: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...

@@ -55,6 +55,11 @@ class DhtStub:
                 request_serializer=services_dot_common_dot_rpc_dot_dht__pb2.ListPeersRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_dht__pb2.ListPeersResponse.FromString,
                 _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/meshworker.v1.Dht/ListServices',
+                request_serializer=services_dot_common_dot_rpc_dot_dht__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_dht__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/meshworker.v1.Dht/Stats',
                 request_serializer=services_dot_common_dot_rpc_dot_dht__pb2.DhtStatsRequest.SerializeToString,
@@ -88,7 +93,14 @@ class DhtServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPeers(self, request, context):
-        """ListPeers lists the Kademlia peers this node knows.
+        """ListPeers lists the Kademlia peers this node knows, pinging each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """ListServices lists the services that have live records on this node.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +135,11 @@ def add_DhtServicer_to_server(servicer, server):
                     servicer.ListPeers,
                     request_deserializer=services_dot_common_dot_rpc_dot_dht__pb2.ListPeersRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_dht__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=services_dot_common_dot_rpc_dot_dht__pb2.ListServicesRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_dht__pb2.ListServicesResponse.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -239,6 +256,33 @@ class Dht:
             '/meshworker.v1.Dht/ListPeers',
             services_dot_common_dot_rpc_dot_dht__pb2.ListPeersRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_dht__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Dht/ListServices',
+            services_dot_common_dot_rpc_dot_dht__pb2.ListServicesRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_dht__pb2.ListServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,7 +23,7 @@ class ResolveRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ...) -> None: ...
 
 class Route(_message.Message):
-    __slots__ = ("service", "kind", "upstream", "invoke_path", "healthy", "idempotent", "timeout_seconds", "worker_id")
+    __slots__ = ("service", "kind", "upstream", "invoke_path", "healthy", "idempotent", "timeout_seconds", "worker_id", "endpoints")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Route(_message.Message):
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     service: str
     kind: RouteKind
     upstream: str
@@ -40,7 +41,16 @@ class Route(_message.Message):
     idempotent: bool
     timeout_seconds: float
     worker_id: str
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream: _Optional[str] = ..., invoke_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., idempotent: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream: _Optional[str] = ..., invoke_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., idempotent: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., worker_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("worker_id", "url")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    url: str
+    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class WatchRoutesRequest(_message.Message):
     __slots__ = ()
@@ -55,14 +65,22 @@ class RouteTable(_message.Message):
     def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("service", "kind", "success")
+    __slots__ = ("service", "kind", "success", "worker_id", "latency_seconds", "from_table", "failed_workers")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_TABLE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_WORKERS_FIELD_NUMBER: _ClassVar[int]
     service: str
     kind: RouteKind
     success: bool
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., success: _Optional[bool] = ...) -> None: ...
+    worker_id: str
+    latency_seconds: float
+    from_table: bool
+    failed_workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., success: _Optional[bool] = ..., worker_id: _Optional[str] = ..., latency_seconds: _Optional[float] = ..., from_table: _Optional[bool] = ..., failed_workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("outcomes",)
@@ -101,6 +119,40 @@ class ListLocalServicesResponse(_message.Message):
 class RouterStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class MeshServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProviderView(_message.Message):
+    __slots__ = ("worker_id", "url", "local", "healthy", "record_age_seconds", "smoothed_latency_seconds")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    RECORD_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHED_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    url: str
+    local: bool
+    healthy: bool
+    record_age_seconds: float
+    smoothed_latency_seconds: float
+    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ..., local: _Optional[bool] = ..., healthy: _Optional[bool] = ..., record_age_seconds: _Optional[float] = ..., smoothed_latency_seconds: _Optional[float] = ...) -> None: ...
+
+class ServiceView(_message.Message):
+    __slots__ = ("name", "providers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    providers: _containers.RepeatedCompositeFieldContainer[ProviderView]
+    def __init__(self, name: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[ProviderView, _Mapping]]] = ...) -> None: ...
+
+class MeshServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceView]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceView, _Mapping]]] = ...) -> None: ...
 
 class RoutingStats(_message.Message):
     __slots__ = ("local_requests", "forwarded_requests", "cache_hits", "cache_misses", "dht_lookups", "failed_requests", "cache_size", "cache_hit_rate")

@@ -60,6 +60,11 @@ class RouterStub:
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.FromString,
                 _registered_method=True)
+        self.MeshServices = channel.unary_unary(
+                '/meshworker.v1.Router/MeshServices',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -101,6 +106,13 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeshServices(self, request, context):
+        """MeshServices lists every service known in the mesh with its providers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +140,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.SerializeToString,
+            ),
+            'MeshServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeshServices,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +283,33 @@ class Router:
             '/meshworker.v1.Router/Stats',
             services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeshServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/MeshServices',
+            services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,22 +7,37 @@ import types
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from kademlia.network import Server
 from kademlia.utils import digest
 
+from services.common.identity import MeshTrust, NodeIdentity, StateError
 from services.dht import node as node_module
-from services.dht import records
-from services.dht.node import DhtNode
+from services.dht import records, state
+from services.dht.node import DhtNode, Signer
 
 pytestmark = pytest.mark.timeout(30)
+SECRET = "m" * 32
+OTHER_SECRET = "o" * 32
 
 
 @pytest.fixture
-async def make_node() -> AsyncIterator[Callable]:
-    """make_node(worker_id, seeds=()) → a started DhtNode; every one is stopped at teardown."""
+def make_signer(tmp_path) -> Callable[[str, str], Signer]:
+    """make_signer(worker_id, secret) → the Signer of a node whose state is tmp_path/worker_id."""
+    def make(worker_id: str, secret: str = SECRET) -> Signer:
+        return Signer(NodeIdentity.load_or_create(tmp_path / worker_id), MeshTrust(secret))
+    return make
+
+
+@pytest.fixture
+async def make_node(make_signer) -> AsyncIterator[Callable]:
+    """make_node(worker_id, seeds=(), secret=SECRET, node_id=None) → a started DhtNode; every one
+    is stopped at teardown."""
     nodes: list[DhtNode] = []
 
-    async def make(worker_id: str, seeds: tuple[tuple[str, int], ...] = ()) -> DhtNode:
-        dht = DhtNode(worker_id, f"http://{worker_id}:8000", ttl_s=60)
+    async def make(worker_id: str, seeds: tuple[tuple[str, int], ...] = (), secret: str = SECRET,
+                   node_id: bytes | None = None) -> DhtNode:
+        dht = DhtNode(worker_id, lambda: f"http://{worker_id}:8000", 60, make_signer(worker_id, secret),
+                      node_id=node_id)
         nodes.append(dht)
         await dht.start("127.0.0.1", 0, list(seeds))
         return dht
@@ -36,11 +51,35 @@ def summary(found: list[records.Record]) -> list[tuple[str, str]]:
     return [(r["worker_id"], r["url"]) for r in found]
 
 
+def seed(dht: DhtNode) -> tuple[tuple[str, int]]:
+    return (("127.0.0.1", dht.port),)
+
+
+def plant(dht: DhtNode, signer: Signer, worker_id: str, service: str = "svc") -> None:
+    """Store a record straight into one node's storage, as if only it had received the STORE."""
+    record = records.new_record(service, worker_id, f"http://{worker_id}:8000", 60, time.time())
+    dht.storage[digest(records.service_key(service))] = records.encode(
+        {worker_id: records.sign(record, signer.identity, signer.proof)})
+
+
 async def test_start_binds_a_real_port(make_node):
     a = await make_node("a")
 
     assert a.port > 0
     assert a.peers() == []
+
+
+async def test_kademlia_uses_the_provider_storage(make_node):
+    a = await make_node("a")
+
+    assert a.server.storage is a.storage
+    assert a.server.protocol.storage is a.storage
+
+
+def test_signer_proof_is_the_mesh_proof_of_its_key(make_signer):
+    signer = make_signer("a")
+
+    assert signer.proof == MeshTrust(SECRET).proof(signer.identity.public_key)
 
 
 async def test_one_node_announce_then_find(make_node):
@@ -50,8 +89,33 @@ async def test_one_node_announce_then_find(make_node):
 
     assert stored_on == 1
     assert (record["service"], record["worker_id"]) == ("svc", "a")
+    assert records.is_authentic(record, MeshTrust(SECRET))
     assert summary(await a.find_providers("svc")) == [("a", "http://a:8000")]
     assert await a.find_providers("other") == []
+
+
+async def test_announce_takes_ttl_and_summary(make_node):
+    a = await make_node("a")
+
+    record, _ = await a.announce("svc", ttl_s=10, idempotent=True, gpu_model="H100", gpu_free_bytes=5)
+
+    assert record["expires_at"] - record["issued_at"] == pytest.approx(10)
+    assert (record["idempotent"], record["gpu_model"], record["gpu_free_bytes"]) == (True, "H100", 5)
+    assert records.is_authentic(record, MeshTrust(SECRET))
+
+
+async def test_announce_asks_for_the_url_each_time(make_signer):
+    urls = iter(["http://first:8000", "http://second:8000"])
+    a = DhtNode("a", lambda: next(urls), 60, make_signer("a"))
+    await a.start("127.0.0.1", 0, [])
+    try:
+        first, _ = await a.announce("svc")
+        second, _ = await a.announce("svc")
+    finally:
+        a.stop()
+
+    assert (first["url"], second["url"]) == ("http://first:8000", "http://second:8000")
+    assert second["sequence"] > first["sequence"]
 
 
 async def test_withdraw_removes_the_record(make_node, monkeypatch):
@@ -69,8 +133,8 @@ async def test_withdraw_removes_the_record(make_node, monkeypatch):
 
 
 async def test_withdraw_right_after_announce_removes_the_record(make_node, monkeypatch):
-    # BUG (records.tombstone via node.withdraw): announce and withdraw in the same millisecond give
-    # the record and its tombstone the same sequence, so the tombstone loses and the record stays.
+    # Was a bug (records.tombstone via node.withdraw): announce and withdraw in the same
+    # millisecond gave the record and its tombstone the same sequence, so the record stayed.
     frozen = time.time() - 10
     monkeypatch.setattr(node_module, "time", types.SimpleNamespace(time=lambda: frozen))
     a = await make_node("a")
@@ -81,9 +145,20 @@ async def test_withdraw_right_after_announce_removes_the_record(make_node, monke
     assert await a.find_providers("svc") == []
 
 
+async def test_withdraw_reaches_the_peers(make_node):
+    a = await make_node("a")
+    b = await make_node("b", seeds=seed(a))
+    await a.announce("svc")
+    await b.announce("svc")
+
+    await a.withdraw("svc")
+
+    assert summary(await b.find_providers("svc")) == [("b", "http://b:8000")]
+
+
 async def test_second_node_finds_what_the_first_announced(make_node):
     a = await make_node("a")
-    b = await make_node("b", seeds=(("127.0.0.1", a.port),))
+    b = await make_node("b", seeds=seed(a))
 
     _, stored_on = await a.announce("svc")
 
@@ -94,7 +169,7 @@ async def test_second_node_finds_what_the_first_announced(make_node):
 
 async def test_both_providers_found_from_either_node(make_node):
     a = await make_node("a")
-    b = await make_node("b", seeds=(("127.0.0.1", a.port),))
+    b = await make_node("b", seeds=seed(a))
 
     await a.announce("svc")
     await b.announce("svc")
@@ -104,14 +179,12 @@ async def test_both_providers_found_from_either_node(make_node):
     assert summary(await b.find_providers("svc")) == expected
 
 
-async def test_find_providers_merges_peers_records_with_local_ones(make_node):
-    # BUG (node.find_providers): kademlia's Server.get returns the local value whenever this node
-    # holds one, so a provider stored only on a peer (e.g. while this dht was restarting) is
-    # never seen once this node has announced the same service itself.
+async def test_find_providers_merges_peers_records_with_local_ones(make_node, make_signer):
+    # Was a bug (node.find_providers): kademlia's Server.get returns the local value whenever this
+    # node holds one, so a provider stored only on a peer was never seen.
     a = await make_node("a")
-    b = await make_node("b", seeds=(("127.0.0.1", a.port),))
-    far = records.new_record("svc", "c", "http://c:8000", 60, time.time())
-    a.storage[digest(records.service_key("svc"))] = records.encode({"c": far})
+    b = await make_node("b", seeds=seed(a))
+    plant(a, make_signer("c"), "c")
 
     await b.announce("svc")
 
@@ -119,8 +192,125 @@ async def test_find_providers_merges_peers_records_with_local_ones(make_node):
     assert [r["worker_id"] for r in await b.find_providers("svc")] == ["b", "c"]
 
 
-def test_peers_before_start_is_empty():
-    # BUG (node.py peers): before start() kademlia's Server has no protocol yet, so peers() raises
-    # AttributeError; the dht's known_peers gauge calls it, so its Collect (and ListPeers, Stats)
-    # fail for as long as the bootstrap takes after the gRPC server is up.
-    assert DhtNode("a", "http://a:8000", ttl_s=60).peers() == []
+async def test_find_providers_is_the_union_over_the_nodes(make_node, make_signer):
+    a = await make_node("a")
+    b = await make_node("b", seeds=seed(a))
+    e = await make_node("e", seeds=seed(a))
+    plant(a, make_signer("c"), "c")
+    plant(b, make_signer("d"), "d")
+
+    assert [r["worker_id"] for r in await e.find_providers("svc")] == ["c", "d"]
+
+
+async def test_records_of_a_node_with_another_secret_are_ignored(make_node):
+    a = await make_node("a")
+    b = await make_node("b", seeds=seed(a))
+    x = await make_node("x", seeds=seed(a), secret=OTHER_SECRET)
+    await a.announce("svc")
+
+    await x.announce("svc")
+    await x.announce("x-only")
+
+    assert summary(await a.find_providers("svc")) == [("a", "http://a:8000")]
+    assert summary(await b.find_providers("svc")) == [("a", "http://a:8000")]
+    assert await b.find_providers("x-only") == []
+    assert a.services_stored() == b.services_stored() == ["svc"]
+    # ... and the outsider does not trust the mesh's records either.
+    assert summary(await x.find_providers("svc")) == [("x", "http://x:8000")]
+
+
+async def test_a_peer_answering_a_non_string_value_does_not_break_lookups(make_node):
+    # BUG (records.py decode, via node.py find_providers): anyone who can send UDP to the DHT
+    # port can join Kademlia; a peer answering FIND_VALUE with {"value": 42} makes json.loads
+    # raise TypeError, which escapes find_providers, so every lookup of the service fails.
+    rogue = Server()
+    await rogue.listen(0, "127.0.0.1")
+    try:
+        a = await make_node("a", seeds=(("127.0.0.1", rogue.transport.get_extra_info("sockname")[1]),))
+        await a.announce("svc")
+        rogue.storage[digest(records.service_key("svc"))] = 42
+
+        found = await a.find_providers("svc")
+    finally:
+        rogue.stop()
+
+    assert summary(found) == [("a", "http://a:8000")]
+
+
+async def test_services_stored_lists_live_services(make_node):
+    a = await make_node("a")
+    await a.announce("svc")
+    await a.announce("other")
+
+    assert a.services_stored() == ["other", "svc"]
+
+
+async def test_ping_a_live_peer_gives_a_round_trip_time(make_node):
+    a = await make_node("a")
+    b = await make_node("b", seeds=seed(a))
+
+    rtt = await b.ping(b.peers()[0])
+
+    assert rtt is not None and 0 < rtt < 5
+
+
+def test_peers_before_start_is_empty(make_signer):
+    # Was a bug (node.py peers): before start() kademlia's Server has no protocol yet.
+    assert DhtNode("a", lambda: "http://a:8000", 60, make_signer("a")).peers() == []
+
+
+# --- persisted state (services/dht/state.py) -----------------------------------------------------
+
+def test_state_of_a_new_node_has_a_random_20_byte_id(tmp_path):
+    first, second = state.load(tmp_path), state.load(tmp_path / "other")
+
+    assert len(first.node_id) == 20
+    assert first.node_id != second.node_id
+    assert first.peers == []
+
+
+def test_state_round_trip(tmp_path):
+    saved = state.DhtState(bytes(range(20)), [("10.0.0.1", 8468), ("node-b", 9000)])
+
+    state.save(tmp_path, saved)
+
+    assert state.load(tmp_path) == saved
+    assert (tmp_path / state.STATE_FILE).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("text", [
+    "not json", "[]", "null", '{"peers": []}', '{"node_id": "zz", "peers": []}',
+    '{"node_id": "00", "peers": [["host"]]}', '{"node_id": "00", "peers": [["host", "port"]]}',
+    '{"node_id": "00"}',
+])
+def test_corrupt_state_file_is_a_state_error(tmp_path, text):
+    (tmp_path / state.STATE_FILE).write_text(text)
+
+    with pytest.raises(StateError, match=state.STATE_FILE):
+        state.load(tmp_path)
+
+
+@pytest.mark.parametrize("node_id", ["", "abcd", "00" * 21])
+def test_node_id_of_the_wrong_length_is_a_state_error(tmp_path, node_id):
+    # BUG (state.py load): any hex string is taken as the node id; a truncated one ("abcd", 2
+    # bytes) puts the node somewhere else in the 160-bit keyspace, and "" makes kademlia pick a
+    # random id, so the corrupt file is silently not what the node runs with.
+    (tmp_path / state.STATE_FILE).write_text(f'{{"node_id": "{node_id}", "peers": []}}')
+
+    with pytest.raises(StateError, match=state.STATE_FILE):
+        state.load(tmp_path)
+
+
+async def test_restart_from_saved_state_keeps_the_id_and_rejoins(make_node, tmp_path):
+    a = await make_node("a")
+    b = await make_node("b", seeds=seed(a))
+    await a.announce("svc")
+    state.save(tmp_path, state.DhtState(b.node_id, [(p.ip, p.port) for p in b.peers()]))
+    b.stop()
+
+    saved = state.load(tmp_path)
+    again = await make_node("b", seeds=tuple(saved.peers), node_id=saved.node_id)
+
+    assert again.node_id == b.node_id
+    assert [p.port for p in again.peers()] == [a.port]
+    assert summary(await again.find_providers("svc")) == [("a", "http://a:8000")]

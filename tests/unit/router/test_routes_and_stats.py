@@ -1,24 +1,34 @@
-"""Tests for services.router.routes (route table) and services.router.stats (routing counters)."""
+"""Tests for services.router.routes (route choice), the route table and services.router.stats."""
 
 from __future__ import annotations
 
-import pytest
+import dataclasses
+import random
+import time
 
-from services.common.config import ServiceConfig
-from services.common.rpc import router_pb2
-from services.router.health import HealthDamper
-from services.router.routes import local_route, route_table
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.config import ServiceConfig, load
+from services.common.rpc import dht_pb2, router_pb2
+from services.router.main import RouterServicer
+from services.router.providers import Latencies, Provider
+from services.router.routes import FORWARD_TIMEOUT_S, choose, forwarded_route, local_route
 from services.router.stats import RoutingCounters
 
 OCR = ServiceConfig(name="vision-ocr", upstream="unix:/run/svc-vision-ocr.sock", invoke_path="/ocr",
                     idempotent=True, timeout_s=12.5)
 LLM = ServiceConfig(name="llm", upstream="http://127.0.0.1:9000")
+T0 = 1_000.0
 
 
-def damper(healthy: bool) -> HealthDamper:
-    d = HealthDamper(fail_threshold=3, ok_threshold=2)
-    d.observe(healthy)
-    return d
+def provider(worker: str, idempotent: bool = True) -> Provider:
+    return Provider(worker, f"http://{worker}:8000", T0, T0 + 60, idempotent)
+
+
+def pick(service: str, local: tuple[ServiceConfig, bool] | None, remote: list[Provider] | None,
+         latencies: Latencies | None = None) -> router_pb2.Route:
+    return choose(service, local, remote, "box-1", latencies or Latencies(), random.Random(1))
 
 
 def test_local_route_copies_the_service_config():
@@ -29,21 +39,97 @@ def test_local_route_copies_the_service_config():
         invoke_path="/ocr", healthy=True, idempotent=True, timeout_seconds=12.5, worker_id="box-1")
 
 
-def test_route_table_has_one_route_per_service_with_its_health():
-    table = route_table(7, "box-1", (OCR, LLM), {"vision-ocr": damper(False), "llm": damper(True)})
+def test_healthy_local_backend_wins_over_remote_providers():
+    route = pick("vision-ocr", (OCR, True), [provider("a")])
 
-    assert table.version == 7
+    assert route == local_route("box-1", OCR, healthy=True)
+
+
+def test_unhealthy_local_backend_with_remote_providers_is_forwarded():
+    route = pick("vision-ocr", (OCR, False), [provider("a")])
+
+    assert route.kind == router_pb2.ROUTE_KIND_FORWARDED
+    assert [e.worker_id for e in route.endpoints] == ["a"]
+
+
+@pytest.mark.parametrize("remote", [None, []])
+def test_unhealthy_local_backend_without_remote_providers_stays_local_and_unhealthy(remote):
+    assert pick("vision-ocr", (OCR, False), remote) == local_route("box-1", OCR, healthy=False)
+
+
+def test_remote_only_service_is_forwarded():
+    assert pick("llm", None, [provider("a")]).kind == router_pb2.ROUTE_KIND_FORWARDED
+
+
+@pytest.mark.parametrize("remote", [None, []])
+def test_nothing_anywhere_is_no_route(remote):
+    assert pick("llm", None, remote) == router_pb2.Route(service="llm", kind=router_pb2.ROUTE_KIND_NONE)
+
+
+def test_forwarded_route_orders_endpoints_by_latency():
+    latencies = Latencies({"a": 0.3, "b": 0.1, "c": 0.2})
+
+    route = forwarded_route("llm", [provider("a"), provider("b"), provider("c")], latencies, random.Random(1))
+
+    assert [(e.worker_id, e.url) for e in route.endpoints] == [
+        ("b", "http://b:8000"), ("c", "http://c:8000"), ("a", "http://a:8000")]
+    assert route.worker_id == "b"
+    assert (route.service, route.kind, route.healthy) == ("llm", router_pb2.ROUTE_KIND_FORWARDED, True)
+    assert route.timeout_seconds == FORWARD_TIMEOUT_S
+    assert route.upstream == ""
+
+
+def test_forwarded_route_is_idempotent_only_when_every_provider_is():
+    both = forwarded_route("llm", [provider("a"), provider("b")], Latencies(), random.Random(1))
+    one = forwarded_route("llm", [provider("a"), provider("b", idempotent=False)], Latencies(), random.Random(1))
+
+    assert both.idempotent is True
+    assert one.idempotent is False
+
+
+# --- the route table the router pushes (RouterServicer.table) -------------------------------------
+
+def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None) -> RouterServicer:
+    cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
+    cfg = dataclasses.replace(cfg, worker_id="box-1", services=services)
+    return RouterServicer(cfg, CollectorRegistry(), dht or object())
+
+
+def test_route_table_has_one_route_per_service_with_its_health(tmp_path):
+    router = servicer(tmp_path)
+    router.health["vision-ocr"].observe(False)
+    router.health["llm"].observe(True)
+
+    table = router.table()
+
+    assert table.version == 1
     assert [(r.service, r.healthy, r.upstream) for r in table.routes] == [
         ("vision-ocr", False, "unix:/run/svc-vision-ocr.sock"), ("llm", True, "http://127.0.0.1:9000")]
     assert {r.worker_id for r in table.routes} == {"box-1"}
 
 
-def test_route_table_with_no_services_is_empty():
-    assert route_table(1, "box-1", (), {}) == router_pb2.RouteTable(version=1)
+def test_route_table_with_no_services_is_empty(tmp_path):
+    assert servicer(tmp_path, services=()).table() == router_pb2.RouteTable(version=1)
 
 
-def outcome(kind: int, success: bool) -> router_pb2.Outcome:
-    return router_pb2.Outcome(service="vision-ocr", kind=kind, success=success)
+def test_route_table_includes_cached_remote_services(tmp_path):
+    router = servicer(tmp_path, services=(OCR,))
+    router.health["vision-ocr"].observe(True)
+    now = time.time()
+    router.cache.put("llm", [Provider("a", "http://a:8000", now, now + 60)], now)
+
+    routes = {r.service: r for r in router.table().routes}
+
+    assert routes["vision-ocr"].kind == router_pb2.ROUTE_KIND_LOCAL
+    assert routes["llm"].kind == router_pb2.ROUTE_KIND_FORWARDED
+    assert [e.worker_id for e in routes["llm"].endpoints] == ["a"]
+
+
+# --- counters -------------------------------------------------------------------------------------
+
+def outcome(kind: int, success: bool, from_table: bool = False, worker_id: str = "") -> router_pb2.Outcome:
+    return router_pb2.Outcome(service="vision-ocr", kind=kind, success=success, from_table=from_table,
+                              worker_id=worker_id)
 
 
 def test_record_counts_each_outcome_once():
@@ -55,6 +141,30 @@ def test_record_counts_each_outcome_once():
     counters.record(outcome(router_pb2.ROUTE_KIND_NONE, False))
 
     assert counters == RoutingCounters(local_requests=2, forwarded_requests=1, failed_requests=2)
+
+
+def test_forwarded_from_the_pushed_table_is_a_cache_hit():
+    counters = RoutingCounters()
+
+    counters.record(outcome(router_pb2.ROUTE_KIND_FORWARDED, True, from_table=True))
+
+    assert counters == RoutingCounters(forwarded_requests=1, cache_hits=1)
+
+
+def test_local_from_the_pushed_table_is_no_cache_hit():
+    counters = RoutingCounters()
+
+    counters.record(outcome(router_pb2.ROUTE_KIND_LOCAL, True, from_table=True))
+
+    assert counters == RoutingCounters(local_requests=1)
+
+
+def test_failed_forward_counts_as_forwarded_and_failed():
+    counters = RoutingCounters()
+
+    counters.record(outcome(router_pb2.ROUTE_KIND_FORWARDED, False, from_table=True))
+
+    assert counters == RoutingCounters(forwarded_requests=1, cache_hits=1, failed_requests=1)
 
 
 def test_as_proto_hit_rate_is_zero_without_lookups():
@@ -73,3 +183,75 @@ def test_as_proto_hit_rate_is_hits_over_lookups():
     assert stats.cache_hit_rate == pytest.approx(0.75)
     assert (stats.cache_hits, stats.cache_misses, stats.dht_lookups) == (3, 1, 1)
     assert (stats.forwarded_requests, stats.failed_requests, stats.cache_size) == (2, 1, 2)
+
+
+# --- Resolve + ReportOutcome: the issue's sequence (a cache miss, a lookup, then hits) --------------
+
+class FakeDht:
+    """A Dht stub whose FindProviders answers from a fixed list and counts its calls."""
+
+    def __init__(self, *workers: str):
+        self.workers = workers
+        self.calls = 0
+
+    async def FindProviders(self, request, timeout):
+        self.calls += 1
+        now = time.time()
+        return dht_pb2.FindProvidersResponse(providers=[
+            dht_pb2.ProviderRecord(service=request.service, worker_id=w, url=f"http://{w}:8000",
+                                   issued_at=now, expires_at=now + 60) for w in self.workers])
+
+
+async def test_first_then_next_request_for_a_remote_service(tmp_path):
+    dht = FakeDht("a", "box-1")  # this node's own record is never a forwarding target
+    router = servicer(tmp_path, services=(), dht=dht)
+
+    route = await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+    await router.ReportOutcome(router_pb2.ReportOutcomeRequest(outcomes=[
+        outcome(router_pb2.ROUTE_KIND_FORWARDED, True, from_table=False, worker_id="a")]), None)
+    await router.ReportOutcome(router_pb2.ReportOutcomeRequest(outcomes=[
+        outcome(router_pb2.ROUTE_KIND_FORWARDED, True, from_table=True, worker_id="a")]), None)
+
+    assert [e.worker_id for e in route.endpoints] == ["a"]
+    assert dht.calls == 1
+    assert router.counters == RoutingCounters(cache_misses=1, dht_lookups=1, cache_hits=1,
+                                              forwarded_requests=2)
+
+
+async def test_resolve_of_a_cached_service_is_a_hit_without_lookup(tmp_path):
+    dht = FakeDht("a")
+    router = servicer(tmp_path, services=(), dht=dht)
+
+    await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+    await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+
+    assert dht.calls == 1
+    assert (router.counters.cache_misses, router.counters.dht_lookups, router.counters.cache_hits) == (1, 1, 1)
+
+
+async def test_resolve_of_a_healthy_local_service_counts_nothing(tmp_path):
+    dht = FakeDht("a")
+    router = servicer(tmp_path, dht=dht)
+    router.health["llm"].observe(True)
+
+    route = await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+
+    assert route.kind == router_pb2.ROUTE_KIND_LOCAL
+    assert dht.calls == 0
+    assert router.counters == RoutingCounters()
+
+
+async def test_failed_forward_drops_the_provider_and_successes_smooth_latency(tmp_path):
+    router = servicer(tmp_path, services=(), dht=FakeDht("a", "b"))
+    await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+    version = router.version
+    ok = outcome(router_pb2.ROUTE_KIND_FORWARDED, True, worker_id="b")
+    ok.latency_seconds = 0.25
+    failed = outcome(router_pb2.ROUTE_KIND_FORWARDED, False, worker_id="a")
+    ok.service = failed.service = "llm"
+
+    await router.ReportOutcome(router_pb2.ReportOutcomeRequest(outcomes=[ok, failed]), None)
+
+    assert [p.worker_id for p in router.cache.get("llm", time.time())] == ["b"]
+    assert router.latencies.smoothed == {"b": 0.25}
+    assert router.version == version + 1

@@ -1,0 +1,106 @@
+"""Remote providers: the lookup cache, smoothed latencies, and the order to try them in.
+
+Pure: the clock and the random source are passed in. A cached entry is bounded by its
+records' expiry (a provider disappears when its record does), refreshed before that,
+and loses a provider as soon as a forward to it fails. Services nobody hosts are
+remembered briefly so a burst of requests for them costs one lookup.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+NEGATIVE_TTL_S = 5.0
+REFRESH_MARGIN = 0.25  # refresh when a record has less than this share of its life left
+LATENCY_ALPHA = 0.3  # weight of a new sample in the smoothed latency (an EWMA, as Envoy's)
+
+
+@dataclass(frozen=True)
+class Provider:
+    worker_id: str
+    url: str
+    issued_at: float
+    expires_at: float
+    idempotent: bool = False
+    gpu_model: str = ""
+
+    def refresh_due(self, now: float) -> bool:
+        return self.expires_at - now < (self.expires_at - self.issued_at) * REFRESH_MARGIN
+
+
+@dataclass
+class Entry:
+    providers: list[Provider]
+    fetched_at: float
+
+
+@dataclass
+class ProviderCache:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    negative: dict[str, float] = field(default_factory=dict)  # service -> until
+
+    def get(self, service: str, now: float) -> list[Provider] | None:
+        """Live providers; [] when nobody hosts it (remembered); None when not cached."""
+        if self.negative.get(service, 0.0) > now:
+            return []
+        entry = self.entries.get(service)
+        if entry is None:
+            return None
+        live = [p for p in entry.providers if p.expires_at > now]
+        return live or None
+
+    def put(self, service: str, providers: Iterable[Provider], now: float) -> None:
+        live = [p for p in providers if p.expires_at > now]
+        if live:
+            self.entries[service] = Entry(live, now)
+            self.negative.pop(service, None)
+        else:
+            self.entries.pop(service, None)
+            self.negative[service] = now + NEGATIVE_TTL_S
+
+    def drop_provider(self, service: str, worker_id: str) -> bool:
+        entry = self.entries.get(service)
+        if entry is None or all(p.worker_id != worker_id for p in entry.providers):
+            return False
+        entry.providers = [p for p in entry.providers if p.worker_id != worker_id]
+        if not entry.providers:
+            del self.entries[service]
+        return True
+
+    def prune(self, now: float) -> bool:
+        """Forget expired providers and negative entries; True when a route changed."""
+        changed = False
+        for service in list(self.entries):
+            live = [p for p in self.entries[service].providers if p.expires_at > now]
+            if len(live) != len(self.entries[service].providers):
+                changed = True
+                if live:
+                    self.entries[service].providers = live
+                else:
+                    del self.entries[service]
+        self.negative = {s: until for s, until in self.negative.items() if until > now}
+        return changed
+
+    def due_for_refresh(self, now: float, min_age_s: float = 1.0) -> list[str]:
+        return [s for s, e in self.entries.items()
+                if now - e.fetched_at >= min_age_s and any(p.refresh_due(now) for p in e.providers)]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+@dataclass
+class Latencies:
+    smoothed: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, worker_id: str, seconds: float) -> None:
+        old = self.smoothed.get(worker_id)
+        self.smoothed[worker_id] = seconds if old is None else old + LATENCY_ALPHA * (seconds - old)
+
+
+def preference_order(providers: list[Provider], latencies: Latencies, rng: random.Random) -> list[Provider]:
+    """Lowest smoothed latency first; a provider never measured counts as 0 so new ones get
+    tried; ties (equal latency) in random order to spread load."""
+    return sorted(providers, key=lambda p: (latencies.smoothed.get(p.worker_id, 0.0), rng.random()))

@@ -1,0 +1,231 @@
+"""Three full nodes in network namespaces: discovery, forwarding, failover, trust.
+
+A hosts vision-ocr and `twin`; B hosts `echo` and `twin`; C hosts nothing and serves
+everything by forwarding. Tests run in file order: the cut-off test goes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kademlia.network import Server
+from kademlia.utils import digest
+from meshtest import SENTENCE, render_png, wait_for
+from netns import Lab
+
+from services.common.identity import MeshTrust, NodeIdentity
+from services.dht import records
+from services.gateway import forwarding
+
+pytestmark = pytest.mark.timeout(300)
+SECRET = "mesh-test-secret-0123456789"
+TTL_S = 6
+ECHO = Path(__file__).with_name("echo_backend.py")
+
+
+def backend(name: str, port: int) -> str:
+    return f'[service.{name}]\nurl = "http://127.0.0.1:{port}"\ncommand = "{sys.executable} {ECHO} {port} {name}"\n'
+
+
+@pytest.fixture(scope="module")
+def lab():
+    lab = Lab()
+    yield lab
+    lab.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(lab, start_module_node):
+    a, b, c = (lab.add_host(n) for n in "abc")
+    common = {"MESHWORKER_MESH_SECRET": SECRET, "MESHWORKER_GATEWAY_PORT": "8000",
+              "MESHWORKER_DHT_PORT": "8468", "MESHWORKER_ANNOUNCE_TTL_S": str(TTL_S),
+              "MESHWORKER_HEALTH_INTERVAL_S": "0.5"}
+
+    def start(host, name, config, seeds):
+        return start_module_node(config, host=host, MESHWORKER_WORKER_ID=name, MESHWORKER_DHT_SEEDS=seeds,
+                                 MESHWORKER_ADVERTISE_URL=f"http://{host.address}:8000", **common)
+
+    nodes = {"a": start(a, "a", 'services = ["vision-ocr", "twin"]\n' + backend("twin", 9101), "")}
+    seed = f"{a.address}:8468"
+    nodes["b"] = start(b, "b", 'services = ["echo", "twin"]\n' + backend("echo", 9100) + backend("twin", 9101), seed)
+    nodes["c"] = start(c, "c", "services = []\n", seed)
+    wait_for(lambda: providers(nodes["c"], "twin") == ["a", "b"] and providers(nodes["c"], "echo") == ["b"],
+             30, "C to see every provider")
+    return nodes
+
+
+def providers(node, service: str) -> list[str]:
+    reply = node.get("/mesh/services")
+    if reply.status != 200:
+        return []
+    for view in reply.json()["services"]:
+        if view["name"] == service:
+            return sorted(p["worker_id"] for p in view["providers"])
+    return []
+
+
+def routing(node) -> dict:
+    return node.get("/stats").json()["routing"]
+
+
+def test_counters_keep_the_seeds_meaning(mesh):
+    c = mesh["c"]
+    before = routing(c)
+    first = c.post_json("/service/echo", {"n": 1})
+    after_first = routing(c)
+    second = c.post_json("/service/echo", {"n": 2})
+    after_second = routing(c)
+    assert first.status == second.status == 200
+    assert first.json()["data"] == {"name": "echo", "echo": {"n": 1}}
+    delta = {k: after_first[k] - before[k] for k in ("cache_misses", "dht_lookups", "forwarded_requests",
+                                                     "cache_hits", "local_requests", "failed_requests")}
+    assert delta == {"cache_misses": 1, "dht_lookups": 1, "forwarded_requests": 1, "cache_hits": 0,
+                     "local_requests": 0, "failed_requests": 0}
+    delta = {k: after_second[k] - after_first[k] for k in delta}
+    assert delta == {"cache_misses": 0, "dht_lookups": 0, "forwarded_requests": 1, "cache_hits": 1,
+                     "local_requests": 0, "failed_requests": 0}
+    assert after_second["cache_size"] >= 1 and 0 < after_second["cache_hit_rate"] <= 1
+
+
+def test_a_node_without_services_serves_the_whole_mesh(mesh):
+    c = mesh["c"]
+    image = base64.b64encode(render_png(SENTENCE)).decode()
+    ocr = c.post_json("/service/vision-ocr", {"image_base64": image})
+    assert ocr.status == 200, ocr.body
+    assert ocr.json()["data"]["text"] == SENTENCE
+    assert ocr.json()["worker_id"] == "a"
+    assert (ocr.headers["X-Mesh-Route"], ocr.headers["X-Mesh-Worker"]) == ("forwarded", "a")
+    echo = c.get("/service/echo/whoami?x=1")
+    assert echo.status == 200, echo.body
+    assert echo.json()["path"] == "/whoami?x=1"
+    assert echo.headers["X-Mesh-Worker"] == "b"
+    assert mesh["a"].get("/stats").json()["routing"]["local_requests"] >= 1
+
+
+def test_mesh_views_list_services_and_peers(mesh):
+    services = {s["name"]: s for s in mesh["c"].get("/mesh/services").json()["services"]}
+    assert {"vision-ocr", "echo", "twin"} <= set(services)
+    ocr = services["vision-ocr"]["providers"]
+    assert [p["worker_id"] for p in ocr] == ["a"] and ocr[0]["url"] == "http://10.77.0.11:8000"
+    assert 0 <= ocr[0]["record_age_seconds"] < TTL_S
+    peers = mesh["c"].get("/mesh/peers").json()["peers"]
+    assert {p["address"].split(":")[0] for p in peers} == {"10.77.0.11", "10.77.0.12"}
+    assert all(p["reachable"] and p["rtt_seconds"] > 0 for p in peers)
+    assert mesh["c"].get("/health").json()["dht_peers"] == 2
+
+
+def test_killing_one_of_two_providers_costs_no_request(mesh):
+    c, a = mesh["c"], mesh["a"]
+    results, stop = [], threading.Event()
+
+    def loop():
+        for n in range(400):  # bounded, and stops early once the kill has been absorbed
+            if stop.is_set():
+                return
+            results.append(c.post_json("/service/twin", {"n": n}).status)
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    wait_for(lambda: len(results) >= 20, 30, "the request loop to run")
+    os.kill(a.pid_of("svc-twin"), signal.SIGKILL)
+    count_at_kill = len(results)
+    wait_for(lambda: len(results) >= count_at_kill + 100, 60, "100 requests after the kill")
+    stop.set()
+    worker.join(timeout=60)
+    assert results and all(status == 200 for status in results), [s for s in results if s != 200]
+
+
+def test_forged_and_expired_records_are_ignored(mesh, lab, tmp_path):
+    mallory = lab.add_host("m")
+    now = time.time()
+    outsider = records.sign(records.new_record("echo", "mallory", "http://10.77.0.99:8000", 60, now),
+                            NodeIdentity.load_or_create(tmp_path / "mallory"),
+                            MeshTrust("another-mesh-secret-000").proof(b"x" * 32))
+    identity = NodeIdentity.load_or_create(tmp_path / "insider")
+    stale = records.sign(records.new_record("echo", "stale", "http://10.77.0.98:8000", 60, now - 120),
+                         identity, MeshTrust(SECRET).proof(identity.public_key))
+
+    async def store_directly():
+        server = Server()
+        await server.listen(8468, mallory.address)
+        try:
+            await server.bootstrap([("10.77.0.11", 8468), ("10.77.0.13", 8468)])
+            for value in ({"mallory": outsider}, {"stale": stale}):
+                await server.set_digest(digest(records.service_key("echo")), records.encode(value))
+        finally:
+            server.stop()
+
+    mallory.call(lambda: asyncio.run(store_directly()))
+    for node in (mesh["a"], mesh["c"]):
+        # Mallory's node is gone: a lookup may first wait out its RPC timeout.
+        wait_for(lambda n=node: providers(n, "echo"), 10, "the mesh view")
+        assert providers(node, "echo") == ["b"]
+
+
+def test_forwarding_requires_a_member_signature_and_no_replay(mesh, tmp_path):
+    a = mesh["a"]
+    body = json.dumps({"n": 7}).encode()
+    forged = {forwarding.HOP: "1", forwarding.FROM: "mallory", "Content-Type": "application/json"}
+    assert a.request("POST", "/service/twin", body, forged).status == 403
+    identity = NodeIdentity.load_or_create(tmp_path / "member")
+    signed = forwarding.sign(identity, MeshTrust(SECRET).proof(identity.public_key), "tester", "POST",
+                             "/service/twin", body, time.time())
+    headers = {**signed, "Content-Type": "application/json"}
+    assert a.request("POST", "/service/twin", body, headers).status == 200
+    replay = a.request("POST", "/service/twin", body, headers)
+    assert replay.status == 403 and "replay" in replay.json()["error"]["message"]
+    tampered = a.request("POST", "/service/twin", json.dumps({"n": 8}).encode(),
+                         {**forwarding.sign(identity, MeshTrust(SECRET).proof(identity.public_key), "tester",
+                                            "POST", "/service/twin", body, time.time()),
+                          "Content-Type": "application/json"})
+    assert tampered.status == 403
+    assert a.post_json("/service/twin", {"n": 9}).status == 200  # client requests are unaffected
+
+
+def issued_at_by(node, service: str, worker: str) -> float:
+    for view in node.get("/mesh/services").json()["services"]:
+        for p in view["providers"] if view["name"] == service else []:
+            if p["worker_id"] == worker:
+                return time.time() - p["record_age_seconds"]
+    return 0.0
+
+
+def test_restarting_the_dht_or_the_whole_node_reannounces(mesh):
+    b = mesh["b"]
+    restarted = time.time()
+    b.supervisorctl("restart", "dht")
+    b.wait_healthy(timeout=30)
+    wait_for(lambda: issued_at_by(b, "echo", "b") >= restarted, TTL_S, "B's dht to hold B's records again")
+    node_id = b.get("/health").json()
+    b.stop()
+    restarted = time.time()
+    b.start()
+    b.wait_healthy(timeout=60)
+    assert b.get("/health").json()["worker_id"] == node_id["worker_id"]
+    wait_for(lambda: issued_at_by(mesh["a"], "echo", "b") >= restarted - 1, TTL_S * 2,
+             "B's records to be announced again")
+    assert mesh["c"].post_json("/service/echo", {"back": True}).status == 200
+
+
+def test_a_node_cut_off_is_dropped_within_one_ttl(mesh):
+    a, c = mesh["a"], mesh["c"]
+    assert c.post_json("/service/vision-ocr", {"image_base64": ""}).status == 400  # reachable: A answers
+    a.host.link(False)
+    cut_at = time.time()
+    try:
+        wait_for(lambda: providers(c, "twin") == ["b"], TTL_S + 5, "C to drop A")
+        assert time.time() - cut_at <= TTL_S + 5
+        assert all(c.post_json("/service/twin", {"n": n}).status == 200 for n in range(20))
+        reply = c.post_json("/service/vision-ocr", {"image_base64": ""})
+        assert reply.status in (404, 503) and "error" in reply.json()
+    finally:
+        a.host.link(True)

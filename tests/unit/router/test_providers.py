@@ -1,0 +1,247 @@
+"""Tests for services.router.providers: the provider cache, smoothed latencies, preference order."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from services.router.providers import NEGATIVE_TTL_S, Latencies, Provider, ProviderCache, preference_order
+
+T0 = 1_000.0
+
+
+def provider(worker: str, issued_at: float = T0, ttl_s: float = 60) -> Provider:
+    return Provider(worker, f"http://{worker}:8000", issued_at, issued_at + ttl_s)
+
+
+def workers(providers: list[Provider] | None) -> list[str] | None:
+    return None if providers is None else [p.worker_id for p in providers]
+
+
+# --- ProviderCache ------------------------------------------------------------------------------
+
+def test_unknown_service_is_not_cached():
+    assert ProviderCache().get("svc", T0) is None
+
+
+def test_put_then_get_returns_the_providers():
+    cache = ProviderCache()
+
+    cache.put("svc", [provider("a"), provider("b")], T0)
+
+    assert workers(cache.get("svc", T0 + 1)) == ["a", "b"]
+    assert len(cache) == 1
+
+
+def test_get_is_bounded_by_each_records_expiry():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a", ttl_s=10), provider("b", ttl_s=60)], T0)
+
+    assert workers(cache.get("svc", T0 + 9.9)) == ["a", "b"]
+    assert workers(cache.get("svc", T0 + 10)) == ["b"]
+    assert cache.get("svc", T0 + 60) is None
+
+
+def test_put_keeps_only_live_providers():
+    cache = ProviderCache()
+
+    cache.put("svc", [provider("old", issued_at=T0 - 100), provider("a")], T0)
+
+    assert workers(cache.get("svc", T0)) == ["a"]
+
+
+def test_put_replaces_the_previous_entry():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a")], T0)
+
+    cache.put("svc", [provider("b")], T0 + 1)
+
+    assert workers(cache.get("svc", T0 + 1)) == ["b"]
+
+
+@pytest.mark.parametrize("found", [[], [provider("old", issued_at=T0 - 100)]])
+def test_nobody_hosting_it_is_remembered_briefly(found):
+    cache = ProviderCache()
+    cache.put("svc", [provider("a")], T0 - 1)
+
+    cache.put("svc", found, T0)
+
+    assert cache.get("svc", T0) == []
+    assert cache.get("svc", T0 + NEGATIVE_TTL_S - 0.1) == []
+    assert cache.get("svc", T0 + NEGATIVE_TTL_S) is None
+    assert len(cache) == 0
+
+
+def test_finding_providers_clears_the_negative_entry():
+    cache = ProviderCache()
+    cache.put("svc", [], T0)
+
+    cache.put("svc", [provider("a")], T0 + 1)
+
+    assert workers(cache.get("svc", T0 + 1)) == ["a"]
+    assert cache.negative == {}
+
+
+def test_drop_provider_removes_only_that_provider():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a"), provider("b")], T0)
+
+    assert cache.drop_provider("svc", "a") is True
+
+    assert workers(cache.get("svc", T0)) == ["b"]
+
+
+def test_dropping_the_last_provider_forgets_the_service():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a")], T0)
+
+    assert cache.drop_provider("svc", "a") is True
+
+    assert cache.get("svc", T0) is None  # not negative: the next request looks it up again
+    assert len(cache) == 0
+
+
+def test_drop_of_an_unknown_provider_or_service_changes_nothing():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a")], T0)
+
+    assert cache.drop_provider("svc", "z") is False
+    assert cache.drop_provider("other", "a") is False
+    assert workers(cache.get("svc", T0)) == ["a"]
+
+
+def test_prune_forgets_expired_providers_and_says_so():
+    cache = ProviderCache()
+    cache.put("one", [provider("a", ttl_s=10), provider("b", ttl_s=60)], T0)
+    cache.put("gone", [provider("c", ttl_s=10)], T0)
+    cache.put("kept", [provider("d", ttl_s=60)], T0)
+
+    assert cache.prune(T0 + 10) is True
+
+    assert sorted(cache.entries) == ["kept", "one"]
+    assert workers(cache.entries["one"].providers) == ["b"]
+
+
+def test_prune_without_expiry_changes_nothing():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a")], T0)
+
+    assert cache.prune(T0 + 1) is False
+    assert workers(cache.get("svc", T0 + 1)) == ["a"]
+
+
+def test_prune_drops_expired_negative_entries_without_a_route_change():
+    cache = ProviderCache()
+    cache.put("nobody", [], T0)
+    cache.put("still", [], T0 + 3)
+
+    assert cache.prune(T0 + NEGATIVE_TTL_S) is False
+
+    assert cache.negative == {"still": T0 + 3 + NEGATIVE_TTL_S}
+
+
+def test_due_for_refresh_before_the_records_expire():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a", ttl_s=60)], T0)  # due with under a quarter of its life left
+
+    assert cache.due_for_refresh(T0 + 44) == []
+    assert cache.due_for_refresh(T0 + 46) == ["svc"]
+
+
+def test_due_for_refresh_when_any_provider_is_due():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a", issued_at=T0 - 40), provider("b", issued_at=T0)], T0)
+
+    assert cache.due_for_refresh(T0 + 6) == ["svc"]
+
+
+def test_a_just_fetched_entry_is_not_refreshed_again_at_once():
+    cache = ProviderCache()
+    cache.put("svc", [provider("a", issued_at=T0 - 50)], T0)  # already due when fetched
+
+    assert cache.due_for_refresh(T0 + 0.5) == []
+    assert cache.due_for_refresh(T0 + 1) == ["svc"]
+    assert cache.due_for_refresh(T0 + 0.5, min_age_s=0) == ["svc"]
+
+
+def test_provider_refresh_due():
+    p = provider("a", ttl_s=100)
+
+    assert not p.refresh_due(T0 + 75)
+    assert p.refresh_due(T0 + 75.1)
+
+
+# --- Latencies ----------------------------------------------------------------------------------
+
+def test_first_sample_is_the_latency():
+    latencies = Latencies()
+
+    latencies.observe("a", 0.2)
+
+    assert latencies.smoothed == {"a": 0.2}
+
+
+def test_later_samples_are_smoothed():
+    latencies = Latencies()
+
+    for sample in (1.0, 2.0, 2.0):
+        latencies.observe("a", sample)
+
+    assert latencies.smoothed["a"] == pytest.approx(1.0 + 0.3 * 1.0 + 0.3 * (2.0 - 1.3))
+
+
+def test_latencies_are_per_worker():
+    latencies = Latencies()
+
+    latencies.observe("a", 1.0)
+    latencies.observe("b", 3.0)
+    latencies.observe("a", 2.0)
+
+    assert latencies.smoothed == pytest.approx({"a": 1.3, "b": 3.0})
+
+
+# --- preference_order ---------------------------------------------------------------------------
+
+def test_lowest_smoothed_latency_first():
+    latencies = Latencies({"a": 0.3, "b": 0.1, "c": 0.2})
+
+    ordered = preference_order([provider("a"), provider("b"), provider("c")], latencies, random.Random(1))
+
+    assert workers(ordered) == ["b", "c", "a"]
+
+
+def test_a_provider_never_measured_counts_as_zero():
+    latencies = Latencies({"a": 0.01, "b": 0.02})
+
+    ordered = preference_order([provider("a"), provider("b"), provider("new")], latencies, random.Random(1))
+
+    assert workers(ordered) == ["new", "a", "b"]
+
+
+def test_ties_are_spread_at_random():
+    latencies = Latencies({"a": 0.1, "b": 0.1, "slow": 0.5})
+    rng = random.Random(42)
+    providers = [provider("a"), provider("b"), provider("slow")]
+
+    firsts = Counter(preference_order(providers, latencies, rng)[0].worker_id for _ in range(400))
+    lasts = {preference_order(providers, latencies, rng)[-1].worker_id for _ in range(50)}
+
+    assert set(firsts) == {"a", "b"}
+    assert min(firsts.values()) > 120
+    assert lasts == {"slow"}
+
+
+def test_order_is_reproducible_with_the_same_seed():
+    providers = [provider(w) for w in "abcdef"]
+
+    first = preference_order(providers, Latencies(), random.Random(7))
+    again = preference_order(providers, Latencies(), random.Random(7))
+
+    assert workers(first) == workers(again)
+    assert sorted(workers(first)) == list("abcdef")
+
+
+def test_preference_order_of_no_providers_is_empty():
+    assert preference_order([], Latencies(), random.Random(1)) == []
