@@ -19,11 +19,13 @@ import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
+import grpc
 import uvloop
 from prometheus_client import disable_created_metrics
 
-from services.common import config, identity, programs
+from services.common import config, grpcclient, identity, programs
 from services.common.config import Config, ConfigError
+from services.common.rpc import router_pb2, router_pb2_grpc
 from services.common.statefile import write_atomically
 
 log = logging.getLogger("meshworker")
@@ -118,34 +120,75 @@ def run_backend(cfg: Config, name: str) -> int:
     return 2
 
 
-def fetch(base: str, path: str) -> dict:
-    try:
-        with urllib.request.urlopen(base + path, timeout=5) as reply:
-            return json.load(reply)
-    except urllib.error.HTTPError as err:
-        return json.load(err)
+class NotRunning(Exception):
+    pass
 
 
-def status(cfg: Config) -> int:
+def gateway_get(cfg: Config, path: str) -> dict:
+    """GET a JSON document from this node's gateway (found through gateway.json)."""
     try:
         address = json.loads(cfg.gateway_address_file.read_text())
         host = "127.0.0.1" if address["host"] in ("0.0.0.0", "::") else address["host"]
-        base = f"http://{host}:{address['port']}"
-        health, stats = fetch(base, "/health"), fetch(base, "/stats")
-    except (OSError, ValueError) as err:
-        print(f"node {cfg.worker_id} is not running (no gateway answers: {err})", file=sys.stderr)
-        return 1
+        with urllib.request.urlopen(f"http://{host}:{address['port']}{path}", timeout=10) as reply:
+            return json.load(reply)
+    except urllib.error.HTTPError as err:
+        return json.load(err)
+    except (OSError, ValueError, KeyError) as err:
+        raise NotRunning(f"node {cfg.worker_id} is not running (no gateway answers: {err})") from None
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    widths = [max(len(str(v)) for v in column) for column in zip(headers, *rows, strict=True)]
+    for row in [headers, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def status(cfg: Config) -> int:
+    health, stats = gateway_get(cfg, "/health"), gateway_get(cfg, "/stats")
     print(f"node {health['worker_id']}: {health['status']}  (up {health['uptime']:.0f} s, "
-          f"version {health['version']}, overlay: {health['vpn_ip'] or health['vpn_reason']})\n")
-    print(f"{'COMPONENT':<16}STATE")
-    for name, state in health["components"].items():
-        print(f"{name:<16}{state}")
-    print(f"\n{'SERVICE':<16}STATE")
-    for name, state in health["backends"].items():
-        print(f"{name:<16}{state}")
-    print(f"\n{'ROUTING':<20}COUNT")
-    for name, value in stats["routing"].items():
-        print(f"{name:<20}{value:g}" if isinstance(value, float) else f"{name:<20}{value}")
+          f"version {health['version']}, dht peers {health['dht_peers']}, "
+          f"overlay: {health['vpn_ip'] or health['vpn_reason']})\n")
+    print_table(["COMPONENT", "STATE"], [[n, s] for n, s in health["components"].items()])
+    print()
+    print_table(["SERVICE", "STATE"], [[n, s] for n, s in health["backends"].items()])
+    print()
+    print_table(["ROUTING", "COUNT"], [[n, f"{v:g}"] for n, v in stats["routing"].items()])
+    return 0
+
+
+def services(cfg: Config) -> int:
+    rows = []
+    for view in gateway_get(cfg, "/mesh/services")["services"]:
+        for p in view["providers"]:
+            rows.append([view["name"], p["worker_id"], "local" if p["local"] else "remote",
+                         "healthy" if p["healthy"] else "unhealthy", p["url"],
+                         f"{p['record_age_seconds']:.0f} s" if not p["local"] else "-",
+                         f"{p['smoothed_latency_seconds'] * 1000:.1f} ms" if p["smoothed_latency_seconds"] else "-"])
+    print_table(["SERVICE", "WORKER", "WHERE", "HEALTH", "URL", "RECORD AGE", "LATENCY"], rows)
+    return 0
+
+
+def peers(cfg: Config) -> int:
+    rows = [[p["node_id"][:16], p["address"], "yes" if p["reachable"] else "no",
+             f"{p['rtt_seconds'] * 1000:.2f} ms" if p["reachable"] else "-"]
+            for p in gateway_get(cfg, "/mesh/peers")["peers"]]
+    print_table(["NODE ID", "ADDRESS", "REACHABLE", "RTT"], rows)
+    return 0
+
+
+def drain(cfg: Config) -> int:
+    """Withdraw this node's services from the mesh; it keeps serving what reaches it."""
+    async def call() -> list[str]:
+        async with grpcclient.channel(cfg, "router") as channel:
+            reply = await router_pb2_grpc.RouterStub(channel).Drain(
+                router_pb2.DrainRequest(), timeout=grpcclient.DEADLINE_S * 3)
+            return list(reply.withdrawn)
+    try:
+        withdrawn = asyncio.run(call())
+    except grpc.aio.AioRpcError as err:
+        raise NotRunning(f"the router of {cfg.worker_id} is not answering: {err.code().name}") from None
+    print(f"drained {cfg.worker_id}: withdrew {', '.join(withdrawn) or 'nothing'}; "
+          "restart the node to announce its services again")
     return 0
 
 
@@ -157,6 +200,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run this node in the foreground under supervisord")
     commands.add_parser("status", help="components, services and routing counters of this node")
+    commands.add_parser("services", help="every service of the mesh and its providers")
+    commands.add_parser("peers", help="the DHT peers this node knows, with their round-trip time")
+    commands.add_parser("drain", help="withdraw this node's services from the mesh")
     run = commands.add_parser("run", help="run one component (what supervisord starts)")
     run.add_argument("component", help="nebula-agent, dht, router, gateway or svc-<name>")
     return parser.parse_args(argv)
@@ -171,9 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "up":
         return up(cfg)
-    if args.command == "status":
-        return status(cfg)
-    return run_component(cfg, args.component)
+    if args.command == "run":
+        return run_component(cfg, args.component)
+    try:
+        return {"status": status, "services": services, "peers": peers, "drain": drain}[args.command](cfg)
+    except NotRunning as err:
+        print(err, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,9 +31,20 @@ class Announcer:
         self._healthy: set[str] = set()
         self._withdrawn: set[str] = set()
         self._wake = asyncio.Event()
+        self.draining = False
+
+    async def drain(self) -> list[str]:
+        """Withdraw every service now and announce none from here on."""
+        self.draining = True
+        withdrawn = sorted(self._healthy)
+        self._withdrawn |= self._healthy
+        self._healthy.clear()
+        if not await self._sync():
+            raise ConnectionError("the DHT is not answering")
+        return withdrawn
 
     def set_health(self, service: str, healthy: bool) -> None:
-        if healthy:
+        if healthy and not self.draining:
             self._healthy.add(service)
             self._withdrawn.discard(service)
         else:

@@ -27,9 +27,11 @@ REFRESH_TICK_S = 1.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, cfg: Config, registry: CollectorRegistry, dht: dht_pb2_grpc.DhtStub):
+    def __init__(self, cfg: Config, registry: CollectorRegistry, dht: dht_pb2_grpc.DhtStub,
+                 announcer: Announcer | None = None):
         self.cfg = cfg
         self.dht = dht
+        self.announcer = announcer
         self.health = {s.name: HealthDamper(cfg.health_fail_threshold, cfg.health_ok_threshold)
                        for s in cfg.services}
         self.counters = RoutingCounters()
@@ -128,6 +130,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def MeshServices(self, request, context):
         return await mesh_services(self)
 
+    async def Drain(self, request, context):
+        try:
+            withdrawn = await self.announcer.drain()
+        except ConnectionError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        log.info("drained: withdrew %s", withdrawn)
+        return router_pb2.DrainResponse(withdrawn=withdrawn)
+
     async def refresh_forever(self) -> None:
         """Keep cached routes ahead of their records' expiry, off the request path."""
         while True:
@@ -148,11 +158,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     dht = grpcclient.channel(cfg, "dht")
-    servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht))
+    announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services})
+    servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
                router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
-    announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services})
 
     def on_health_change(service: str, healthy: bool) -> None:
         announcer.set_health(service, healthy)

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from kademlia.network import Server
 from kademlia.utils import digest
-from meshtest import SENTENCE, render_png, wait_for
+from meshtest import BIN, SENTENCE, render_png, wait_for
 from netns import Lab
 
 from services.common.identity import MeshTrust, NodeIdentity
@@ -229,3 +230,21 @@ def test_a_node_cut_off_is_dropped_within_one_ttl(mesh):
         assert reply.status in (404, 503) and "error" in reply.json()
     finally:
         a.host.link(True)
+
+
+def cli(node, *args: str) -> str:
+    out = subprocess.run(node.host.command([str(BIN / "meshworker"), *args]), env=node.env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli_tables_and_drain(mesh):
+    lines = cli(mesh["c"], "services").splitlines()
+    assert lines[0].split()[:3] == ["SERVICE", "WORKER", "WHERE"]
+    assert any(line.split()[:3] == ["echo", "b", "remote"] for line in lines[1:])
+    peers = cli(mesh["c"], "peers")
+    assert "10.77.0.12:8468" in peers and "yes" in peers
+    assert "withdrew echo, twin" in cli(mesh["b"], "drain")
+    wait_for(lambda: providers(mesh["a"], "twin") == ["a"], TTL_S + 5, "B's twin record to be withdrawn")
+    assert mesh["b"].get("/service/twin/whoami").json()["name"] == "twin"  # still serves what reaches it

@@ -16,6 +16,16 @@ ROUTE_KIND_NONE: RouteKind
 ROUTE_KIND_LOCAL: RouteKind
 ROUTE_KIND_FORWARDED: RouteKind
 
+class DrainRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("withdrawn",)
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, withdrawn: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ResolveRequest(_message.Message):
     __slots__ = ("service",)
     SERVICE_FIELD_NUMBER: _ClassVar[int]

@@ -65,6 +65,11 @@ class RouterStub:
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/meshworker.v1.Router/Drain',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -113,6 +118,13 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Drain withdraws this node's services from the DHT and stops announcing them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.MeshServices,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class Router:
             '/meshworker.v1.Router/MeshServices',
             services_dot_common_dot_rpc_dot_router__pb2.MeshServicesRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_router__pb2.MeshServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/Drain',
+            services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
