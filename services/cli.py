@@ -37,6 +37,9 @@ def configure_logging(component: str, level: str) -> None:
     logging.basicConfig(
         level=level, stream=sys.stdout,
         format=f"{component:<16}| %(asctime)s %(levelname)s %(name)s - %(message)s")
+    # rpcudp logs every unanswered datagram as an error; a peer that went away is routine
+    # for a DHT (kademlia drops it), and /mesh/peers shows who answers.
+    logging.getLogger("rpcudp.protocol").setLevel(logging.CRITICAL)
 
 
 def prepare_runtime(cfg: Config) -> None:

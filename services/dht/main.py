@@ -104,11 +104,15 @@ def advertised_url(cfg: Config) -> str:
 
 
 async def maintain(cfg: Config, node: DhtNode, saved: state.DhtState) -> None:
-    """Persist the known peers, and rejoin from seeds and old peers whenever alone."""
+    """Persist the known peers, and rejoin from seeds and old peers whenever alone: soon
+    after start (nodes started together race their seeds), then less and less often."""
+    delay = 1.0
     while True:
-        await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-        if not node.peers():
+        await asyncio.sleep(delay)
+        alone = not node.peers()
+        if alone and (cfg.dht_seeds or saved.peers):
             await node.bootstrap(list(dict.fromkeys([*cfg.dht_seeds, *saved.peers])))
+        delay = min(delay * 2, MAINTENANCE_INTERVAL_S) if alone else MAINTENANCE_INTERVAL_S
         saved.peers = [(p.ip, p.port) for p in node.peers()] or saved.peers
         state.save(cfg.state_dir, saved)
 

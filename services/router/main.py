@@ -40,6 +40,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.rng = random.Random()
         self.version = 1
         self._changed = asyncio.Event()
+        self._first_choice: dict[str, str] = {}  # service -> first endpoint in the pushed table
         self.outcomes = Counter("meshworker_router_outcomes", "Request outcomes reported by the gateway",
                                 ["route", "result"], registry=registry)
         self.refreshes = Counter("meshworker_router_cache_refreshes", "DHT lookups that refreshed a cached "
@@ -60,7 +61,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def table(self) -> router_pb2.RouteTable:
         now = time.time()
         names = dict.fromkeys([*(s.name for s in self.cfg.services), *self.cache.entries])
-        return router_pb2.RouteTable(version=self.version, routes=[self.route(n, now) for n in names])
+        table = router_pb2.RouteTable(version=self.version, routes=[self.route(n, now) for n in names])
+        self._first_choice = {r.service: r.worker_id for r in table.routes}
+        return table
+
+    def preference_changed(self, services: set[str]) -> bool:
+        """Whether new latencies put another provider first for one of these services."""
+        now = time.time()
+        return any(self.route(s, now).worker_id != self._first_choice.get(s) for s in services
+                   if s in self.cache.entries)
 
     def publish(self) -> None:
         """Wake every WatchRoutes stream: each waits on the event that was current when it sent."""
@@ -102,18 +111,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def ReportOutcome(self, request, context):
         dropped = False
+        observed: set[str] = set()
         for outcome in request.outcomes:
             self.counters.record(outcome)
             self.outcomes.labels(router_pb2.RouteKind.Name(outcome.kind).removeprefix("ROUTE_KIND_").lower(),
                                  "success" if outcome.success else "failure").inc()
             if outcome.success and outcome.worker_id:
                 self.latencies.observe(outcome.worker_id, outcome.latency_seconds)
+                observed.add(outcome.service)
             failed = [*outcome.failed_workers]
             if outcome.kind == router_pb2.ROUTE_KIND_FORWARDED and not outcome.success:
                 failed.append(outcome.worker_id)
             for worker in failed:
                 dropped |= self.cache.drop_provider(outcome.service, worker)
-        if dropped:
+        if dropped or self.preference_changed(observed):
             self.publish()
         return router_pb2.ReportOutcomeResponse()
 
