@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import subprocess
 import threading
 import time
 import urllib.request
@@ -12,7 +14,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from meshtest import SENTENCE, render_png, wait_for
+from meshtest import BIN, SENTENCE, render_png, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -215,3 +217,20 @@ def test_backend_down_is_503_with_retry_after(start_node, test_backend):
     assert reply.json()["error"]["code"] in ("backend_unhealthy", "backend_unavailable")
     health = node.get("/health").json()
     assert health["status"] == "degraded" and health["services"] == []
+
+
+def test_status_prints_components_services_and_counters(node):
+    out = subprocess.run([str(BIN / "meshworker"), "status"], env=node.env, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("node node1: healthy")
+    rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert rows["router"] == ["SERVING"] and rows["vision-ocr"] == ["healthy"]
+    assert rows["local_requests"][0].isdigit()
+
+
+def test_status_of_a_node_that_is_not_running_says_so(tmp_path):
+    env = {"PATH": os.environ["PATH"], "MESHWORKER_STATE_DIR": str(tmp_path)}
+    out = subprocess.run([str(BIN / "meshworker"), "status"], env=env, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 1 and "is not running" in out.stderr
