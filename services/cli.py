@@ -23,6 +23,7 @@ import grpc
 import uvloop
 from prometheus_client import disable_created_metrics
 
+from services.backends import registry
 from services.common import config, grpcclient, identity, programs
 from services.common.config import Config, ConfigError
 from services.common.rpc import router_pb2, router_pb2_grpc
@@ -82,6 +83,8 @@ def up(cfg: Config) -> int:
         env["MESHWORKER_CONFIG"] = str(cfg.config_path)
     print(f"meshworker {version('meshworker')}: node {cfg.worker_id}, services "
           f"{[s.name for s in cfg.services]}, gateway {cfg.gateway_host}:{cfg.gateway_port}", flush=True)
+    for name, reason in cfg.unavailable:
+        print(f"{name} is not offered: {reason}", flush=True)
     os.execve(supervisord, ["supervisord", "-n", "-c", str(SUPERVISORD_CONF)], env)
 
 
@@ -115,12 +118,11 @@ def run_component(cfg: Config, component: str) -> int:
 
 
 def run_backend(cfg: Config, name: str) -> int:
-    if name == "vision-ocr":
-        from services.backends.ocr import main as ocr
-        ocr.serve(cfg.service(name).upstream.removeprefix("unix:"), cfg.log_level.lower())
-        return 0
-    print(f"{name} is not a built-in service: give it a command in [service.{name}]", file=sys.stderr)
-    return 2
+    if name not in config.BUILTIN_SERVICES:
+        print(f"{name} is not a built-in service: give it a command in [service.{name}]", file=sys.stderr)
+        return 2
+    registry.serve(name, cfg.service(name).upstream.removeprefix("unix:"), cfg.log_level.lower())
+    return 0
 
 
 class NotRunning(Exception):
@@ -153,7 +155,8 @@ def status(cfg: Config) -> int:
           f"overlay: {health['vpn_ip'] or health['vpn_reason']})\n")
     print_table(["COMPONENT", "STATE"], [[n, s] for n, s in health["components"].items()])
     print()
-    print_table(["SERVICE", "STATE"], [[n, s] for n, s in health["backends"].items()])
+    print_table(["SERVICE", "STATE"], [[n, s] for n, s in health["backends"].items()]
+                + [[n, reason] for n, reason in health["unavailable"].items()])
     print()
     print_table(["ROUTING", "COUNT"], [[n, f"{v:g}"] for n, v in stats["routing"].items()])
     return 0

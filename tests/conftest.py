@@ -37,6 +37,8 @@ class NodeFactory:
         if config_toml is not None:
             (state_dir / "meshworker.toml").write_text(config_toml)
             node_env["MESHWORKER_CONFIG"] = str(state_dir / "meshworker.toml")
+        else:  # the model services take seconds and hundreds of MiB each: only where asked for
+            node_env.setdefault("MESHWORKER_SERVICES", "vision-ocr")
         node = Node(state_dir, node_env, state_dir / "node.log", host)
         self.nodes.append(node)
         node.start()

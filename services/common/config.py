@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.backends import registry
+
 ENV_PREFIX = "MESHWORKER_"
 COMPONENTS = ("nebula-agent", "dht", "router")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-BUILTIN_SERVICES = ("vision-ocr",)
+BUILTIN_SERVICES = ("vision-ocr", "rag-embeddings", "llm-inference")
 MESH_SECRET_FILE = "mesh.secret"
 SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s"})
 
@@ -38,7 +40,7 @@ class ServiceConfig:
 
     name: str
     upstream: str  # "http://host:port" or "unix:/path/to.sock"
-    health_path: str = "/health"
+    health_path: str = ""  # "": /health, else / (vLLM and TEI answer /health, Ollama answers /)
     invoke_path: str = "/"
     command: tuple[str, ...] = ()  # run as supervised program svc-<name> when set
     idempotent: bool = False
@@ -72,6 +74,7 @@ class Config:
     latency_peer: str | None = None  # "host:port" whose TCP connect time is latency_ms
     advertise_url: str | None = None  # how peers reach this gateway without an overlay
     mesh_secret: str | None = None  # proves membership; from mesh_secret, else <state>/mesh.secret
+    unavailable: tuple[tuple[str, str], ...] = ()  # built-ins asked for but not installed, and why
 
     def grpc_target(self, component: str) -> str:
         """Address of a component's gRPC server, as both grpc servers and channels take it."""
@@ -199,7 +202,7 @@ def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceC
     return ServiceConfig(
         name=name,
         upstream=_as_url(f"{key}.url", table["url"]),
-        health_path=str(table.get("health_path", "/health")),
+        health_path=str(table.get("health_path", "")),
         invoke_path=str(table.get("invoke_path", "/")),
         command=tuple(shlex.split(command) if isinstance(command, str) else command),
         idempotent=bool(table.get("idempotent", False)),
@@ -244,7 +247,10 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
     names = _as_list("services", environ.get(ENV_PREFIX + "SERVICES",
                                               file_values.get("services", list(BUILTIN_SERVICES))))
     tables = file_values.get("service", {})
-    services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names))
+    unavailable = tuple((n, reason) for n in dict.fromkeys(names)
+                        if n in BUILTIN_SERVICES and (reason := registry.unavailable_reason(n)))
+    services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names)
+                     if n not in dict(unavailable))
     if "mesh_secret" not in values:
         values["mesh_secret"] = _read_secret_file(state_dir)
     return Config(
@@ -253,5 +259,6 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
         runtime_dir=runtime_dir,
         config_path=path,
         services=services,
+        unavailable=unavailable,
         **values,
     )

@@ -54,17 +54,19 @@ async def health(request: Request) -> Response:
         "uptime": round(time.time() - gw.started_at, 3), "started_at": gw.started_at,
         "version": gw.version, "components": components,
         "backends": {n: "healthy" if ok else "unhealthy" for n, ok in backends.items()},
+        "unavailable": dict(gw.cfg.unavailable),
         "router_connected": gw.router.connected,
     }, status_code=503 if status == "unhealthy" else 200)
 
 
 async def stats(request: Request) -> Response:
     gw = gateway(request)
-    routing, overlay, caps = await asyncio.gather(
-        gw.routing_stats(), gw.overlay(), asyncio.to_thread(capabilities.collect, gw.cfg.latency_peer))
+    routing, overlay, caps, backends = await asyncio.gather(
+        gw.routing_stats(), gw.overlay(), asyncio.to_thread(capabilities.collect, gw.cfg.latency_peer),
+        gw.local_services())
     return JSONResponse({
         "worker_id": gw.cfg.worker_id, "vpn_ip": overlay.overlay_ip or None,
-        "services": gw.healthy_services(), "capabilities": caps,
+        "services": gw.healthy_services(), "capabilities": caps, "backends": backends,
         "routing": {field: getattr(routing, field) for field in router_pb2.RoutingStats.DESCRIPTOR.fields_by_name},
     })
 

@@ -59,6 +59,17 @@ class Gateway:
         except grpc.aio.AioRpcError:
             return None
 
+    async def local_services(self) -> list[dict]:
+        """Each local backend as the router sees it: health, model, load time, memory."""
+        try:
+            reply = await self.router.stub.ListLocalServices(router_pb2.ListLocalServicesRequest(),
+                                                             timeout=grpcclient.HEALTH_DEADLINE_S)
+        except grpc.aio.AioRpcError:
+            return []
+        return [{"name": s.name, "healthy": s.healthy, "model": s.model or None,
+                 "load_seconds": s.load_seconds or None, "rss_bytes": s.rss_bytes or None,
+                 "last_error": s.last_error or None} for s in reply.services]
+
     async def routing_stats(self) -> router_pb2.RoutingStats:
         """The router's counters once our pending outcomes reached it; else the last known."""
         if await self.router.flush():

@@ -1,10 +1,18 @@
-"""Active health checks of local backends: one GET of the health path per interval."""
+"""Active health checks of local backends: one GET of the health path per interval.
+
+A backend's health answer may describe it (model, load_seconds, rss_bytes, as the
+built-ins' do); that description is kept for /stats and /metrics. Without a configured
+health path, /health is tried and then / (vLLM and Text Embeddings Inference answer the
+first, Ollama the second), so the usual servers work without settings.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -13,25 +21,55 @@ from services.common.upstream import open_session
 from services.router.health import HealthDamper
 
 log = logging.getLogger(__name__)
+DEFAULT_HEALTH_PATHS = ("/health", "/")
 
 
-async def probe(session: aiohttp.ClientSession, url: str) -> tuple[bool, str]:
+@dataclass
+class BackendInfo:
+    model: str = ""
+    load_seconds: float = 0.0
+    rss_bytes: int = 0
+
+    def update(self, answer: bytes) -> None:
+        try:
+            described = json.loads(answer)
+        except ValueError:
+            return
+        if isinstance(described, dict):
+            self.model = str(described.get("model") or self.model)
+            self.load_seconds = float(described.get("load_seconds") or self.load_seconds)
+            self.rss_bytes = int(described.get("rss_bytes") or self.rss_bytes)
+
+
+async def probe(session: aiohttp.ClientSession, url: str, info: BackendInfo) -> tuple[bool, str, int]:
+    """(passed, why not, HTTP status or 0 when no answer)."""
     try:
         async with session.get(url) as reply:
-            await reply.read()
+            info.update(await reply.read())
             if reply.status < 300:
-                return True, ""
-            return False, f"health check answered HTTP {reply.status}"
+                return True, "", reply.status
+            return False, f"health check answered HTTP {reply.status}", reply.status
     except (TimeoutError, aiohttp.ClientError, OSError) as err:
-        return False, f"health check failed: {type(err).__name__}: {err}".rstrip(": ")
+        return False, f"health check failed: {type(err).__name__}: {err}".rstrip(": "), 0
 
 
-async def check_forever(svc: ServiceConfig, damper: HealthDamper, interval_s: float,
+async def check_once(session: aiohttp.ClientSession, base: str, paths: list[str],
+                     info: BackendInfo) -> tuple[bool, str]:
+    """Probe the health path; while it is not settled, a 404 moves on to the next candidate."""
+    ok, error, status = await probe(session, base + paths[0], info)
+    if status == 404 and len(paths) > 1:
+        paths.pop(0)
+        ok, error, _ = await probe(session, base + paths[0], info)
+    return ok, error
+
+
+async def check_forever(svc: ServiceConfig, damper: HealthDamper, info: BackendInfo, interval_s: float,
                         on_change: Callable[[str, bool], None]) -> None:
     session, base = open_session(svc.upstream, timeout_s=max(interval_s, 1.0))
+    paths = [svc.health_path] if svc.health_path else list(DEFAULT_HEALTH_PATHS)
     try:
         while True:
-            ok, error = await probe(session, base + svc.health_path)
+            ok, error = await check_once(session, base, paths, info)
             if damper.observe(ok, error):
                 log.info("service %s is now %s%s", svc.name,
                          "healthy" if damper.healthy else "unhealthy", "" if ok else f" ({error})")

@@ -16,7 +16,7 @@ from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import routes
 from services.router.announcer import Announcer
-from services.router.checker import check_forever
+from services.router.checker import BackendInfo, check_forever
 from services.router.health import HealthDamper
 from services.router.mesh_view import mesh_services
 from services.router.providers import Latencies, Provider, ProviderCache
@@ -34,6 +34,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.announcer = announcer
         self.health = {s.name: HealthDamper(cfg.health_fail_threshold, cfg.health_ok_threshold)
                        for s in cfg.services}
+        self.backends = {s.name: BackendInfo() for s in cfg.services}
         self.counters = RoutingCounters()
         self.cache = ProviderCache()
         self.latencies = Latencies()
@@ -49,8 +50,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
               registry=registry).set_function(lambda: len(self.cache))
         healthy = Gauge("meshworker_router_service_healthy",
                         "1 when a local service passes its health checks", ["service"], registry=registry)
+        memory = Gauge("meshworker_router_backend_resident_memory_bytes",
+                       "Resident memory of a local backend, as it reports it", ["service"], registry=registry)
+        load = Gauge("meshworker_router_backend_load_seconds", "Seconds a local backend took to load its "
+                     "model", ["service"], registry=registry)
         for name, damper in self.health.items():
             healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
+            memory.labels(name).set_function(lambda b=self.backends[name]: b.rss_bytes)
+            load.labels(name).set_function(lambda b=self.backends[name]: b.load_seconds)
 
     def route(self, service: str, now: float) -> router_pb2.Route:
         svc = self.cfg.service(service)
@@ -132,7 +139,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.ListLocalServicesResponse(services=[
             router_pb2.LocalService(name=s.name, upstream=s.upstream, health_path=s.health_path,
                                     healthy=self.health[s.name].healthy,
-                                    last_error=self.health[s.name].last_error)
+                                    last_error=self.health[s.name].last_error,
+                                    model=self.backends[s.name].model,
+                                    load_seconds=self.backends[s.name].load_seconds,
+                                    rss_bytes=self.backends[s.name].rss_bytes)
             for s in self.cfg.services])
 
     async def Stats(self, request, context):
@@ -182,8 +192,9 @@ async def serve(cfg: Config) -> None:
     await server.start()
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever())] + [
-            tasks.create_task(check_forever(svc, servicer.health[svc.name], cfg.health_interval_s,
-                                            on_health_change)) for svc in cfg.services]
+            tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
+                                            cfg.health_interval_s, on_health_change))
+            for svc in cfg.services]
         await server.set_serving(True)
         await server.run_until_stopped()
         for task in background:

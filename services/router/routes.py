@@ -11,6 +11,8 @@ from services.router.providers import Latencies, Provider, preference_order
 # A peer answers within its own backend's timeout or says 504 itself; this bounds the wait
 # for a peer that stopped answering altogether.
 FORWARD_TIMEOUT_S = 300.0
+# Services whose providers with a GPU are preferred while one is healthy.
+GPU_SERVICES = frozenset({"llm-inference"})
 
 
 def local_route(worker_id: str, svc: ServiceConfig, healthy: bool) -> router_pb2.Route:
@@ -22,7 +24,7 @@ def local_route(worker_id: str, svc: ServiceConfig, healthy: bool) -> router_pb2
 
 def forwarded_route(service: str, providers: list[Provider], latencies: Latencies,
                     rng: random.Random) -> router_pb2.Route:
-    ordered = preference_order(providers, latencies, rng)
+    ordered = preference_order(providers, latencies, rng, prefer_gpu=service in GPU_SERVICES)
     return router_pb2.Route(
         service=service, kind=router_pb2.ROUTE_KIND_FORWARDED, healthy=True,
         idempotent=all(p.idempotent for p in ordered), timeout_seconds=FORWARD_TIMEOUT_S,

@@ -1,13 +1,14 @@
 """Three full nodes in network namespaces: discovery, forwarding, failover, trust.
 
-A hosts vision-ocr and `twin`; B hosts `echo` and `twin`; C hosts nothing and serves
-everything by forwarding. Tests run in file order: the cut-off test goes last.
+A hosts vision-ocr, llm-inference and `twin`; B hosts `echo` and `twin`; C hosts nothing
+and serves everything by forwarding. Tests run in file order: the cut-off test goes last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import os
 import signal
@@ -55,7 +56,7 @@ def mesh(lab, start_module_node):
         return start_module_node(config, host=host, MESHWORKER_WORKER_ID=name, MESHWORKER_DHT_SEEDS=seeds,
                                  MESHWORKER_ADVERTISE_URL=f"http://{host.address}:8000", **common)
 
-    nodes = {"a": start(a, "a", 'services = ["vision-ocr", "twin"]\n' + backend("twin", 9101), "")}
+    nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin"]\n' + backend("twin", 9101), "")}
     seed = f"{a.address}:8468"
     nodes["b"] = start(b, "b", 'services = ["echo", "twin"]\n' + backend("echo", 9100) + backend("twin", 9101), seed)
     nodes["c"] = start(c, "c", "services = []\n", seed)
@@ -110,6 +111,25 @@ def test_a_node_without_services_serves_the_whole_mesh(mesh):
     assert echo.json()["path"] == "/whoami?x=1"
     assert echo.headers["X-Mesh-Worker"] == "b"
     assert mesh["a"].get("/stats").json()["routing"]["local_requests"] >= 1
+
+
+def test_a_streamed_completion_is_forwarded_token_by_token(mesh):
+    def stream():
+        conn = http.client.HTTPConnection("127.0.0.1", 8000, timeout=120)
+        conn.request("POST", "/service/llm-inference/v1/chat/completions", json.dumps({
+            "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 12, "stream": True}),
+            {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        reads = [reply.getheader("X-Mesh-Route")]
+        while chunk := reply.read1(65536):
+            reads.append(chunk)
+        conn.close()
+        return reads
+
+    route, *reads = mesh["c"].host.call(stream)
+    assert route == "forwarded"
+    assert len(reads) >= 2  # through two gateways, still several reads rather than one at the end
+    assert b"".join(reads).rstrip().endswith(b"data: [DONE]")
 
 
 def test_mesh_views_list_services_and_peers(mesh):

@@ -107,18 +107,24 @@ class ListLocalServicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LocalService(_message.Message):
-    __slots__ = ("name", "upstream", "health_path", "healthy", "last_error")
+    __slots__ = ("name", "upstream", "health_path", "healthy", "last_error", "model", "load_seconds", "rss_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     HEALTH_PATH_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     upstream: str
     health_path: str
     healthy: bool
     last_error: str
-    def __init__(self, name: _Optional[str] = ..., upstream: _Optional[str] = ..., health_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., last_error: _Optional[str] = ...) -> None: ...
+    model: str
+    load_seconds: float
+    rss_bytes: int
+    def __init__(self, name: _Optional[str] = ..., upstream: _Optional[str] = ..., health_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., last_error: _Optional[str] = ..., model: _Optional[str] = ..., load_seconds: _Optional[float] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
 
 class ListLocalServicesResponse(_message.Message):
     __slots__ = ("services",)

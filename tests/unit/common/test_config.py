@@ -31,9 +31,20 @@ def test_defaults_with_only_a_state_dir(env, tmp_path):
     assert cfg.config_path is None
     assert cfg.dht_seeds == ()
     assert cfg.log_level == "INFO"
-    assert cfg.services == (ServiceConfig(
-        name="vision-ocr", upstream=f"unix:{tmp_path}/run/svc-vision-ocr.sock",
-        command=("meshworker", "run", "svc-vision-ocr"), idempotent=True),)
+    assert cfg.services == tuple(ServiceConfig(
+        name=name, upstream=f"unix:{tmp_path}/run/svc-{name}.sock",
+        command=("meshworker", "run", f"svc-{name}"), idempotent=True)
+        for name in ("vision-ocr", "rag-embeddings", "llm-inference"))
+    assert cfg.unavailable == ()
+
+
+def test_a_builtin_that_is_not_installed_is_not_offered_and_says_why(env, monkeypatch):
+    monkeypatch.setattr("services.backends.registry.shutil.which", lambda name: None)
+
+    cfg = load(env)
+
+    assert [s.name for s in cfg.services] == ["rag-embeddings", "llm-inference"]
+    assert cfg.unavailable == (("vision-ocr", "not installed: apt-get install tesseract-ocr"),)
 
 
 def test_toml_file_in_state_dir_is_read(env, tmp_path):

@@ -1,0 +1,112 @@
+"""The model services through the gateway: real embeddings, a real LLM, streaming, and a
+service that points at an OpenAI-compatible server the test starts itself."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+PARAPHRASES = ["The cat sat on the mat.", "A cat was sitting on the rug."]
+UNRELATED = "Quarterly revenue grew by eight percent."
+
+
+@pytest.fixture(scope="module")
+def external_embeddings():
+    """A standalone embeddings server on a unix socket: the user's own OpenAI-compatible server."""
+    workdir = Path(tempfile.mkdtemp(prefix="mw-ext-", dir="/tmp"))
+    socket_path = workdir / "embed.sock"
+    code = f"from services.backends.embeddings import main; main.serve({str(socket_path)!r}, 'warning')"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    yield f"unix:{socket_path}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node, external_embeddings):
+    return start_module_node(f"""
+services = ["llm-inference", "rag-embeddings", "ext-embed"]
+[service.ext-embed]
+url = "{external_embeddings}"
+""")
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+@pytest.mark.parametrize("service", ["rag-embeddings", "ext-embed"])
+def test_embeddings_of_paraphrases_are_closer_than_unrelated(node, service):
+    reply = node.post_json(f"/service/{service}", {"texts": [*PARAPHRASES, UNRELATED]})
+    assert reply.status == 200, reply.body
+    vectors = reply.json()["data"]["embeddings"]
+    assert reply.json()["data"]["dim"] == len(vectors[0]) == 384
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+
+
+def test_openai_embeddings_api_through_the_gateway(node):
+    reply = node.post_json("/service/rag-embeddings/v1/embeddings", {"input": PARAPHRASES})
+    body = reply.json()
+    assert reply.status == 200 and body["object"] == "list"
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert cosine(body["data"][0]["embedding"], body["data"][1]["embedding"]) > 0.5
+
+
+def test_empty_text_list_is_400(node):
+    reply = node.post_json("/service/rag-embeddings", {"texts": []})
+    assert reply.status == 400 and "error" in reply.json()
+
+
+def test_llm_answers_the_seeds_request_shape(node):
+    reply = node.post_json("/service/llm-inference", {"prompt": "Say hello.", "max_tokens": 8})
+    assert reply.status == 200, reply.body
+    data = reply.json()["data"]
+    assert data["text"].strip() and 0 < data["usage"]["completion_tokens"] <= 8
+
+
+def test_max_tokens_out_of_range_is_400(node):
+    reply = node.post_json("/service/llm-inference", {"prompt": "Hi", "max_tokens": 100000})
+    assert reply.status == 400
+
+
+def read_stream(node, path: str, payload: dict) -> tuple[list[bytes], list[str]]:
+    """POST and read the answer as it arrives: the raw reads, and the SSE data lines."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(node.base_url.rsplit(":", 1)[1]), timeout=120)
+    conn.request("POST", path, json.dumps(payload), {"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    assert reply.status == 200
+    reads = []
+    while chunk := reply.read1(65536):
+        reads.append(chunk)
+    conn.close()
+    events = [line[6:] for line in b"".join(reads).decode().splitlines() if line.startswith("data: ")]
+    return reads, events
+
+
+def test_streamed_chat_completion_arrives_in_chunks_ending_with_done(node):
+    reads, events = read_stream(node, "/service/llm-inference/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 12, "stream": True})
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) >= 2 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len(reads) >= 2  # token by token, not all at the end
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]).strip()
+
+
+def test_stats_and_metrics_name_each_model_its_load_time_and_memory(node):
+    backends = {b["name"]: b for b in node.get("/stats").json()["backends"]}
+    assert "SmolLM2" in backends["llm-inference"]["model"]
+    assert "MiniLM" in backends["rag-embeddings"]["model"]
+    assert backends["llm-inference"]["load_seconds"] > 0 and backends["llm-inference"]["rss_bytes"] > 100e6
+    metrics = node.get("/metrics").body.decode()
+    assert 'meshworker_router_backend_resident_memory_bytes{service="llm-inference"}' in metrics
+    assert 'meshworker_router_backend_load_seconds{service="rag-embeddings"}' in metrics
