@@ -12,7 +12,6 @@ import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from yarl import URL
@@ -114,6 +113,22 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
     return upstream
 
 
+async def stream_from(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The upstream's body as it arrives. If our client goes away first, the upstream
+    connection is closed, which is how the backend learns to stop (an LLM stops
+    generating); a body read to its end leaves the connection for reuse."""
+    finished = False
+    try:
+        async for chunk in upstream.content.iter_any():
+            yield chunk
+        finished = True
+    finally:
+        if finished:
+            upstream.release()
+        else:
+            upstream.close()
+
+
 async def relay(upstream: aiohttp.ClientResponse, extra_headers: dict[str, str]) -> Response:
     """The upstream's answer with its status and end-to-end headers, streamed unless small."""
     raw = [(k.lower(), v) for k, v in upstream.raw_headers
@@ -123,7 +138,6 @@ async def relay(upstream: aiohttp.ClientResponse, extra_headers: dict[str, str])
     if length is not None and length.isascii() and length.isdigit() and int(length) <= SMALL_BODY:
         response = Response(await upstream.read(), status_code=upstream.status)
     else:
-        response = StreamingResponse(upstream.content.iter_any(), status_code=upstream.status,
-                                     background=BackgroundTask(upstream.release))
+        response = StreamingResponse(stream_from(upstream), status_code=upstream.status)
     response.raw_headers = raw + ([(b"content-length", length.encode())] if length else [])
     return response

@@ -6,12 +6,14 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from meshtest import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 PARAPHRASES = ["The cat sat on the mat.", "A cat was sitting on the rug."]
@@ -110,3 +112,26 @@ def test_stats_and_metrics_name_each_model_its_load_time_and_memory(node):
     metrics = node.get("/metrics").body.decode()
     assert 'meshworker_router_backend_resident_memory_bytes{service="llm-inference"}' in metrics
     assert 'meshworker_router_backend_load_seconds{service="rag-embeddings"}' in metrics
+
+
+def backend_health(node, service: str) -> dict:
+    """The backend's own /health, straight over its unix socket."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(node.runtime_dir / f"svc-{service}.sock"))
+        sock.sendall(b"GET /health HTTP/1.0\r\nHost: backend\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_client_leaving_mid_stream_stops_the_generation(node):
+    before = backend_health(node, "llm-inference")["cancelled"]
+    conn = http.client.HTTPConnection("127.0.0.1", int(node.base_url.rsplit(":", 1)[1]), timeout=60)
+    conn.request("POST", "/service/llm-inference/v1/completions", json.dumps(
+        {"prompt": "Once upon a time", "max_tokens": 400, "stream": True}), {"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    assert reply.status == 200 and reply.read1(65536)
+    conn.close()  # gone after the first tokens, long before 400
+    wait_for(lambda: backend_health(node, "llm-inference")["cancelled"] == before + 1, 30,
+             "the backend to stop generating")
+    assert node.post_json("/service/llm-inference", {"prompt": "Hi", "max_tokens": 4}).status == 200
