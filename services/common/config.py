@@ -12,7 +12,7 @@ import shlex
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ COMPONENTS = ("nebula-agent", "dht", "router")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BUILTIN_SERVICES = ("vision-ocr", "rag-embeddings", "llm-inference")
 MESH_SECRET_FILE = "mesh.secret"
-SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s"})
+SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s", "api_key"})
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,11 @@ class ServiceConfig:
     command: tuple[str, ...] = ()  # run as supervised program svc-<name> when set
     idempotent: bool = False
     timeout_s: float = 60.0
+    api_key: str = field(default="", repr=False)  # sent as a bearer token; never printed or logged
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def program(self) -> str:
@@ -207,6 +212,7 @@ def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceC
         command=tuple(shlex.split(command) if isinstance(command, str) else command),
         idempotent=bool(table.get("idempotent", False)),
         timeout_s=_as_float(f"{key}.timeout_s", table.get("timeout_s", 60.0)),
+        api_key=str(table.get("api_key", "")),
     )
 
 

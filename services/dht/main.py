@@ -27,7 +27,7 @@ def record_pb(record: dict) -> dht_pb2.ProviderRecord:
     return dht_pb2.ProviderRecord(
         service=record["service"], worker_id=record["worker_id"], url=record["url"],
         issued_at=record["issued_at"], expires_at=record["expires_at"], sequence=record["sequence"],
-        idempotent=record["idempotent"], gpu_model=record["gpu_model"],
+        idempotent=record["idempotent"], model=record.get("model", ""), gpu_model=record["gpu_model"],
         gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"])
 
 
@@ -50,7 +50,8 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
     async def Announce(self, request, context):
         summary = await asyncio.to_thread(gpu_summary)
         record, stored = await self.node.announce(request.service, request.ttl_seconds,
-                                                  idempotent=request.idempotent, **summary)
+                                                  idempotent=request.idempotent, model=request.model,
+                                                  **summary)
         self.announces.inc()
         return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)
 

@@ -19,7 +19,7 @@ Record = dict[str, Any]
 # freshest providers that fit, and a lookup unions what several nodes hold.
 MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
-SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "gpu_model", "gpu_free_bytes",
+SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",
                  "issued_at", "expires_at", "sequence", "key", "proof")
 
 
@@ -36,10 +36,11 @@ def next_sequence(now: float, previous: int = 0) -> int:
 
 def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float,
                previous_sequence: int = 0, **summary: Any) -> Record:
-    """An unsigned record; summary: idempotent, gpu_model, gpu_free_bytes."""
+    """An unsigned record; summary: idempotent, model, gpu_model, gpu_free_bytes."""
     return {"service": service, "worker_id": worker_id, "url": url, "issued_at": now,
             "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence),
             "idempotent": bool(summary.get("idempotent", False)),
+            "model": str(summary.get("model", "")),
             "gpu_model": str(summary.get("gpu_model", "")),
             "gpu_free_bytes": int(summary.get("gpu_free_bytes", 0))}
 

@@ -59,8 +59,9 @@ async def accept_forwarded(gw: Gateway, request: Request) -> bytes | None:
 
 async def invoke(gw: Gateway, route: router_pb2.Route, body: bytes) -> Response:
     """POST /service/{type} served here: the backend's answer wrapped in the seed's envelope."""
-    upstream = await proxy.send(route, gw.upstreams, "POST", route.invoke_path, b"",
-                                {"content-type": "application/json"}, require_json(body))
+    headers = {"content-type": "application/json", **gw.cfg.service(route.service).auth_headers}
+    upstream = await proxy.send(route, gw.upstreams, "POST", route.invoke_path, b"", headers,
+                                require_json(body))
     async with upstream:
         answer = await upstream.read()
     if upstream.status >= 400:
@@ -76,8 +77,9 @@ async def invoke(gw: Gateway, route: router_pb2.Route, body: bytes) -> Response:
 async def passthrough(gw: Gateway, request: Request, route: router_pb2.Route, sub_path: str,
                       body: bytes | proxy.LimitedBody) -> Response:
     """ANY /service/{type}/{path} served here: a transparent, streaming proxy."""
+    headers = {**proxy.forward_headers(request), **gw.cfg.service(route.service).auth_headers}
     upstream = await proxy.send(route, gw.upstreams, request.method, sub_path,
-                                request.scope["query_string"], proxy.forward_headers(request), body)
+                                request.scope["query_string"], headers, body)
     return await proxy.relay(upstream, {})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,9 +24,11 @@ RETRY_S = 1.0
 
 
 class Announcer:
-    def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool]):
+    def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
+                 model_of: Callable[[str], str]):
         self._channel = channel
         self._idempotent = idempotent
+        self._model_of = model_of  # what the backend's health answer names, read at each announce
         self._dht = dht_pb2_grpc.DhtStub(channel)
         self._ttl_s = ttl_s
         self._healthy: set[str] = set()
@@ -74,7 +77,8 @@ class Announcer:
                 self._withdrawn.discard(service)
             for service in sorted(self._healthy):
                 request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
-                                                  idempotent=self._idempotent.get(service, False))
+                                                  idempotent=self._idempotent.get(service, False),
+                                                  model=self._model_of(service))
                 await self._dht.Announce(request, timeout=DEADLINE_S)
         except grpc.aio.AioRpcError as err:
             log.warning("DHT not reachable (%s); retrying in %.0f s", err.code().name, RETRY_S)

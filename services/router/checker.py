@@ -41,10 +41,11 @@ class BackendInfo:
             self.rss_bytes = int(described.get("rss_bytes") or self.rss_bytes)
 
 
-async def probe(session: aiohttp.ClientSession, url: str, info: BackendInfo) -> tuple[bool, str, int]:
+async def probe(session: aiohttp.ClientSession, url: str, info: BackendInfo,
+                headers: dict[str, str] | None = None) -> tuple[bool, str, int]:
     """(passed, why not, HTTP status or 0 when no answer)."""
     try:
-        async with session.get(url) as reply:
+        async with session.get(url, headers=headers) as reply:
             info.update(await reply.read())
             if reply.status < 300:
                 return True, "", reply.status
@@ -54,12 +55,12 @@ async def probe(session: aiohttp.ClientSession, url: str, info: BackendInfo) -> 
 
 
 async def check_once(session: aiohttp.ClientSession, base: str, paths: list[str],
-                     info: BackendInfo) -> tuple[bool, str]:
+                     info: BackendInfo, headers: dict[str, str] | None = None) -> tuple[bool, str]:
     """Probe the health path; while it is not settled, a 404 moves on to the next candidate."""
-    ok, error, status = await probe(session, base + paths[0], info)
+    ok, error, status = await probe(session, base + paths[0], info, headers)
     if status == 404 and len(paths) > 1:
         paths.pop(0)
-        ok, error, _ = await probe(session, base + paths[0], info)
+        ok, error, _ = await probe(session, base + paths[0], info, headers)
     return ok, error
 
 
@@ -69,7 +70,7 @@ async def check_forever(svc: ServiceConfig, damper: HealthDamper, info: BackendI
     paths = [svc.health_path] if svc.health_path else list(DEFAULT_HEALTH_PATHS)
     try:
         while True:
-            ok, error = await check_once(session, base, paths, info)
+            ok, error = await check_once(session, base, paths, info, svc.auth_headers)
             if damper.observe(ok, error):
                 log.info("service %s is now %s%s", svc.name,
                          "healthy" if damper.healthy else "unhealthy", "" if ok else f" ({error})")

@@ -87,7 +87,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def lookup(self, service: str) -> list[Provider]:
         reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=service),
                                              timeout=grpcclient.DEADLINE_S)
-        return [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model)
+        return [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model, r.model)
                 for r in reply.providers if r.worker_id != self.cfg.worker_id]
 
     async def Resolve(self, request, context):
@@ -179,7 +179,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     dht = grpcclient.channel(cfg, "dht")
-    announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services})
+    announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
+                          model_of=lambda service: servicer.backends[service].model)
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,

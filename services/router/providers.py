@@ -25,6 +25,7 @@ class Provider:
     expires_at: float
     idempotent: bool = False
     gpu_model: str = ""
+    model: str = ""
 
     def refresh_due(self, now: float) -> bool:
         return self.expires_at - now < (self.expires_at - self.issued_at) * REFRESH_MARGIN

@@ -17,6 +17,7 @@ import pytest
 from meshtest import BIN, SENTENCE, render_png, wait_for
 
 pytestmark = pytest.mark.timeout(180)
+API_KEY = "sk-test-0123456789abcdef"
 
 SEED_CAPABILITIES = {"hostname", "cpu_cores", "has_gpu", "gpu_type", "gpu_memory", "worker_type",
                      "low_latency", "latency_ms", "has_edge", "ram"}
@@ -43,7 +44,7 @@ class ControlledBackend(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow":
             time.sleep(3)
-        self.answer(200, {"path": self.path})
+        self.answer(200, {"path": self.path, "authorization": self.headers.get("Authorization")})
 
     def read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding") != "chunked":
@@ -74,12 +75,15 @@ def test_backend():
 @pytest.fixture(scope="module")
 def node(start_module_node, test_backend):
     return start_module_node(f"""
-services = ["vision-ocr", "echo"]
+services = ["vision-ocr", "echo", "keyed"]
 max_body_bytes = 1048576
 [service.echo]
 url = "{test_backend}"
 health_path = "/health"
 timeout_s = 1
+[service.keyed]
+url = "{test_backend}"
+api_key = "{API_KEY}"
 """)
 
 
@@ -90,7 +94,7 @@ def test_health_has_every_field(node):
     assert body["status"] == "healthy"
     assert body["worker_id"] == "node1"
     assert body["vpn_ip"] is None and "no overlay" in body["vpn_reason"]
-    assert body["services"] == ["echo", "vision-ocr"]
+    assert body["services"] == ["echo", "keyed", "vision-ocr"]
     assert body["dht_enabled"] is True
     assert 0 < body["uptime"] < 120  # seconds since start, not a Unix timestamp (the seed's bug)
     assert abs(body["started_at"] + body["uptime"] - time.time()) < 5
@@ -144,7 +148,12 @@ def test_non_image_upload_is_a_clear_400(node):
 def test_passthrough_keeps_method_path_and_query(node):
     reply = node.get("/service/echo/some/path?x=1&y=%20z")
     assert reply.status == 200, reply.body
-    assert reply.json() == {"path": "/some/path?x=1&y=%20z"}
+    assert reply.json() == {"path": "/some/path?x=1&y=%20z", "authorization": None}
+
+
+def test_an_api_key_reaches_the_backend_and_never_the_logs(node):
+    assert node.get("/service/keyed/v1/models").json()["authorization"] == f"Bearer {API_KEY}"
+    assert API_KEY not in node.log_path.read_text()
 
 
 def test_unknown_service_is_404_in_the_error_shape(node):

@@ -135,6 +135,8 @@ def test_a_streamed_completion_is_forwarded_token_by_token(mesh):
 def test_mesh_views_list_services_and_peers(mesh):
     services = {s["name"]: s for s in mesh["c"].get("/mesh/services").json()["services"]}
     assert {"vision-ocr", "echo", "twin"} <= set(services)
+    llm = services["llm-inference"]["providers"]
+    assert [p["worker_id"] for p in llm] == ["a"] and "SmolLM2" in llm[0]["model"]  # from A's signed record
     ocr = services["vision-ocr"]["providers"]
     assert [p["worker_id"] for p in ocr] == ["a"] and ocr[0]["url"] == "http://10.77.0.11:8000"
     assert 0 <= ocr[0]["record_age_seconds"] < TTL_S

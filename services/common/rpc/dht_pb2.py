@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\xcd\x01\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\"K\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"7\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\"\x11\n\x0f\x44htStatsRequest\"\x82\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\xdc\x01\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\"Z\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"7\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\"\x11\n\x0f\x44htStatsRequest\"\x82\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,33 +32,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.common.rpc.dht_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERRECORD']._serialized_start=49
-  _globals['_PROVIDERRECORD']._serialized_end=254
-  _globals['_ANNOUNCEREQUEST']._serialized_start=256
-  _globals['_ANNOUNCEREQUEST']._serialized_end=331
-  _globals['_ANNOUNCERESPONSE']._serialized_start=333
-  _globals['_ANNOUNCERESPONSE']._serialized_end=417
-  _globals['_WITHDRAWREQUEST']._serialized_start=419
-  _globals['_WITHDRAWREQUEST']._serialized_end=453
-  _globals['_WITHDRAWRESPONSE']._serialized_start=455
-  _globals['_WITHDRAWRESPONSE']._serialized_end=490
-  _globals['_FINDPROVIDERSREQUEST']._serialized_start=492
-  _globals['_FINDPROVIDERSREQUEST']._serialized_end=531
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=533
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=606
-  _globals['_LISTPEERSREQUEST']._serialized_start=608
-  _globals['_LISTPEERSREQUEST']._serialized_end=626
-  _globals['_PEER']._serialized_start=628
-  _globals['_PEER']._serialized_end=708
-  _globals['_LISTSERVICESREQUEST']._serialized_start=710
-  _globals['_LISTSERVICESREQUEST']._serialized_end=731
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=733
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=773
-  _globals['_LISTPEERSRESPONSE']._serialized_start=775
-  _globals['_LISTPEERSRESPONSE']._serialized_end=830
-  _globals['_DHTSTATSREQUEST']._serialized_start=832
-  _globals['_DHTSTATSREQUEST']._serialized_end=849
-  _globals['_DHTSTATSRESPONSE']._serialized_start=852
-  _globals['_DHTSTATSRESPONSE']._serialized_end=982
-  _globals['_DHT']._serialized_start=985
-  _globals['_DHT']._serialized_end=1479
+  _globals['_PROVIDERRECORD']._serialized_end=269
+  _globals['_ANNOUNCEREQUEST']._serialized_start=271
+  _globals['_ANNOUNCEREQUEST']._serialized_end=361
+  _globals['_ANNOUNCERESPONSE']._serialized_start=363
+  _globals['_ANNOUNCERESPONSE']._serialized_end=447
+  _globals['_WITHDRAWREQUEST']._serialized_start=449
+  _globals['_WITHDRAWREQUEST']._serialized_end=483
+  _globals['_WITHDRAWRESPONSE']._serialized_start=485
+  _globals['_WITHDRAWRESPONSE']._serialized_end=520
+  _globals['_FINDPROVIDERSREQUEST']._serialized_start=522
+  _globals['_FINDPROVIDERSREQUEST']._serialized_end=561
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=563
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=636
+  _globals['_LISTPEERSREQUEST']._serialized_start=638
+  _globals['_LISTPEERSREQUEST']._serialized_end=656
+  _globals['_PEER']._serialized_start=658
+  _globals['_PEER']._serialized_end=738
+  _globals['_LISTSERVICESREQUEST']._serialized_start=740
+  _globals['_LISTSERVICESREQUEST']._serialized_end=761
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=763
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=803
+  _globals['_LISTPEERSRESPONSE']._serialized_start=805
+  _globals['_LISTPEERSRESPONSE']._serialized_end=860
+  _globals['_DHTSTATSREQUEST']._serialized_start=862
+  _globals['_DHTSTATSREQUEST']._serialized_end=879
+  _globals['_DHTSTATSRESPONSE']._serialized_start=882
+  _globals['_DHTSTATSRESPONSE']._serialized_end=1012
+  _globals['_DHT']._serialized_start=1015
+  _globals['_DHT']._serialized_end=1509
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProviderRecord(_message.Message):
-    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key")
+    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key", "model")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class ProviderRecord(_message.Message):
     GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     GPU_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     worker_id: str
     url: str
@@ -28,17 +29,20 @@ class ProviderRecord(_message.Message):
     gpu_model: str
     gpu_free_bytes: int
     public_key: str
-    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ...) -> None: ...
+    model: str
+    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds", "idempotent")
+    __slots__ = ("service", "ttl_seconds", "idempotent", "model")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
     idempotent: bool
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")

@@ -45,7 +45,7 @@ def signed(worker: str, issued_at: float, trust: MeshTrust = TRUST, **kwargs) ->
 def test_new_record_fields():
     assert rec("a", NOW) == {"service": "vision-ocr", "worker_id": "a", "url": "http://a:8000",
                              "issued_at": NOW, "expires_at": NOW + 60, "sequence": int(NOW * 1000),
-                             "idempotent": False, "gpu_model": "", "gpu_free_bytes": 0}
+                             "idempotent": False, "model": "", "gpu_model": "", "gpu_free_bytes": 0}
 
 
 def test_new_record_takes_the_capability_summary():
