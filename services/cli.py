@@ -27,7 +27,9 @@ from services.backends import registry
 from services.common import config, grpcclient, identity, programs
 from services.common.config import Config, ConfigError
 from services.common.rpc import router_pb2, router_pb2_grpc
-from services.common.statefile import write_atomically
+from services.common.statefile import StateError, write_atomically
+from services.nebula import cli as nebula_cli
+from services.nebula import supervise
 
 log = logging.getLogger("meshworker")
 SUPERVISORD_CONF = Path(__file__).resolve().parent.parent / "supervisord.conf"
@@ -51,6 +53,9 @@ def prepare_runtime(cfg: Config) -> None:
         stale.unlink()
     for name, text in programs.backend_programs(cfg.services).items():
         write_atomically(programs_dir / name, text.encode())
+    nebula = supervise.nebula_program(cfg)  # None until the node is in an overlay
+    if nebula is not None:
+        write_atomically(programs_dir / "nebula.conf", nebula.encode())
     write_atomically(cfg.runtime_dir / "node.json", json.dumps({"started_at": time.time()}).encode())
     identity.NodeIdentity.load_or_create(cfg.state_dir)  # made once, before any program reads it
 
@@ -204,6 +209,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML config file (default: MESHWORKER_CONFIG, "
                                          "else <state dir>/meshworker.toml if it exists)")
     commands = parser.add_subparsers(dest="command", required=True)
+    nebula_cli.add_commands(commands)
     commands.add_parser("up", help="run this node in the foreground under supervisord")
     commands.add_parser("status", help="components, services and routing counters of this node")
     commands.add_parser("services", help="every service of the mesh and its providers")
@@ -221,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"meshworker: {err}", file=sys.stderr)
         return 2
+    if args.command in nebula_cli.COMMANDS:
+        return nebula_cli.run(cfg, args)
     if args.command == "up":
-        return up(cfg)
+        try:
+            return up(cfg)
+        except StateError as err:
+            print(f"meshworker: {err}", file=sys.stderr)
+            return 2
     if args.command == "run":
         return run_component(cfg, args.component)
     try:

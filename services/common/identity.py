@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.common.config import MESH_SECRET_FILE, Config, ConfigError
-from services.common.statefile import create_once
+from services.common.statefile import StateError, create_once
 
 KEY_FILE = "node.key"
 _PROOF_CONTEXT = b"meshworker/v1/node-key:"
@@ -33,10 +33,6 @@ def b64(data: bytes) -> str:
 
 def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class StateError(RuntimeError):
-    """A state file exists but cannot be used; never silently replaced."""
 
 
 @dataclass(frozen=True)

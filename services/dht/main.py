@@ -6,21 +6,24 @@ import asyncio
 import json
 import logging
 import socket
+from dataclasses import dataclass
 
+import grpc
 import pynvml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.common import capabilities
+from services.common import capabilities, grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.identity import NodeIdentity, mesh_trust
-from services.common.rpc import dht_pb2, dht_pb2_grpc
+from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
 from services.dht import state
 from services.dht.node import DhtNode, Signer
 
 log = logging.getLogger(__name__)
 PING_DEADLINE_S = 1.0
 MAINTENANCE_INTERVAL_S = 10.0
+OVERLAY_POLL_S = 2.0
 
 
 def record_pb(record: dict) -> dht_pb2.ProviderRecord:
@@ -83,10 +86,41 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
             port=self.node.port, node_id=self.node.node_id.hex())
 
 
-def advertised_url(cfg: Config) -> str:
-    """How peers reach this node's gateway: the configured URL, else the address this host
-    uses toward its first seed (a connected UDP socket sends nothing), with the port the
-    gateway really bound."""
+@dataclass
+class Overlay:
+    """This node's overlay address and the lighthouses', as nebula-agent last reported them."""
+
+    ip: str = ""
+    lighthouses: tuple[str, ...] = ()
+
+
+async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
+    """Keep the overlay view current: it can appear after a join, blink out while nebula
+    restarts, or end on revoke. A new address is announced at once, not at the next
+    republish, so peers stop using the old one."""
+    async with grpcclient.channel(cfg, "nebula-agent") as channel:
+        agent = nebula_pb2_grpc.NebulaAgentStub(channel)
+        while True:
+            try:
+                status = await agent.Status(nebula_pb2.StatusRequest(), timeout=grpcclient.HEALTH_DEADLINE_S)
+            except grpc.aio.AioRpcError:
+                status = None
+            if status is not None:
+                moved = status.overlay_ip != overlay.ip
+                overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
+                if moved:
+                    log.info("overlay address now %s", overlay.ip or "none")
+                    await node.reannounce()
+            await asyncio.sleep(OVERLAY_POLL_S)
+
+
+def advertised_url(cfg: Config, overlay: Overlay) -> str:
+    """How peers reach this node's gateway: over the overlay when it is up; else the
+    configured URL, else the address this host uses toward its first seed (a connected UDP
+    socket sends nothing); with the port the gateway really bound."""
+    port = gateway_port(cfg)
+    if overlay.ip:
+        return f"http://{overlay.ip}:{port}"
     if cfg.advertise_url:
         return cfg.advertise_url
     host = socket.gethostname()
@@ -97,22 +131,31 @@ def advertised_url(cfg: Config) -> str:
                 host = probe.getsockname()[0]
             except OSError:
                 pass
-    try:
-        port = json.loads(cfg.gateway_address_file.read_text())["port"]
-    except (OSError, ValueError, KeyError):
-        port = cfg.gateway_port
     return f"http://{host}:{port}"
 
 
-async def maintain(cfg: Config, node: DhtNode, saved: state.DhtState) -> None:
+def gateway_port(cfg: Config) -> int:
+    try:
+        return json.loads(cfg.gateway_address_file.read_text())["port"]
+    except (OSError, ValueError, KeyError):
+        return cfg.gateway_port
+
+
+def seeds(cfg: Config, overlay: Overlay, saved: state.DhtState) -> list[tuple[str, int]]:
+    """Configured seeds, then the lighthouses' DHTs over the overlay, then old peers."""
+    lighthouses = [(ip, cfg.dht_port) for ip in overlay.lighthouses if ip != overlay.ip]
+    return list(dict.fromkeys([*cfg.dht_seeds, *lighthouses, *saved.peers]))
+
+
+async def maintain(cfg: Config, node: DhtNode, saved: state.DhtState, overlay: Overlay) -> None:
     """Persist the known peers, and rejoin from seeds and old peers whenever alone: soon
     after start (nodes started together race their seeds), then less and less often."""
     delay = 1.0
     while True:
         await asyncio.sleep(delay)
         alone = not node.peers()
-        if alone and (cfg.dht_seeds or saved.peers):
-            await node.bootstrap(list(dict.fromkeys([*cfg.dht_seeds, *saved.peers])))
+        if alone and seeds(cfg, overlay, saved):
+            await node.bootstrap(seeds(cfg, overlay, saved))
         delay = min(delay * 2, MAINTENANCE_INTERVAL_S) if alone else MAINTENANCE_INTERVAL_S
         saved.peers = [(p.ip, p.port) for p in node.peers()] or saved.peers
         state.save(cfg.state_dir, saved)
@@ -122,19 +165,23 @@ async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     saved = state.load(cfg.state_dir)
     signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
-    node = DhtNode(cfg.worker_id, lambda: advertised_url(cfg), cfg.announce_ttl_s, signer, saved.node_id)
+    overlay = Overlay()
+    node = DhtNode(cfg.worker_id, lambda: advertised_url(cfg, overlay), cfg.announce_ttl_s, signer,
+                   saved.node_id)
     server = ComponentServer(cfg, "dht", registry)
     server.add(dht_pb2_grpc.add_DhtServicer_to_server, DhtServicer(node, registry),
                dht_pb2.DESCRIPTOR.services_by_name["Dht"].full_name)
     await server.start()
-    await node.start(cfg.dht_host, cfg.dht_port, list(dict.fromkeys([*cfg.dht_seeds, *saved.peers])))
+    await node.start(cfg.dht_host, cfg.dht_port, seeds(cfg, overlay, saved))
     state.save(cfg.state_dir, saved)
     await server.set_serving(True)
     try:
         async with asyncio.TaskGroup() as tasks:
-            maintenance = tasks.create_task(maintain(cfg, node, saved))
+            background = [tasks.create_task(maintain(cfg, node, saved, overlay)),
+                          tasks.create_task(follow_overlay(cfg, overlay, node))]
             await server.run_until_stopped()
-            maintenance.cancel()
+            for task in background:
+                task.cancel()
     finally:
         saved.peers = [(p.ip, p.port) for p in node.peers()] or saved.peers
         state.save(cfg.state_dir, saved)

@@ -93,6 +93,12 @@ class DhtNode:
                  service, self.worker_id, record["url"], stored)
         return record, stored
 
+    async def reannounce(self) -> None:
+        """Announce every current service again, as before (the URL may have changed)."""
+        for service, record in list(self._announced.items()):
+            summary = {k: record[k] for k in ("idempotent", "model", "gpu_model", "gpu_free_bytes")}
+            await self.announce(service, record["expires_at"] - record["issued_at"], **summary)
+
     async def withdraw(self, service: str) -> bool:
         record = self._announced.pop(service, None)
         if record is None:

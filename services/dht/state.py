@@ -11,8 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.identity import StateError
-from services.common.statefile import write_atomically
+from services.common.statefile import StateError, write_atomically
 
 STATE_FILE = "dht.json"
 

@@ -45,7 +45,13 @@ class Upstreams:
 
 
 def forward_headers(request: Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+    """End-to-end headers, with the client appended to X-Forwarded-For (the backend sees
+    who asked: a client, or a peer's overlay address for a forwarded request)."""
+    headers = {k: v for k, v in request.headers.items() if k not in HOP_BY_HOP}
+    if request.client is not None:
+        prior = headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{prior}, {request.client.host}" if prior else request.client.host
+    return headers
 
 
 class LimitedBody:

@@ -31,7 +31,7 @@ from services.gateway import forwarding
 pytestmark = pytest.mark.timeout(300)
 SECRET = "mesh-test-secret-0123456789"
 TTL_S = 6
-ECHO = Path(__file__).with_name("echo_backend.py")
+ECHO = Path(__file__).parent.parent / "echo_backend.py"
 
 
 def backend(name: str, port: int) -> str:

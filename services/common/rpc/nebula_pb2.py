@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/nebula.proto\x12\rmeshworker.v1\"\x0f\n\rStatusRequest\"\x92\x01\n\x0eStatusResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x12\n\noverlay_ip\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x63\x65rt_expires_unix\x18\x04 \x01(\x03\x12\x1c\n\x14lighthouse_reachable\x18\x05 \x01(\x08\x12\x12\n\ntunnels_up\x18\x06 \x01(\x05\x32T\n\x0bNebulaAgent\x12\x45\n\x06Status\x12\x1c.meshworker.v1.StatusRequest\x1a\x1d.meshworker.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/nebula.proto\x12\rmeshworker.v1\"\x0f\n\rStatusRequest\"\xcf\x02\n\x0eStatusResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x12\n\noverlay_ip\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11\x63\x65rt_expires_unix\x18\x04 \x01(\x03\x12\x1c\n\x14lighthouse_reachable\x18\x05 \x01(\x08\x12\x12\n\ntunnels_up\x18\x06 \x01(\x05\x12\x0f\n\x07network\x18\x07 \x01(\t\x12\x16\n\x0e\x63\x61_fingerprint\x18\x08 \x01(\t\x12\x11\n\tcert_name\x18\t \x01(\t\x12\x13\n\x0blighthouses\x18\n \x03(\t\x12\x15\n\ram_lighthouse\x18\x0b \x01(\x08\x12\x14\n\x0c\x61m_authority\x18\x0c \x01(\x08\x12\x15\n\rrecord_serial\x18\r \x01(\x03\x12\x15\n\rblocked_certs\x18\x0e \x01(\x05\x12\x0f\n\x07revoked\x18\x0f \x01(\x08\"\x0f\n\rReloadRequest\"V\n\x0eReloadResponse\x12\x15\n\rnebula_action\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0b\x32\x1d.meshworker.v1.StatusResponse2\x9b\x01\n\x0bNebulaAgent\x12\x45\n\x06Status\x12\x1c.meshworker.v1.StatusRequest\x1a\x1d.meshworker.v1.StatusResponse\x12\x45\n\x06Reload\x12\x1c.meshworker.v1.ReloadRequest\x1a\x1d.meshworker.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=51
   _globals['_STATUSREQUEST']._serialized_end=66
   _globals['_STATUSRESPONSE']._serialized_start=69
-  _globals['_STATUSRESPONSE']._serialized_end=215
-  _globals['_NEBULAAGENT']._serialized_start=217
-  _globals['_NEBULAAGENT']._serialized_end=301
+  _globals['_STATUSRESPONSE']._serialized_end=404
+  _globals['_RELOADREQUEST']._serialized_start=406
+  _globals['_RELOADREQUEST']._serialized_end=421
+  _globals['_RELOADRESPONSE']._serialized_start=423
+  _globals['_RELOADRESPONSE']._serialized_end=509
+  _globals['_NEBULAAGENT']._serialized_start=512
+  _globals['_NEBULAAGENT']._serialized_end=667
 # @@protoc_insertion_point(module_scope)

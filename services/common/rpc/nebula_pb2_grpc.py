@@ -40,6 +40,11 @@ class NebulaAgentStub:
                 request_serializer=services_dot_common_dot_rpc_dot_nebula__pb2.StatusRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_nebula__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Reload = channel.unary_unary(
+                '/meshworker.v1.NebulaAgent/Reload',
+                request_serializer=services_dot_common_dot_rpc_dot_nebula__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_nebula__pb2.ReloadResponse.FromString,
+                _registered_method=True)
 
 
 class NebulaAgentServicer:
@@ -53,6 +58,14 @@ class NebulaAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Reload(self, request, context):
+        """Reload re-reads the overlay's state directory now (after `init`, `join` or `revoke`)
+        and applies it: renders nebula's config, starts or reloads nebula, starts enrollment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NebulaAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_NebulaAgentServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=services_dot_common_dot_rpc_dot_nebula__pb2.StatusRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_nebula__pb2.StatusResponse.SerializeToString,
+            ),
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=services_dot_common_dot_rpc_dot_nebula__pb2.ReloadRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_nebula__pb2.ReloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class NebulaAgent:
             '/meshworker.v1.NebulaAgent/Status',
             services_dot_common_dot_rpc_dot_nebula__pb2.StatusRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_nebula__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.NebulaAgent/Reload',
+            services_dot_common_dot_rpc_dot_nebula__pb2.ReloadRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_nebula__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,7 +1,7 @@
 """A small HTTP service for mesh tests, run by meshworker as `svc-<name>` on a fixed port
 inside a test host's namespace: `python echo_backend.py PORT NAME`.
 
-GET /health → 200; GET /whoami → {"name"}; POST / and POST /echo → {"name", "echo": body}.
+GET any path → {"name", "path", "client", "forwarded_for"}; POST → {"name", "echo": body}.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ class Echo(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        self.answer({"name": self.name, "path": self.path, "client": self.client_address[0]})
+        self.answer({"name": self.name, "path": self.path, "client": self.client_address[0],
+                     "forwarded_for": self.headers.get("X-Forwarded-For")})
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
