@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import report
+from bench import procs, report
 from bench.context import SETTINGS, Context
 from bench.scenarios import SCENARIOS
 
@@ -71,6 +71,7 @@ def main(argv: list[str]) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             ctx.progress("stopping everything the bench started")
+            procs.terminate_all()
     head = report.header(settings.mode, settings.runs, settings.footprint_runs,
                          time.monotonic() - started)
     json_path, md_path = report.write(args.out, head, results)

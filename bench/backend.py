@@ -2,10 +2,15 @@
 
 Run as its own process (`python -m bench.backend`). It binds its own socket on port 0 and
 prints the port as stdout line 1, so the harness learns it without probe-then-bind.
+With `--unix PATH` it listens on that unix socket instead: how a node's supervisord runs it
+as the program svc-bench (the failover scenario kills it there), since a program's address
+must be in the node's config before the program starts.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import socket
 import sys
 
@@ -56,9 +61,24 @@ def bind_loopback() -> socket.socket:
     return sock
 
 
-def main() -> None:
-    sock = bind_loopback()
-    print(sock.getsockname()[1], flush=True)
+def bind_unix(path: str) -> socket.socket:
+    # A socket file left by a predecessor that was killed (kill -9 leaves it) would refuse the bind.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(2048)
+    return sock
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.backend")
+    parser.add_argument("--unix", metavar="PATH", help="listen on this unix socket, not on TCP port 0")
+    args = parser.parse_args(argv)
+    sock = bind_unix(args.unix) if args.unix else bind_loopback()
+    print(args.unix or sock.getsockname()[1], flush=True)
     config = uvicorn.Config(create_app(), loop="none", http="httptools", lifespan="off",
                             access_log=False, log_level="warning")
     # serve() runs on whatever loop it is given: uvloop, as `uvicorn --loop uvloop` would pick.
@@ -66,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

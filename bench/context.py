@@ -1,7 +1,7 @@
 """What a scenario gets: the run settings, progress output, and processes it can share.
 
-The backend, nginx and the node are started on first use and stopped once, at the end,
-by the ExitStack the harness closes in its `finally`.
+The backend, nginx, the node and the two-node mesh are started on first use and stopped
+once, at the end, by the ExitStack the harness closes in its `finally`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass
 
 from bench import procs
-from bench.targets import Backend, Nginx, Node
+from bench.mesh import Mesh
+from bench.targets import SERVICE, Backend, Hosted, Nginx, Node
+
+COLD_SERVICE = "bench-cold-{}"  # same backend, names the forwarding node has never asked for
 
 
 @dataclass(frozen=True)
@@ -25,17 +28,32 @@ class Settings:
     wrk_seconds: float
     upload_mib: int
     footprint_runs: int     # fresh node starts timed from `up` to healthy
+    cold_lookups: int       # services first requested on the forwarding node (one DHT lookup each)
+    swarm_sizes: tuple[int, ...]  # kademlia swarms measured, in nodes
+    swarm_lookups: int      # provider lookups per swarm, from random nodes
+    failover_runs: int      # rounds of kills under load (both backends, B's router, B's dht)
+    failover_settle_s: float  # load before each kill
+    failover_after_s: float   # load after each kill, at the least
 
 
 SETTINGS = {
     "full": Settings("full", runs=5, latency_requests=2000, latency_warmup=200, latency_budget_s=8,
-                     wrk_seconds=5, upload_mib=10, footprint_runs=3),
+                     wrk_seconds=5, upload_mib=10, footprint_runs=3, cold_lookups=20, swarm_sizes=(50, 200),
+                     swarm_lookups=300, failover_runs=3, failover_settle_s=2, failover_after_s=5),
     "quick": Settings("quick", runs=2, latency_requests=300, latency_warmup=50, latency_budget_s=3,
-                      wrk_seconds=2, upload_mib=10, footprint_runs=1),
+                      wrk_seconds=2, upload_mib=10, footprint_runs=1, cold_lookups=8, swarm_sizes=(50,),
+                      swarm_lookups=100, failover_runs=1, failover_settle_s=1.5, failover_after_s=3),
     # Only proves the harness works end to end (the test runs it): its figures mean nothing.
     "smoke": Settings("smoke", runs=1, latency_requests=20, latency_warmup=5, latency_budget_s=1,
-                      wrk_seconds=1, upload_mib=1, footprint_runs=1),
+                      wrk_seconds=1, upload_mib=1, footprint_runs=1, cold_lookups=2, swarm_sizes=(12,),
+                      swarm_lookups=20, failover_runs=1, failover_settle_s=0.5, failover_after_s=1.5),
 }
+
+
+def mesh_started(mesh: Mesh) -> str:
+    restarted = (f"; restarted the dht of {', '.join(mesh.restarted_dht)}, whose first record named "
+                 "port 0" if mesh.restarted_dht else "")
+    return f"mesh of {1 + len(mesh.providers)} nodes ready{restarted}"
 
 
 class Context:
@@ -47,6 +65,7 @@ class Context:
         self._backend: Backend | None = None
         self._nginx: Nginx | None = None
         self._node: Node | None = None
+        self._mesh: Mesh | None = None
         self._started = time.monotonic()
 
     def progress(self, message: str) -> None:
@@ -72,3 +91,14 @@ class Context:
             self._node = self.stack.enter_context(Node(backend_url))
             self.progress(f"node healthy after {self._node.healthy_after_s:.2f} s")
         return self._node
+
+    def mesh(self) -> Mesh:
+        """Node A hosts `bench` (and the cold services) on the shared backend; B hosts nothing
+        and forwards to A."""
+        if self._mesh is None:
+            url = self.backend().url
+            names = [SERVICE] + [COLD_SERVICE.format(i) for i in range(self.settings.cold_lookups)]
+            self.progress(f"starting a two-node mesh: A hosts {len(names)} services, B forwards")
+            self._mesh = self.stack.enter_context(Mesh({"a": lambda _: [Hosted(n, url) for n in names]}))
+            self.progress(mesh_started(self._mesh))
+        return self._mesh

@@ -25,6 +25,7 @@ class KeepAliveClient:
         parts = urlsplit(base_url)
         self.host_header = parts.netloc
         self.address, self.timeout_s = (parts.hostname, parts.port), timeout_s
+        self.last_headers: dict[bytes, bytes] = {}  # of the last response (X-Mesh-Worker: who served it)
         self._connect()
 
     def _connect(self) -> None:
@@ -62,7 +63,7 @@ class KeepAliveClient:
         if not status_line:
             raise HttpError("connection closed before a response")
         status = int(status_line.split(b" ", 2)[1])
-        headers = self._read_headers()
+        headers = self.last_headers = self._read_headers()
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             body = self._read_chunked()
         else:

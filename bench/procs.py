@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Self
 
 STOP_GRACE_S = 20
+_spawned: list[subprocess.Popen] = []
 
 
 def make_tmpdir() -> Path:
@@ -29,7 +30,17 @@ def spawn(argv: list[str], log_path: Path, **kwargs) -> subprocess.Popen:
     """Start argv in its own session with stderr (and stdout unless given) appended to log_path."""
     with open(log_path, "ab") as log:
         kwargs.setdefault("stdout", log)
-        return subprocess.Popen(argv, stderr=log, start_new_session=True, **kwargs)
+        proc = subprocess.Popen(argv, stderr=log, start_new_session=True, **kwargs)
+    _spawned.append(proc)
+    return proc
+
+
+def terminate_all() -> None:
+    """SIGTERM every child still running, by pid, without waiting: the stops that follow then
+    wait for children that are already winding down together, not one after another."""
+    for proc in _spawned:
+        if proc.poll() is None:
+            proc.terminate()
 
 
 def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:

@@ -18,6 +18,10 @@ How to read it: ratio = ours / baseline. "added" is a route's latency minus call
 backend directly. Every figure is a median over the runs; ratios and differences are taken
 within a run (all routes measured back to back, order rotating) before the median, so a
 noisy neighbour slows every route of that run alike. Peak RSS growth is the worst run.
+forwarded_route: node B hosts nothing and forwards to node A (client -> B -> A -> backend);
+its added latency is judged against A's local route's. discovery: swarm lookups run one at a
+time from random nodes that do not provide the service; "found" means every provider. failover:
+failed requests are those ending after the kill; failures and requests are totals over rounds.
 """
 
 

@@ -14,11 +14,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+import grpc
+
 from bench import procs
+from services.common.rpc import dht_pb2, dht_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -143,54 +148,119 @@ class Nginx:
             procs.stop(self.proc)
 
 
-NODE_TOML = """\
-services = ["{service}"]
+@dataclass(frozen=True)
+class Hosted:
+    """A service a node hosts: its backend's URL, and a command when the node runs it itself."""
+    name: str
+    url: str
+    command: tuple[str, ...] = ()
+    idempotent: bool = False
 
-[service.{service}]
-url = "{url}"
-health_path = "/health"
-invoke_path = "/"
-"""
+
+def supervised_backend(state_dir: Path, name: str = SERVICE) -> Hosted:
+    """bench/backend.py as the node's own program svc-<name>, on a unix socket in its runtime dir.
+    Run as a script: supervisord starts it with the node's environment, not from this checkout."""
+    sock = state_dir / "run" / f"svc-{name}.sock"
+    return Hosted(name, f"unix:{sock}", (sys.executable, str(REPO / "bench" / "backend.py"), "--unix", str(sock)),
+                  idempotent=True)
+
+
+def node_toml(services: list[Hosted]) -> str:
+    # json.dumps writes strings and lists of strings as TOML accepts them.
+    lines = [f"services = {json.dumps([s.name for s in services])}", ""]
+    for svc in services:
+        lines += [f"[service.{svc.name}]", f"url = {json.dumps(svc.url)}", 'health_path = "/health"',
+                  'invoke_path = "/"']
+        lines += [f"command = {json.dumps(list(svc.command))}"] if svc.command else []
+        lines += ["idempotent = true"] if svc.idempotent else []
+        lines.append("")
+    return "\n".join(lines)
 
 
 class Node:
-    """`meshworker up` with one service, `bench`, backed by the given backend URL."""
+    """`meshworker up` with the given services (by default one, `bench`, at backend_url).
 
-    def __init__(self, backend_url: str):
-        self.state_dir = procs.make_tmpdir()
-        self.backend_url = backend_url
+    env adds MESHWORKER_* settings (a mesh secret, seeds, a worker id). launch() and
+    wait_ready() let a caller start several nodes at once; `with Node(...)` does both.
+    """
+
+    def __init__(self, backend_url: str | None = None, *, services: list[Hosted] | None = None,
+                 env: dict[str, str] | None = None, state_dir: Path | None = None):
+        self.state_dir = state_dir or procs.make_tmpdir()
+        self.services = services if services is not None else [Hosted(SERVICE, backend_url)]
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.gateway_port = 0
         self.started_at = 0.0
         self.healthy_after_s = 0.0
 
     def __enter__(self) -> Self:
+        self.launch()
+        with stopped_on_failure(self):
+            self.wait_ready()
+        return self
+
+    def launch(self) -> None:
         config = self.state_dir / "meshworker.toml"
-        config.write_text(NODE_TOML.format(service=SERVICE, url=self.backend_url))
+        config.write_text(node_toml(self.services))
         env = dict(os.environ, MESHWORKER_STATE_DIR=str(self.state_dir), MESHWORKER_GATEWAY_PORT="0",
-                   MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING")
+                   MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING",
+                   **self.env)
         self.started_at = time.perf_counter()
         self.proc = procs.spawn([str(VENV_BIN / "meshworker"), "up"], self.state_dir / "node.log",
                                 env=env, cwd=REPO)
-        with stopped_on_failure(self):
-            try:
-                self.gateway_port = procs.wait_until(self._healthy_port, READY_DEADLINE_S, "meshworker node")
-            except (TimeoutError, RuntimeError, OSError) as err:
-                raise RuntimeError(f"node did not become healthy ({err}); its log ends:\n"
-                                   f"{self.log_tail()}") from None
+
+    def wait_ready(self) -> None:
+        try:
+            self.gateway_port = procs.wait_until(self._healthy_port, READY_DEADLINE_S, "meshworker node")
+        except (TimeoutError, RuntimeError, OSError) as err:
+            raise RuntimeError(f"node did not become healthy ({err}); its log ends:\n"
+                               f"{self.log_tail()}") from None
         self.healthy_after_s = time.perf_counter() - self.started_at
-        return self
 
     def _healthy_port(self) -> int | None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"meshworker up exited with {self.proc.returncode}")
         port = json.loads((self.state_dir / "run" / "gateway.json").read_text())["port"]
         health = http_get_json(f"http://127.0.0.1:{port}/health")
-        return port if health["status"] == "healthy" and SERVICE in health["services"] else None
+        hosted = {s.name for s in self.services}
+        return port if health["status"] == "healthy" and hosted <= set(health["services"]) else None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def health(self) -> dict:
+        """GET /health, also when it answers 503 (unhealthy)."""
+        try:
+            return http_get_json(f"{self.url}/health")
+        except urllib.error.HTTPError as err:
+            return json.load(err)
+
+    def routing(self) -> dict:
+        """The router's counters from GET /stats (current: the gateway flushes its outcomes first)."""
+        return http_get_json(f"{self.url}/stats", timeout_s=10)["routing"]
+
+    def dht(self, method: str, request):
+        """Call this node's dht over its unix socket, e.g. dht("Stats", dht_pb2.DhtStatsRequest())."""
+        with grpc.insecure_channel(f"unix:{self.state_dir / 'run' / 'dht.sock'}") as channel:
+            return getattr(dht_pb2_grpc.DhtStub(channel), method)(request, timeout=2)
+
+    def dht_port(self) -> int:
+        return self.dht("Stats", dht_pb2.DhtStatsRequest()).port
+
+    def supervisorctl(self, *args: str) -> str:
+        done = subprocess.run([str(VENV_BIN / "supervisorctl"), "-c", str(REPO / "supervisord.conf"), *args],
+                              capture_output=True, text=True, timeout=30, check=False,
+                              env=dict(os.environ, MESHWORKER_RUNTIME_DIR=str(self.state_dir / "run")))
+        return (done.stdout + done.stderr).strip()
+
+    def program_pid(self, program: str) -> int:
+        """The pid supervisord gives for one of the node's programs (dht, router, svc-bench)."""
+        answer = self.supervisorctl("pid", program)
+        if not answer.isdigit() or int(answer) == 0:
+            raise RuntimeError(f"supervisorctl pid {program}: {answer}")
+        return int(answer)
 
     def pids(self) -> dict[str, int]:
         """supervisord and every program under it, by name (nebula-agent, dht, router, gateway)."""

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = {"local_route", "large_body", "footprint"}
-HARNESS_DEADLINE_S = 90
+SCENARIOS = {"local_route", "forwarded_route", "large_body", "discovery", "failover", "footprint"}
+# The smoke run takes about a minute (it starts five nodes); the margin is for a busy machine.
+HARNESS_DEADLINE_S = 120
+PHASE_KEYS = {"killed", "requests_after_kill", "failed", "until_none_fail_s", "recovered_s"}
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -29,20 +31,59 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
 
-@pytest.mark.timeout(120)
-def test_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
-    done = run_bench("--smoke", "--out", str(tmp_path))
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """One smoke run shared by the checks below: it is the slow part."""
+    out = tmp_path_factory.mktemp("bench")
+    done = run_bench("--smoke", "--out", str(out))
     assert done.returncode == 0, done.stdout
+    return json.loads((out / "latest.json").read_text()), (out / "latest.md").read_text()
 
-    results = json.loads((tmp_path / "latest.json").read_text())
+
+@pytest.mark.timeout(160)
+def test_smoke_run_writes_every_scenario(smoke_results: tuple[dict, str]) -> None:
+    results, table = smoke_results
     assert set(results["scenarios"]) == SCENARIOS
     assert {"date", "machine", "git_commit", "mode"} <= set(results)
     for name, scenario in results["scenarios"].items():
         assert scenario["rows"], f"{name} reported no figures"
         for row in scenario["rows"]:
             assert {"metric", "ours", "baseline", "ratio", "target", "met"} <= set(row)
-    table = (tmp_path / "latest.md").read_text()
     assert "| scenario | metric | ours | baseline | ratio | target | met? |" in table
+
+
+@pytest.mark.timeout(160)
+def test_forwarded_route_reports_routes_and_lookup_counters(smoke_results: tuple[dict, str]) -> None:
+    raw = smoke_results[0]["scenarios"]["forwarded_route"]["raw"]
+    assert set(raw["urls"]) == {"direct", "local", "forwarded"}
+    for run in raw["runs"]:
+        assert {"p50_ms", "p99_ms", "rps", "added_p50_ms"} <= set(run["forwarded"]) & set(run["local"])
+    assert {"router_dht_lookups", "forwarded_requests", "dht_find_providers_served"} <= set(raw["counters_delta"])
+    metrics = {row["metric"] for row in smoke_results[0]["scenarios"]["forwarded_route"]["rows"]}
+    assert "DHT lookups by B's router during cached forwarded requests" in metrics
+
+
+@pytest.mark.timeout(160)
+def test_discovery_reports_cold_lookups_swarms_and_record_size(smoke_results: tuple[dict, str]) -> None:
+    raw = smoke_results[0]["scenarios"]["discovery"]["raw"]
+    cold = raw["cold_and_cached"]
+    assert cold["samples"] and {"service", "cold_ms", "cached_p50_ms"} <= set(cold["samples"][0])
+    assert "dht_lookups" in cold["counters_delta"]
+    assert raw["swarms"]
+    for swarm in raw["swarms"]:
+        assert {"nodes", "lookups", "success_pct", "p50_ms", "p95_ms", "failed"} <= set(swarm)
+        assert swarm["lookups"] > 0
+    assert raw["record"]["bytes"] > 0
+
+
+@pytest.mark.timeout(160)
+def test_failover_reports_every_kill(smoke_results: tuple[dict, str]) -> None:
+    rounds = smoke_results[0]["scenarios"]["failover"]["raw"]["rounds"]
+    assert rounds
+    for one in rounds:
+        for phase in ("backend", "other_backend", "router", "dht"):
+            assert PHASE_KEYS <= set(one[phase]), phase
+            assert one[phase]["requests_after_kill"] > 0, f"no load on B after the {phase} kill"
 
 
 @pytest.mark.timeout(30)
