@@ -51,6 +51,8 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
               registry=registry).set_function(node.storage.record_count)
 
     async def Announce(self, request, context):
+        if self.node.url() is None:  # the router retries: a record must never say port 0
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway has not bound its port yet")
         summary = await asyncio.to_thread(gpu_summary)
         record, stored = await self.node.announce(request.service, request.ttl_seconds,
                                                   idempotent=request.idempotent, model=request.model,
@@ -96,8 +98,8 @@ class Overlay:
 
 async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
     """Keep the overlay view current: it can appear after a join, blink out while nebula
-    restarts, or end on revoke. A new address is announced at once, not at the next
-    republish, so peers stop using the old one."""
+    restarts, or end on revoke. A new address (or a new gateway port) is announced at
+    once, not at the next republish, so peers stop using the old one."""
     async with grpcclient.channel(cfg, "nebula-agent") as channel:
         agent = nebula_pb2_grpc.NebulaAgentStub(channel)
         while True:
@@ -105,24 +107,26 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 status = await agent.Status(nebula_pb2.StatusRequest(), timeout=grpcclient.HEALTH_DEADLINE_S)
             except grpc.aio.AioRpcError:
                 status = None
+            before = advertised_url(cfg, overlay)
             if status is not None:
-                moved = status.overlay_ip != overlay.ip
                 overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
-                if moved:
-                    log.info("overlay address now %s", overlay.ip or "none")
-                    await node.reannounce()
+            if advertised_url(cfg, overlay) not in (before, None):
+                log.info("this gateway is now reached at %s", advertised_url(cfg, overlay))
+                await node.reannounce()
             await asyncio.sleep(OVERLAY_POLL_S)
 
 
-def advertised_url(cfg: Config, overlay: Overlay) -> str:
+def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
     """How peers reach this node's gateway: over the overlay when it is up; else the
     configured URL, else the address this host uses toward its first seed (a connected UDP
-    socket sends nothing); with the port the gateway really bound."""
+    socket sends nothing); with the port the gateway really bound (None until it has)."""
     port = gateway_port(cfg)
-    if overlay.ip:
+    if overlay.ip and port:
         return f"http://{overlay.ip}:{port}"
     if cfg.advertise_url:
         return cfg.advertise_url
+    if not port:
+        return None
     host = socket.gethostname()
     if cfg.dht_seeds:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -135,10 +139,26 @@ def advertised_url(cfg: Config, overlay: Overlay) -> str:
 
 
 def gateway_port(cfg: Config) -> int:
+    """The gateway's bound port; 0 while a gateway configured for port 0 has not bound."""
     try:
         return json.loads(cfg.gateway_address_file.read_text())["port"]
     except (OSError, ValueError, KeyError):
         return cfg.gateway_port
+
+
+async def start_on_known_port(cfg: Config, node: DhtNode, saved: state.DhtState,
+                              seeds_: list[tuple[str, int]]) -> None:
+    """With dht_port 0, a restart binds the port it had before: that is where the other
+    nodes' routing tables (and seeds) point. A new one is taken if that is taken."""
+    port = cfg.dht_port or saved.port
+    try:
+        await node.start(cfg.dht_host, port, seeds_)
+    except OSError as err:
+        if cfg.dht_port:
+            raise
+        log.warning("DHT port %d is taken (%s): binding a new one", port, err.strerror)
+        await node.start(cfg.dht_host, 0, seeds_)
+    saved.port = node.port
 
 
 def seeds(cfg: Config, overlay: Overlay, saved: state.DhtState) -> list[tuple[str, int]]:
@@ -172,7 +192,7 @@ async def serve(cfg: Config) -> None:
     server.add(dht_pb2_grpc.add_DhtServicer_to_server, DhtServicer(node, registry),
                dht_pb2.DESCRIPTOR.services_by_name["Dht"].full_name)
     await server.start()
-    await node.start(cfg.dht_host, cfg.dht_port, seeds(cfg, overlay, saved))
+    await start_on_known_port(cfg, node, saved, seeds(cfg, overlay, saved))
     state.save(cfg.state_dir, saved)
     await server.set_serving(True)
     try:

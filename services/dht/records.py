@@ -15,8 +15,9 @@ from typing import Any
 from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
 
 Record = dict[str, Any]
-# rpcudp caps a datagram at 8 KiB and a signed record is about 450 bytes: a key keeps the
-# freshest providers that fit, and a lookup unions what several nodes hold.
+# rpcudp caps a datagram at 8 KiB and a signed record is about 500 bytes (12 fit the
+# budget): a key keeps the freshest providers that fit, and a lookup unions what several
+# nodes hold.
 MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
 SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",

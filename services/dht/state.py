@@ -20,6 +20,7 @@ STATE_FILE = "dht.json"
 class DhtState:
     node_id: bytes = field(default_factory=lambda: os.urandom(20))
     peers: list[tuple[str, int]] = field(default_factory=list)
+    port: int = 0  # the UDP port last bound, taken again when dht_port is 0
 
 
 def load(state_dir: Path) -> DhtState:
@@ -31,11 +32,11 @@ def load(state_dir: Path) -> DhtState:
         node_id = bytes.fromhex(data["node_id"])
         if len(node_id) != 20:  # a Kademlia id is 160 bits; another length moves the node
             raise ValueError(f"node_id has {len(node_id)} bytes, not 20")
-        return DhtState(node_id, [(h, int(p)) for h, p in data["peers"]])
+        return DhtState(node_id, [(h, int(p)) for h, p in data["peers"]], int(data.get("port", 0)))
     except (ValueError, KeyError, TypeError) as err:
         raise StateError(f"{path} is corrupt ({err}); move it away to start with a new DHT id") from None
 
 
 def save(state_dir: Path, state: DhtState) -> None:
-    text = json.dumps({"node_id": state.node_id.hex(), "peers": state.peers})
+    text = json.dumps({"node_id": state.node_id.hex(), "peers": state.peers, "port": state.port})
     write_atomically(state_dir / STATE_FILE, text.encode())

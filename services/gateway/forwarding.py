@@ -48,11 +48,12 @@ def sign(identity: NodeIdentity, proof: bytes, worker_id: str, method: str, targ
 class NonceCache:
     """Nonces seen within the window; a second sighting is a replay."""
 
-    seen: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # in arrival order, so oldest first
 
     def first_sighting(self, nonce: str, now: float) -> bool:
-        if len(self.seen) > 10_000:
-            self.seen = {n: t for n, t in self.seen.items() if t >= now - 2 * WINDOW_S}
+        # Forget from the old end only: O(1) per request however many are remembered.
+        while self.seen and next(iter(self.seen.values())) < now - 2 * WINDOW_S:
+            del self.seen[next(iter(self.seen))]
         if nonce in self.seen:
             return False
         self.seen[nonce] = now

@@ -63,7 +63,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         svc = self.cfg.service(service)
         local = (svc, self.health[service].healthy) if svc else None
         return routes.choose(service, local, self.cache.get(service, now), self.cfg.worker_id,
-                             self.latencies, self.rng)
+                             self.latencies, self.rng, now)
 
     def table(self) -> router_pb2.RouteTable:
         now = time.time()
@@ -130,7 +130,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if outcome.kind == router_pb2.ROUTE_KIND_FORWARDED and not outcome.success:
                 failed.append(outcome.worker_id)
             for worker in failed:
-                dropped |= self.cache.drop_provider(outcome.service, worker)
+                self.latencies.penalize(worker, time.time())
+            if failed:
+                dropped |= self.cache.invalidate(outcome.service)
         if dropped or self.preference_changed(observed):
             self.publish()
         return router_pb2.ReportOutcomeResponse()

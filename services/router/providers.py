@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 NEGATIVE_TTL_S = 5.0
+PENALTY_S = 30.0  # a provider whose forward failed is tried last for this long
 REFRESH_MARGIN = 0.25  # refresh when a record has less than this share of its life left
 LATENCY_ALPHA = 0.3  # weight of a new sample in the smoothed latency (an EWMA, as Envoy's)
 
@@ -61,14 +62,10 @@ class ProviderCache:
             self.entries.pop(service, None)
             self.negative[service] = now + NEGATIVE_TTL_S
 
-    def drop_provider(self, service: str, worker_id: str) -> bool:
-        entry = self.entries.get(service)
-        if entry is None or all(p.worker_id != worker_id for p in entry.providers):
-            return False
-        entry.providers = [p for p in entry.providers if p.worker_id != worker_id]
-        if not entry.providers:
-            del self.entries[service]
-        return True
+    def invalidate(self, service: str) -> bool:
+        """Forget a service's providers, so the next request looks them up afresh (a
+        provider that failed may be back, or gone for good)."""
+        return self.entries.pop(service, None) is not None
 
     def prune(self, now: float) -> bool:
         """Forget expired providers and negative entries; True when a route changed."""
@@ -94,17 +91,27 @@ class ProviderCache:
 
 @dataclass
 class Latencies:
+    """Smoothed latency per provider, and providers whose forward failed recently."""
+
     smoothed: dict[str, float] = field(default_factory=dict)
+    penalized_until: dict[str, float] = field(default_factory=dict)
 
     def observe(self, worker_id: str, seconds: float) -> None:
         old = self.smoothed.get(worker_id)
         self.smoothed[worker_id] = seconds if old is None else old + LATENCY_ALPHA * (seconds - old)
+        self.penalized_until.pop(worker_id, None)
+
+    def penalize(self, worker_id: str, now: float) -> None:
+        self.penalized_until[worker_id] = now + PENALTY_S
+
+    def penalized(self, worker_id: str, now: float) -> bool:
+        return self.penalized_until.get(worker_id, 0.0) > now
 
 
 def preference_order(providers: list[Provider], latencies: Latencies, rng: random.Random,
-                     prefer_gpu: bool = False) -> list[Provider]:
-    """GPU providers first when the service runs faster on one; then lowest smoothed
-    latency (a provider never measured counts as 0 so new ones get tried); ties (equal
-    latency) in random order to spread load."""
-    return sorted(providers, key=lambda p: (prefer_gpu and not p.gpu_model,
+                     prefer_gpu: bool = False, now: float = 0.0) -> list[Provider]:
+    """Providers that failed recently last (still a last resort: they may be back); GPU
+    providers first when the service runs faster on one; then lowest smoothed latency (a
+    provider never measured counts as 0 so new ones get tried); ties in random order."""
+    return sorted(providers, key=lambda p: (latencies.penalized(p.worker_id, now), prefer_gpu and not p.gpu_model,
                                             latencies.smoothed.get(p.worker_id, 0.0), rng.random()))

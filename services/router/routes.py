@@ -23,8 +23,8 @@ def local_route(worker_id: str, svc: ServiceConfig, healthy: bool) -> router_pb2
 
 
 def forwarded_route(service: str, providers: list[Provider], latencies: Latencies,
-                    rng: random.Random) -> router_pb2.Route:
-    ordered = preference_order(providers, latencies, rng, prefer_gpu=service in GPU_SERVICES)
+                    rng: random.Random, now: float = 0.0) -> router_pb2.Route:
+    ordered = preference_order(providers, latencies, rng, prefer_gpu=service in GPU_SERVICES, now=now)
     return router_pb2.Route(
         service=service, kind=router_pb2.ROUTE_KIND_FORWARDED, healthy=True,
         idempotent=all(p.idempotent for p in ordered), timeout_seconds=FORWARD_TIMEOUT_S,
@@ -33,13 +33,13 @@ def forwarded_route(service: str, providers: list[Provider], latencies: Latencie
 
 
 def choose(service: str, local: tuple[ServiceConfig, bool] | None, remote: list[Provider] | None,
-           worker_id: str, latencies: Latencies, rng: random.Random) -> router_pb2.Route:
+           worker_id: str, latencies: Latencies, rng: random.Random, now: float = 0.0) -> router_pb2.Route:
     """The local backend when it is healthy, else the remote providers, else the local
     backend even though unhealthy (503 beats 404 for a service this node hosts)."""
     if local is not None and local[1]:
         return local_route(worker_id, local[0], True)
     if remote:
-        return forwarded_route(service, remote, latencies, rng)
+        return forwarded_route(service, remote, latencies, rng, now)
     if local is not None:
         return local_route(worker_id, local[0], False)
     return router_pb2.Route(service=service, kind=router_pb2.ROUTE_KIND_NONE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import types
 from collections.abc import AsyncIterator, Callable
@@ -314,3 +315,25 @@ async def test_restart_from_saved_state_keeps_the_id_and_rejoins(make_node, tmp_
     assert again.node_id == b.node_id
     assert [p.port for p in again.peers()] == [a.port]
     assert summary(await again.find_providers("svc")) == [("a", "http://a:8000")]
+
+
+async def test_a_restart_binds_the_port_it_had_when_dht_port_is_0(tmp_path):
+    from services.common.config import load
+    from services.dht.main import start_on_known_port
+
+    cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_DHT_PORT": "0",
+                "MESHWORKER_DHT_HOST": "127.0.0.1", "MESHWORKER_MESH_SECRET": "s" * 32, "MESHWORKER_SERVICES": ""})
+    signer = Signer(NodeIdentity.load_or_create(tmp_path), MeshTrust("s" * 32))
+    saved = state.DhtState()
+    first = DhtNode("a", lambda: "http://a:8000", 60, signer)
+    await start_on_known_port(cfg, first, saved, [])
+    first.stop()
+    await asyncio.sleep(0.1)  # the transport closes its socket on the next loop turns
+    state.save(tmp_path, saved)
+
+    again = DhtNode("a", lambda: "http://a:8000", 60, signer)
+    try:
+        await start_on_known_port(cfg, again, state.load(tmp_path), [])
+        assert again.port == first.port != 0
+    finally:
+        again.stop()

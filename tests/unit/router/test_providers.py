@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from services.router.providers import NEGATIVE_TTL_S, Latencies, Provider, ProviderCache, preference_order
+from services.router.providers import (
+    NEGATIVE_TTL_S,
+    PENALTY_S,
+    Latencies,
+    Provider,
+    ProviderCache,
+    preference_order,
+)
 
 T0 = 1_000.0
 
@@ -84,32 +91,28 @@ def test_finding_providers_clears_the_negative_entry():
     assert cache.negative == {}
 
 
-def test_drop_provider_removes_only_that_provider():
+def test_invalidate_forgets_the_service_so_the_next_request_looks_it_up():
     cache = ProviderCache()
     cache.put("svc", [provider("a"), provider("b")], T0)
 
-    assert cache.drop_provider("svc", "a") is True
-
-    assert workers(cache.get("svc", T0)) == ["b"]
-
-
-def test_dropping_the_last_provider_forgets_the_service():
-    cache = ProviderCache()
-    cache.put("svc", [provider("a")], T0)
-
-    assert cache.drop_provider("svc", "a") is True
+    assert cache.invalidate("svc") is True
 
     assert cache.get("svc", T0) is None  # not negative: the next request looks it up again
     assert len(cache) == 0
+    assert cache.invalidate("svc") is False
 
 
-def test_drop_of_an_unknown_provider_or_service_changes_nothing():
-    cache = ProviderCache()
-    cache.put("svc", [provider("a")], T0)
+def test_a_penalized_provider_is_tried_last_until_its_penalty_ends_or_it_answers():
+    latencies, rng = Latencies(), random.Random(1)
+    providers = [provider("a"), provider("b")]
+    latencies.observe("a", 0.001)
+    latencies.observe("b", 0.500)
+    latencies.penalize("a", T0)
 
-    assert cache.drop_provider("svc", "z") is False
-    assert cache.drop_provider("other", "a") is False
-    assert workers(cache.get("svc", T0)) == ["a"]
+    assert workers(preference_order(providers, latencies, rng, now=T0 + 1)) == ["b", "a"]
+    assert workers(preference_order(providers, latencies, rng, now=T0 + PENALTY_S + 1)) == ["a", "b"]
+    latencies.observe("a", 0.001)  # it answered again
+    assert workers(preference_order(providers, latencies, rng, now=T0 + 1)) == ["a", "b"]
 
 
 def test_prune_forgets_expired_providers_and_says_so():

@@ -241,7 +241,7 @@ async def test_resolve_of_a_healthy_local_service_counts_nothing(tmp_path):
     assert router.counters == RoutingCounters()
 
 
-async def test_failed_forward_drops_the_provider_and_successes_smooth_latency(tmp_path):
+async def test_failed_forward_invalidates_the_route_and_puts_that_provider_last(tmp_path):
     router = servicer(tmp_path, services=(), dht=FakeDht("a", "b"))
     await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
     version = router.version
@@ -252,6 +252,9 @@ async def test_failed_forward_drops_the_provider_and_successes_smooth_latency(tm
 
     await router.ReportOutcome(router_pb2.ReportOutcomeRequest(outcomes=[ok, failed]), None)
 
-    assert [p.worker_id for p in router.cache.get("llm", time.time())] == ["b"]
+    assert router.cache.get("llm", time.time()) is None  # the next request looks it up again
     assert router.latencies.smoothed == {"b": 0.25}
     assert router.version == version + 1
+    await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
+    route = router.route("llm", time.time())
+    assert [e.worker_id for e in route.endpoints] == ["b", "a"]  # a failed: still there, but last
