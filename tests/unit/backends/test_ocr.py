@@ -26,6 +26,7 @@ import aiohttp
 import pytesseract
 import pytest
 import uvicorn
+from backend_server import call, call_async, running
 from PIL import Image, ImageDraw, ImageFont
 
 from services.backends.ocr import engine
@@ -65,39 +66,8 @@ def tmp_sock_dir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def sock() -> Iterator[str]:
     """Socket path of a vision-ocr server running in a background thread for the module."""
-    tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="ocr-"))
-    path = str(tmp / "ocr.sock")
-    config = uvicorn.Config(
-        create_app(), uds=path, log_level="warning", access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="ocr-server", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
+    with running(create_app(), ready_status=None, timeout=20) as path:
         yield path
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert not thread.is_alive(), "server thread did not stop"
-
-
-async def _call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    connector = aiohttp.UnixConnector(path=sock)
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        session.request(method, f"http://ocr{path}", **kwargs) as resp,
-    ):
-        return resp.status, await resp.json(content_type=None)
-
-
-def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    """One HTTP request to the server on `sock`: (status, decoded JSON body)."""
-    return asyncio.run(_call(sock, method, path, **kwargs))
 
 
 def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
@@ -288,9 +258,9 @@ def test_health_answers_while_ocr_runs(
     monkeypatch.setattr(engine, "recognise", slow_recognise)
 
     async def scenario() -> tuple[tuple[int, Any], tuple[int, Any]]:
-        ocr = asyncio.create_task(_call(sock, "POST", "/", json={"image_base64": b64(b"x")}))
+        ocr = asyncio.create_task(call_async(sock, "POST", "/", json={"image_base64": b64(b"x")}))
         assert await asyncio.to_thread(entered.wait, 20), "OCR never started"
-        health = await asyncio.wait_for(_call(sock, "GET", "/health"), timeout=5)
+        health = await asyncio.wait_for(call_async(sock, "GET", "/health"), timeout=5)
         assert not ocr.done()
         release.set()
         return health, await ocr
@@ -368,10 +338,7 @@ def _wait_healthy(path: str, proc: subprocess.Popen[bytes]) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"server exited with {proc.returncode}"
-        if os.path.exists(path):
-            try:
-                return call(path, "GET", "/health")[0]
-            except aiohttp.ClientConnectionError:
-                pass  # bound but not accepting yet, or still the stale file
+        if os.path.exists(path) and (status := call(path, "GET", "/health")[0]):
+            return status  # 0: bound but not accepting yet, or still the stale file
         time.sleep(0.05)
     raise AssertionError("server did not become healthy")

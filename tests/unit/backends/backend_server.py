@@ -1,0 +1,57 @@
+"""A backend app served for a test: uvicorn on a unix socket in a background thread, and
+one-shot HTTP calls to it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvicorn
+
+
+@contextmanager
+def running(app: Any, ready_status: int | None = 200, timeout: float = 90) -> Iterator[str]:
+    """Serve `app` on a unix socket in a short /tmp dir (socket paths are limited to ~107
+    bytes); yield the socket path once /health answers `ready_status` (None: once bound)."""
+    tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="be-"))
+    path = str(tmp / "backend.sock")
+    server = uvicorn.Server(uvicorn.Config(app, uds=path, log_level="warning", access_log=False,
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="backend-server", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started or (ready_status and call(path, "GET", "/health")[0] != ready_status):
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not get ready"
+            time.sleep(0.05)
+        yield path
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not thread.is_alive(), "server thread did not stop"
+
+
+async def call_async(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+        session.request(method, f"http://backend{path}", **kwargs) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """One HTTP request to the server on `sock`: (status, decoded JSON body); (0, None)
+    while it is bound but not accepting yet."""
+    try:
+        return asyncio.run(call_async(sock, method, path, **kwargs))
+    except aiohttp.ClientConnectionError:
+        return 0, None
