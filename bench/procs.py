@@ -92,6 +92,32 @@ def wait_until(check, deadline_s: float, what: str, interval_s: float = 0.02):
     raise TimeoutError(f"{what} not ready within {deadline_s} s (last error: {last_error})")
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds every process on this machine has used since boot (all of /proc/stat's
+    cpu line but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / CLOCK_TICKS
+
+
+def tree_cpu_s(root_pid: int) -> float:
+    """CPU seconds used by root_pid and its descendants, those they have reaped included
+    (a helper run per request, like tesseract, counts in its parent once it has exited)."""
+    total = 0
+    for process in process_tree(root_pid):
+        try:
+            with open(f"/proc/{process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLOCK_TICKS
+
+
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
     """Resident set size (or VmHWM, its peak) from /proc/<pid>/status; 0 once the process is gone."""
     try:

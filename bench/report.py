@@ -22,6 +22,10 @@ forwarded_route: node B hosts nothing and forwards to node A (client -> B -> A -
 its added latency is judged against A's local route's. discovery: swarm lookups run one at a
 time from random nodes that do not provide the service; "found" means every provider. failover:
 failed requests are those ending after the kill; failures and requests are totals over rounds.
+models: "direct" calls the built-in backend on its own unix socket; "gateway share" is
+(gateway - direct) / gateway of one request's time. Embeddings texts/s is the batch over the
+median request; LLM tokens/s counts the tokens after the first over the time from the first
+streamed text to the last (temperature 0, the same prompt on both routes).
 """
 
 

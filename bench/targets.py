@@ -150,9 +150,11 @@ class Nginx:
 
 @dataclass(frozen=True)
 class Hosted:
-    """A service a node hosts: its backend's URL, and a command when the node runs it itself."""
+    """A service a node hosts: its backend's URL, and a command when the node runs it itself.
+    No URL: one of meshworker's built-ins (vision-ocr, rag-embeddings, llm-inference), which the
+    node runs itself on <state>/run/svc-<name>.sock with no [service.<name>] table."""
     name: str
-    url: str
+    url: str = ""
     command: tuple[str, ...] = ()
     idempotent: bool = False
 
@@ -168,7 +170,7 @@ def supervised_backend(state_dir: Path, name: str = SERVICE) -> Hosted:
 def node_toml(services: list[Hosted]) -> str:
     # json.dumps writes strings and lists of strings as TOML accepts them.
     lines = [f"services = {json.dumps([s.name for s in services])}", ""]
-    for svc in services:
+    for svc in (s for s in services if s.url):
         lines += [f"[service.{svc.name}]", f"url = {json.dumps(svc.url)}", 'health_path = "/health"',
                   'invoke_path = "/"']
         lines += [f"command = {json.dumps(list(svc.command))}"] if svc.command else []
@@ -182,13 +184,16 @@ class Node:
 
     env adds MESHWORKER_* settings (a mesh secret, seeds, a worker id). launch() and
     wait_ready() let a caller start several nodes at once; `with Node(...)` does both.
+    ready_deadline_s bounds the wait for a healthy node (longer where models must load).
     """
 
     def __init__(self, backend_url: str | None = None, *, services: list[Hosted] | None = None,
-                 env: dict[str, str] | None = None, state_dir: Path | None = None):
+                 env: dict[str, str] | None = None, state_dir: Path | None = None,
+                 ready_deadline_s: float = READY_DEADLINE_S):
         self.state_dir = state_dir or procs.make_tmpdir()
         self.services = services if services is not None else [Hosted(SERVICE, backend_url)]
         self.env = env or {}
+        self.ready_deadline_s = ready_deadline_s
         self.proc: subprocess.Popen | None = None
         self.gateway_port = 0
         self.started_at = 0.0
@@ -212,7 +217,7 @@ class Node:
 
     def wait_ready(self) -> None:
         try:
-            self.gateway_port = procs.wait_until(self._healthy_port, READY_DEADLINE_S, "meshworker node")
+            self.gateway_port = procs.wait_until(self._healthy_port, self.ready_deadline_s, "meshworker node")
         except (TimeoutError, RuntimeError, OSError) as err:
             raise RuntimeError(f"node did not become healthy ({err}); its log ends:\n"
                                f"{self.log_tail()}") from None

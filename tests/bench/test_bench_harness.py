@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = {"local_route", "forwarded_route", "large_body", "discovery", "failover", "footprint"}
-# The smoke run takes about a minute (it starts five nodes); the margin is for a busy machine.
+SCENARIOS = {"local_route", "forwarded_route", "large_body", "discovery", "failover", "footprint", "models"}
+# The smoke run takes about 70 s (it starts six nodes, one loading the three models for ~20 s);
+# the margin is for a busy machine.
 HARNESS_DEADLINE_S = 120
 PHASE_KEYS = {"killed", "requests_after_kill", "failed", "until_none_fail_s", "recovered_s"}
 
@@ -84,6 +85,24 @@ def test_failover_reports_every_kill(smoke_results: tuple[dict, str]) -> None:
         for phase in ("backend", "other_backend", "router", "dht"):
             assert PHASE_KEYS <= set(one[phase]), phase
             assert one[phase]["requests_after_kill"] > 0, f"no load on B after the {phase} kill"
+
+
+@pytest.mark.timeout(160)
+def test_models_reports_each_service_on_both_routes(smoke_results: tuple[dict, str]) -> None:
+    scenario = smoke_results[0]["scenarios"]["models"]
+    run = scenario["raw"]["runs"][0]
+    for workload in ("seed_batch1", "seed_batch32", "openai_batch1", "openai_batch32"):
+        figures = run["embeddings"][workload]
+        assert set(figures["texts_per_s"]) == {"direct", "gateway"}, workload
+        assert {"ratio", "added_ms", "share_pct"} <= set(figures), workload
+    assert set(run["ocr"]["seconds"]) == {"direct", "gateway"}
+    assert all(n > 0 for n in run["ocr"]["lines_read_exactly"].values()), "OCR read no line of the page"
+    for route in ("direct", "gateway"):
+        assert run["llm"]["streams"][route], f"no streamed completion {route}"
+        for stream in run["llm"]["streams"][route]:
+            assert stream["chunks"] >= 1 and stream["tokens"] >= 1 and stream["ttft_s"] > 0
+    metrics = {row["metric"] for row in scenario["rows"]}
+    assert {"OCR, one A4 page (s)", "LLM time to first token (ms)", "LLM tokens/s, streamed"} <= metrics
 
 
 @pytest.mark.timeout(30)
