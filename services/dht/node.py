@@ -15,7 +15,7 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 from kademlia.utils import digest
 
-from services.common.identity import MeshTrust, NodeIdentity
+from services.common.identity import MeshTrust, NodeIdentity, proof_kind
 from services.dht import records
 from services.dht.storage import ProviderStorage
 
@@ -45,6 +45,9 @@ class Signer:
 
     @property
     def proof(self) -> bytes:
+        # Asked at each announce, after a fresh look at the overlay's files: the announce
+        # that follows a join (the overlay address appears) already carries the CA's proof.
+        self.trust.refresh()
         return self.trust.proof(self.identity.public_key)
 
 
@@ -59,6 +62,7 @@ class DhtNode:
         self.server = MeshServer(storage=self.storage, node_id=node_id)
         self.port = 0
         self._announced: dict[str, records.Record] = {}
+        self._proof_kind = ""
 
     @property
     def node_id(self) -> bytes:
@@ -86,7 +90,7 @@ class DhtNode:
         previous = self._announced.get(service, {}).get("sequence", 0)
         record = records.new_record(service, self.worker_id, self.url(), ttl_s or self.ttl_s, time.time(),
                                     previous, **summary)
-        record = records.sign(record, self.signer.identity, self.signer.proof)
+        record = records.sign(record, self.signer.identity, self._proof())
         self._announced[service] = record
         stored = await self._store(service, record)
         log.info("Published service: %s by %s (%s), stored on %d nodes",
@@ -103,19 +107,30 @@ class DhtNode:
         record = self._announced.pop(service, None)
         if record is None:
             return False
-        gone = records.sign(records.tombstone(record, time.time()), self.signer.identity, self.signer.proof)
+        gone = records.sign(records.tombstone(record, time.time()), self.signer.identity, self._proof())
         await self._store(service, gone)
         log.info("Withdrew service: %s", service)
         return True
+
+    def _proof(self) -> bytes:
+        proof = self.signer.proof
+        if proof_kind(proof) != self._proof_kind:
+            self._proof_kind = proof_kind(proof)
+            described = {"ca": "the mesh CA's proof", "secret": "the mesh secret's proof",
+                         "none": "no proof (no mesh secret, and the overlay's CA has not certified this key)"}
+            log.info("this node's records carry %s of its key", described[self._proof_kind])
+        return proof
 
     async def find_providers(self, service: str) -> list[records.Record]:
         """The union of the provider sets held here and on the k nodes closest to the key.
 
         kademlia's own get() stops at the first value (and prefers a local one), which
-        would hide providers stored only elsewhere; a provider set must be merged.
+        would hide providers stored only elsewhere; a provider set must be merged. What is
+        held here is checked again: a key may have lost the mesh's trust since it was stored
+        (its certificate revoked or expired).
         """
         dkey = digest(records.service_key(service))
-        merged = records.decode(self.storage.get(dkey))
+        merged = records.authentic(records.decode(self.storage.get(dkey)), self.signer.trust)
         for value in await self._values_near(dkey):
             merged = records.merge(merged, records.authentic(records.decode(value), self.signer.trust),
                                    time.time())
@@ -125,8 +140,8 @@ class DhtNode:
     def services_stored(self) -> list[str]:
         """Services with live records on this node (every service, in a mesh of ≤ k nodes)."""
         now = time.time()
-        found = {r["service"] for _, value in self.storage for r in
-                 records.merge({}, records.decode(value), now).values()}
+        found = {r["service"] for _, value in self.storage for r in records.merge(
+                 {}, records.authentic(records.decode(value), self.signer.trust), now).values()}
         return sorted(found)
 
     def peers(self) -> list[Node]:

@@ -3,8 +3,9 @@
 A key (one per service) maps to a JSON object {worker_id: record}. Storing merges
 instead of overwriting, so two workers announcing the same service never erase each
 other (the seed's read-modify-write on one JSON list did). Each record is signed by its
-node's ed25519 key and carries that key's proof of membership; readers keep only
-authentic records. Pure functions only.
+node's ed25519 key and carries that key's proof of membership (the mesh secret's HMAC or
+the overlay CA's signature, see services.common.identity); readers keep only authentic
+records. Pure functions only.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
 
 Record = dict[str, Any]
-# rpcudp caps a datagram at 8 KiB and a signed record is about 500 bytes (12 fit the
-# budget): a key keeps the freshest providers that fit, and a lookup unions what several
-# nodes hold.
+# rpcudp caps a datagram at 8 KiB and a signed record is about 450 bytes with the mesh
+# secret's proof, 560 with the CA's (14 or 11 fit the budget): a key keeps the freshest
+# providers that fit, and a lookup unions what several nodes hold.
 MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
 SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",

@@ -2,7 +2,8 @@
 
 A forwarded request carries a hop marker and a signature by the sending node over the
 method, the path, the time, a nonce and the body's digest, with the node's key and its
-proof of membership. The receiver checks all of it, refuses a request outside a short
+proof of membership (the mesh secret's HMAC, or the overlay CA's proof of the key: see
+services.common.identity). The receiver checks all of it, refuses a request outside a short
 window or seen before (replay), and never forwards it again (no loops). Pure, but for
 the nonce cache's clock, which is passed in.
 """

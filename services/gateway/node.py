@@ -24,7 +24,6 @@ class Gateway:
         self.version = version("meshworker")
         self.identity = NodeIdentity.load_or_create(cfg.state_dir)
         self.trust = mesh_trust(cfg)
-        self.proof = self.trust.proof(self.identity.public_key)
         self.nonces = NonceCache()
         self.channels = {c: grpcclient.channel(cfg, c) for c in COMPONENTS}
         self.router = RouterLink(self.channels["router"])
@@ -32,6 +31,12 @@ class Gateway:
         self.upstreams = proxy.Upstreams()
         self.metrics = metrics.GatewayMetrics()
         self.last_routing = router_pb2.RoutingStats()
+
+    @property
+    def proof(self) -> bytes:
+        """This node's proof of membership, asked per forwarded request: it becomes the CA's
+        within seconds of a join while the gateway runs (the trust re-reads the overlay)."""
+        return self.trust.proof(self.identity.public_key)
 
     async def component_health(self) -> dict[str, str]:
         states = await asyncio.gather(*(grpcclient.health_status(c) for c in self.channels.values()))

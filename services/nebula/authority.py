@@ -15,13 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.identity import b64, sign_ca_proof, unb64
 from services.nebula import allocation, membership, pki, records, tokens
 from services.nebula.state import EnrollmentError, NebulaPaths, locked
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # a host name: no '/', no '..' prefix
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
-REQUEST_KEYS = frozenset({"token", "name", "public_key", "lighthouse", "advertise"})
+IDENTITY_KEY = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url without padding
+REQUEST_KEYS = frozenset({"token", "name", "public_key", "lighthouse", "advertise", "identity_key"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class JoinRequest:
     public_key: str  # normalised PEM
     lighthouse: bool = False
     advertise: tuple[str, ...] = ()  # a lighthouse's underlay host:port for nebula
+    identity_key: bytes | None = None  # the node's ed25519 key (records, forwarding) to certify
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ def check_name(name: Any) -> str:
     return name
 
 
+def check_identity_key(value: Any) -> bytes | None:
+    """The joiner's identity key (raw 32 bytes), None when it sent none (an older meshworker)."""
+    if value is None:
+        return None
+    raw = unb64(value) if isinstance(value, str) and IDENTITY_KEY.match(value) else b""
+    if len(raw) != 32 or b64(raw) != value:
+        raise EnrollmentError("bad_identity_key", "identity_key must be the node's ed25519 public key: "
+                              "32 bytes in base64url without padding")
+    return raw
+
+
 def parse_join_request(doc: Any) -> JoinRequest:
     """Validate a join request's JSON; EnrollmentError for anything unexpected."""
     if not isinstance(doc, dict) or not {"token", "name", "public_key"} <= doc.keys():
@@ -67,7 +81,8 @@ def parse_join_request(doc: Any) -> JoinRequest:
         raise EnrollmentError("bad_request", "token and public_key must be strings")
     return JoinRequest(token=doc["token"], name=check_name(doc["name"]),
                        public_key=pki.check_public_key(doc["public_key"]),
-                       lighthouse=lighthouse, advertise=tuple(advertise))
+                       lighthouse=lighthouse, advertise=tuple(advertise),
+                       identity_key=check_identity_key(doc.get("identity_key")))
 
 
 def nebula_cert_signer(paths: NebulaPaths) -> Signer:
@@ -108,13 +123,24 @@ def enroll(paths: NebulaPaths, request: JoinRequest, now: float, signer: Signer)
         groups = [tokens.BASE_GROUP, *entry["groups"],
                   *([tokens.LIGHTHOUSE_GROUP] if request.lighthouse else [])]
         cert = signer(request.name, f"{ip}/{member.prefix_len}", groups, request.public_key)
+        proof = identity_proof(paths, request, cert)
         allocation.save(paths.allocations, allocation.assign(
             table, ip, request.name, cert.fingerprint, cert.expires_unix, request.lighthouse))
         tokens.save(paths.tokens, tokens.consume(store, token_id))
         signed = _record_with_lighthouse(paths, member, ip, request, now)
     log.info("enrolled %s as %s (groups %s, token %s)", request.name, ip, ",".join(groups), token_id)
-    return {"certificate": cert.pem, "ca": paths.ca_crt.read_text(), "record": signed,
-            "overlay_ip": ip, "network": member.network, "groups": groups}
+    reply = {"certificate": cert.pem, "ca": paths.ca_crt.read_text(), "record": signed,
+             "overlay_ip": ip, "network": member.network, "groups": groups}
+    return reply | ({"identity_proof": b64(proof)} if proof else {})
+
+
+def identity_proof(paths: NebulaPaths, request: JoinRequest, cert: SignedCert) -> bytes | None:
+    """The CA's proof that the joiner's identity key is the node of this certificate, valid
+    as long as the certificate: what makes its provider records and forwards trusted."""
+    if request.identity_key is None:
+        return None
+    return sign_ca_proof(records.ca_signing_key(paths.ca_key.read_text()), request.identity_key,
+                         request.name, cert.fingerprint, cert.expires_unix)
 
 
 def _record_with_lighthouse(paths: NebulaPaths, member: membership.Membership, ip: str,

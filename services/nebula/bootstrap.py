@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.identity import NodeIdentity, b64, check_ca_proof, sign_ca_proof, unb64
 from services.nebula import allocation, client, membership, pki, records, tls, tokens
 from services.nebula.authority import check_name
 from services.nebula.membership import Membership
@@ -80,6 +81,11 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     pki.sign(tmp.ca_crt, tmp.ca_key, opts.name, f"{ip}/{network.prefixlen}",
              [tokens.BASE_GROUP, tokens.LIGHTHOUSE_GROUP], (tmp.root / "host.pub").read_text(), tmp.host_crt)
     host = pki.cert_info(tmp.host_crt)
+    # The CA holder certifies its own identity key too, as it does a joiner's.
+    identity = NodeIdentity.load_or_create(Path(state_dir))
+    write_atomically(tmp.identity_proof, sign_ca_proof(
+        records.ca_signing_key(tmp.ca_key.read_text()), identity.public_key, opts.name, host.fingerprint,
+        host.not_after), 0o644)
     tls_crt, tls_key = tls.self_signed(f"meshworker enrollment {opts.name}", list(opts.advertise))
     write_atomically(tmp.tls_crt, tls_crt, 0o644)
     write_atomically(tmp.tls_key, tls_key)
@@ -138,8 +144,26 @@ def _check_reply(reply: dict, ca: pki.CertInfo, public_key_hex: str) -> tuple[pk
     return cert, record
 
 
+def _check_identity_proof(reply: dict, ca: pki.CertInfo, cert: pki.CertInfo, key: bytes) -> bytes | None:
+    """The CA's proof of this node's identity key, refused unless it names this certificate."""
+    if "identity_proof" not in reply:
+        log.warning("the lighthouse did not certify this node's identity key (it runs an older "
+                    "meshworker): peers trust this node only through a shared mesh secret")
+        return None
+    try:
+        blob = unb64(reply["identity_proof"])
+        proof = check_ca_proof(bytes.fromhex(ca.public_key), key, blob)
+    except (TypeError, ValueError):
+        proof = None
+    if proof is None or (proof.name, proof.fingerprint, proof.expires_at) != (
+            cert.name, cert.fingerprint, cert.not_after):
+        raise client.JoinError("the lighthouse's proof of this node's identity key is not signed by the "
+                               "pinned CA or not for this node's certificate")
+    return blob
+
+
 def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
-    """Key pair here, CA check, then only the public key, token and name go to the lighthouse."""
+    """Key pair here, CA check, then only the public keys, token and name go to the lighthouse."""
     final = NebulaPaths.of(state_dir)
     refuse_if_member(final)
     check_name(opts.name)
@@ -147,7 +171,9 @@ def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
     address, ca = _fetch_ca(opts, tmp)
     pub = tmp.root / "host.pub"
     pki.keygen(tmp.host_key, pub)
-    request = {"token": opts.token, "name": opts.name, "public_key": pub.read_text()}
+    identity = NodeIdentity.load_or_create(Path(state_dir))
+    request = {"token": opts.token, "name": opts.name, "public_key": pub.read_text(),
+               "identity_key": b64(identity.public_key)}
     if opts.lighthouse:
         request |= {"lighthouse": True, "advertise": list(opts.advertise)}
     _, status, reply = client.first_answering([address], opts.tls_sha256, "POST", "/v1/join", request)
@@ -156,7 +182,10 @@ def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
         code = reply.get("error", {}).get("code", "refused") if isinstance(reply, dict) else "refused"
         raise EnrollmentError(code, f"the lighthouse refused: {client.refusal(status, reply)}", status)
     cert, record = _check_reply(reply, ca, pki.pem_body(pub.read_text(), pki.X25519_PUBLIC, 32).hex())
+    proof = _check_identity_proof(reply, ca, cert, identity.public_key)
     write_atomically(tmp.host_crt, reply["certificate"], 0o644)
+    if proof is not None:
+        write_atomically(tmp.identity_proof, proof, 0o644)
     membership.save_record(tmp, reply["record"])
     member = Membership(name=opts.name, network=reply["network"], overlay_ip=cert.overlay_ip,
                         ca_fingerprint=ca.fingerprint, ca_public_key=ca.public_key,

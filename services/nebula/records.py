@@ -18,10 +18,13 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from services.common.identity import MESH_RECORD_CONTEXT
 from services.nebula.pki import ED25519_PRIVATE, pem_body
 
 DEFAULT_SYNC_INTERVAL_S = 30
-_CONTEXT = b"meshworker/v1/mesh-record:"  # domain separation: this key signs nebula certs too
+# Domain separation: this key signs nebula certs and node-key proofs too. services.common.
+# identity checks records (their blocklist) with the same context.
+_CONTEXT = MESH_RECORD_CONTEXT
 
 
 class RecordError(ValueError):

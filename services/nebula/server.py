@@ -2,12 +2,15 @@
 
 Joiners have no overlay yet, so this listens on the underlay. The channel is TLS with a
 self-signed certificate that the joiner pins by SHA-256; the joiner also checks the Nebula
-CA's fingerprint from GET /v1/ca before it sends its token. POST /v1/join takes only a
-public key, the token and a name; private keys never cross the network.
+CA's fingerprint from GET /v1/ca before it sends its token. POST /v1/join takes only
+public keys, the token and a name; private keys never cross the network. With the joiner's
+identity key (ed25519, base64url) the reply carries the CA's proof of that key
+("identity_proof", base64url; see services.common.identity.CaProof), which makes the
+joiner's provider records and forwarded requests trusted by every member.
 
   GET  /v1/ca      {"ca": PEM, "ca_fingerprint": hex}
   GET  /v1/record  {"record": signed mesh record}         (members poll this)
-  POST /v1/join    {"token", "name", "public_key"[, "lighthouse", "advertise"]}
+  POST /v1/join    {"token", "name", "public_key"[, "identity_key", "lighthouse", "advertise"]}
 """
 
 from __future__ import annotations

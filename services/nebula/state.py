@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.identity import CA_PROOF_FILE, MESH_FILE, OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError, write_atomically
 
 STATE_VERSION = 1
@@ -38,13 +39,16 @@ class NebulaPaths:
 
     @classmethod
     def of(cls, state_dir: Path) -> NebulaPaths:
-        return cls(Path(state_dir) / "nebula")
+        return cls(Path(state_dir) / OVERLAY_DIR)
 
     ca_crt = property(lambda self: self.root / "ca.crt")
     host_crt = property(lambda self: self.root / "host.crt")
     host_key = property(lambda self: self.root / "host.key")
-    mesh = property(lambda self: self.root / "mesh.json")
-    record = property(lambda self: self.root / "record.json")
+    # mesh.json, record.json and identity.proof are also read by services.common.identity:
+    # the mesh CA's key, its blocklist, and its proof of this node's identity key.
+    mesh = property(lambda self: self.root / MESH_FILE)
+    record = property(lambda self: self.root / RECORD_FILE)
+    identity_proof = property(lambda self: self.root / CA_PROOF_FILE)
     config = property(lambda self: self.root / "config.yml")
     authority = property(lambda self: self.root / "authority")
     ca_key = property(lambda self: self.authority / "ca.key")

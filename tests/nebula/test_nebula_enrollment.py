@@ -8,11 +8,12 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.common import config
+from services.common import config, identity
 from services.nebula import (
     authority,
     bootstrap,
@@ -95,6 +96,49 @@ def test_join_gets_a_certificate_for_a_key_that_never_left(endpoint, tmp_path):
     assert paths.host_key.stat().st_mode & 0o777 == 0o600
     assert node.load(paths).record.lighthouses == {"10.42.0.1": ["127.0.0.1:4242"]}
     assert not (endpoint.app.paths.authority / ".sign-node2.crt").exists()
+
+
+def test_join_certifies_the_nodes_identity_key_for_its_certificate(endpoint, tmp_path):
+    bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint)))
+    paths, key = NebulaPaths.of(tmp_path / "n2"), identity.NodeIdentity.load_or_create(tmp_path / "n2").public_key
+    cert = pki.cert_info(paths.host_crt)
+
+    proof = identity.check_ca_proof(bytes.fromhex(endpoint.member.ca_public_key), key,
+                                    paths.identity_proof.read_bytes())
+    assert (proof.name, proof.fingerprint, proof.expires_at) == ("node2", cert.fingerprint, cert.not_after)
+    # Neither node needs a mesh secret: each trusts the other's key by the CA's word.
+    member, holder = (identity.mesh_trust(cfg_for(p.root.parent)) for p in (paths, endpoint.app.paths))
+    assert member.proof(key) == paths.identity_proof.read_bytes() and holder.trusts(key, member.proof(key))
+    lh = identity.NodeIdentity.load_or_create(endpoint.app.paths.root.parent).public_key
+    assert member.trusts(lh, holder.proof(lh)) and identity.proof_kind(holder.proof(lh)) == "ca"
+
+
+def test_a_joiner_that_sends_no_identity_key_gets_no_proof(endpoint, tmp_path):
+    pki.keygen(tmp_path / "k", tmp_path / "k.pub")
+    status, doc = endpoint.post({"token": token(endpoint), "name": "old", "public_key": (tmp_path / "k.pub").read_text()})
+
+    assert status == 200 and "certificate" in doc and "identity_proof" not in doc
+
+
+@pytest.mark.parametrize("key", ["A" * 42, "A" * 44, "A" * 42 + "B", "A" * 42 + "=", "+" * 43, 32, ["A" * 43]])
+def test_an_identity_key_that_is_not_32_bytes_of_base64url_is_refused(endpoint, tmp_path, key):
+    pki.keygen(tmp_path / "k", tmp_path / "k.pub")
+    table = endpoint.app.paths.allocations.read_text()
+    status, doc = endpoint.post({"token": token(endpoint), "name": "n2", "public_key": (tmp_path / "k.pub").read_text(),
+                                 "identity_key": key})
+
+    assert status == 400 and doc["error"]["code"] == "bad_identity_key"
+    assert endpoint.app.paths.allocations.read_text() == table
+
+
+def test_a_proof_for_another_key_stops_the_joiner(endpoint, tmp_path, monkeypatch):
+    real = authority.identity_proof
+    monkeypatch.setattr(authority, "identity_proof",
+                        lambda paths, request, cert: real(paths, replace(request, identity_key=b"k" * 32), cert))
+
+    with pytest.raises(client.JoinError, match="proof of this node's identity key"):
+        bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint)))
+    assert not NebulaPaths.of(tmp_path / "n2").root.exists()
 
 
 @pytest.mark.parametrize(("case", "message"), [("unknown", "unknown token"), ("expired", "expired at"),

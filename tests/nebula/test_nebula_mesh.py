@@ -1,5 +1,6 @@
 """Three real nodes in network namespaces: `init` on one, `join` on two, then the overlay's
-promises: every pair talks over it, crashes cost what DESIGN.md says, revoke cuts a node off."""
+promises: every pair talks over it, crashes cost what DESIGN.md says, revoke cuts a node off.
+The nodes share no mesh secret: only the overlay's CA makes them trust each other's keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +21,16 @@ import pytest
 from meshtest import BIN, REPO, wait_for
 from netns import Lab
 
+from services.common.config import MESH_SECRET_FILE
+from services.common.identity import MeshTrust, NodeIdentity
 from services.common.rpc import nebula_pb2, nebula_pb2_grpc
+from services.gateway import forwarding
+from services.nebula.state import NebulaPaths
 
 pytestmark = pytest.mark.timeout(180)
-NODE_ENV = {"MESHWORKER_GATEWAY_PORT": "8000", "MESHWORKER_DHT_PORT": "8468", "MESHWORKER_NEBULA_PORT": "4242",
-            "MESHWORKER_MESH_SECRET": "overlay-test-secret-0123456789"}  # fixed ports: one namespace each
+# Fixed ports: one namespace each. No MESHWORKER_MESH_SECRET: `up` makes each node a secret
+# of its own, so trust between the nodes can come only from the overlay's CA.
+NODE_ENV = {"MESHWORKER_GATEWAY_PORT": "8000", "MESHWORKER_DHT_PORT": "8468", "MESHWORKER_NEBULA_PORT": "4242"}
 ECHO = Path(__file__).parent.parent / "echo_backend.py"
 # node2 hosts a service, so a request at node3 is forwarded over the overlay.
 HOSTS_ECHO = f'services = ["echo"]\n[service.echo]\nurl = "http://127.0.0.1:9100"\n' \
@@ -141,6 +148,26 @@ def test_a_forwarded_request_travels_over_the_overlay(mesh):
         [f"http://{ips['node2']}:8000"]
 
 
+def forward_as(node, proof: bytes | None = None) -> dict[str, str]:
+    """The headers `node`'s gateway would send to forward GET /service/echo/whoami now: its
+    key, and its CA proof (or, given, another proof)."""
+    key = NodeIdentity.load_or_create(node.state_dir)
+    proof = proof if proof is not None else NebulaPaths.of(node.state_dir).identity_proof.read_bytes()
+    return forwarding.sign(key, proof, node.env["MESHWORKER_WORKER_ID"], "GET", "/service/echo/whoami", None,
+                           time.time())
+
+
+def test_only_keys_certified_by_the_mesh_ca_may_forward(mesh):
+    nodes = mesh[0]
+    outsider = nodes["node4"]  # runs, outside the overlay, with a mesh secret of its own
+    secret = MeshTrust((outsider.state_dir / MESH_SECRET_FILE).read_text().strip())
+    headers = forward_as(outsider, secret.proof(NodeIdentity.load_or_create(outsider.state_dir).public_key))
+
+    refused = nodes["node2"].request("GET", "/service/echo/whoami", headers=headers)
+    assert refused.status == 403 and "not a member" in refused.json()["error"]["message"]
+    assert nodes["node2"].request("GET", "/service/echo/whoami", headers=forward_as(nodes["node3"])).status == 200
+
+
 def test_status_reports_certificate_lighthouse_and_tunnels(mesh):
     nodes = mesh[0]
     member = wait_for(lambda: (s := status(nodes["node2"])).tunnels_up >= 2 and s, 20, "nebula's tunnel gauge")
@@ -185,6 +212,19 @@ def test_a_second_lighthouse_keeps_new_tunnels_possible_without_the_first(mesh):
     finally:
         nodes["node1"].supervisorctl("start", "nebula")
     wait_for(lambda: reaches(nodes["node2"], ips["node1"]) == "node1", 20, "node1 back on the overlay")
+
+
+def test_a_node_that_joined_while_running_is_trusted_at_once(mesh):
+    """node4 ran outside the overlay until the test above joined it: its dht and gateway now
+    sign with the CA's proof of their key, so node2 serves what node4 forwards."""
+    node4 = mesh[0]["node4"]
+
+    def forwarded():
+        reply = node4.get("/service/echo/whoami")
+        return reply if reply.status == 200 else None
+
+    reply = wait_for(forwarded, 60, "node4 to find node2's echo and be trusted by it")
+    assert (reply.headers["X-Mesh-Route"], reply.headers["X-Mesh-Worker"]) == ("forwarded", "node2")
 
 
 def pid_of_program(node, program: str) -> int:
@@ -235,4 +275,8 @@ def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh):
     wait_for(lambda: reaches(nodes["node4"], ips["node3"]) is None, 15, "lighthouse 2 to block node3 too")
     assert reaches(nodes["node1"], ips["node2"]) == "node2" and reaches(nodes["node2"], ips["node1"]) == "node1"
     assert status(nodes["node3"]).revoked and "revoked" in nodes["node3"].health()["vpn_reason"]
+    # Nor may it forward on the underlay: its key's CA proof names a blocked certificate.
+    wait_for(lambda: nodes["node2"].request("GET", "/service/echo/whoami",
+                                            headers=forward_as(nodes["node3"])).status == 403, 15,
+             "node2's gateway to refuse node3's revoked key")
 

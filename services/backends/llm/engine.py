@@ -13,8 +13,9 @@ disk and also serves the embeddings backend. The price, measured on the 2-core d
 ~12 s to load (parsing and unpacking the GGUF in Python; llama.cpp maps it in well under
 a second), ~0.5 GiB more memory (weights unpacked), and ~30 tokens/s instead of llama.cpp's
 ~100+, per-token Python overhead of `generate()` being most of a step for so small a
-model. Weights run in bfloat16 where the CPU computes it natively (AVX512-BF16/AMX),
-~1.4x faster than float32 there; float32 elsewhere.
+model. Weights run in float32: bfloat16 was ~1.4x faster where the CPU computes it natively,
+but sampling from it produced NaN probabilities in some runs ("probability tensor contains
+either inf, nan"), and a wrong answer costs more than a slow one.
 
 Nothing heavy is imported at module import, so `unavailable_reason()` works on a node
 without the `llm` extra. `TextModel.generate()` blocks for the whole generation: async
@@ -194,12 +195,8 @@ class _TextStream:
             self._sent = end
 
 
-def load(path: Path | None = None, dtype: str = "auto") -> TextModel:
-    """Load the GGUF model (by default the packaged one) on the CPU.
-
-    `dtype`: "auto" (bfloat16 where the CPU has native bf16 matmuls, else float32),
-    "float32" or "bfloat16".
-    """
+def load(path: Path | None = None) -> TextModel:
+    """Load the GGUF model (by default the packaged one) on the CPU, in float32."""
     path = path or gguf_path()
     offline_model_env()
     import torch
@@ -214,22 +211,7 @@ def load(path: Path | None = None, dtype: str = "auto") -> TextModel:
     where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name,
              "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(**where)
-    # float32 at load: the GGUF loader unpacks into that exactly (and warns for others).
+    # float32: the GGUF loader unpacks into that exactly (and warns for others).
     model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch.float32)
-    chosen = _pick_dtype(dtype)
-    if chosen != torch.float32:
-        model = model.to(chosen)
     model.eval()
     return TextModel(model, tokenizer, MODEL_NAME)
-
-
-def _pick_dtype(name: str) -> torch.dtype:
-    import torch
-
-    if name != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-    try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private probe: absent is "don't know"
-        native_bf16 = False
-    return torch.bfloat16 if native_bf16 else torch.float32

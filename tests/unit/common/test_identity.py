@@ -1,17 +1,41 @@
-"""Tests for services.common.identity (node key, mesh trust) and the mesh_secret config key."""
+"""Tests for services.common.identity (node key, mesh trust: secret and CA proofs) and the
+mesh_secret config key."""
 
 from __future__ import annotations
 
+import base64
+import json
 import stat
 import types
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common import identity
 from services.common.config import MESH_SECRET_FILE, ConfigError, load
-from services.common.identity import KEY_FILE, MeshTrust, NodeIdentity, StateError, mesh_trust, verify
+from services.common.identity import (
+    KEY_FILE,
+    CaProof,
+    MeshTrust,
+    NodeIdentity,
+    OverlayTrust,
+    StateError,
+    check_ca_proof,
+    mesh_trust,
+    proof_kind,
+    sign_ca_proof,
+    verify,
+)
+from services.nebula import records
+from services.nebula.state import NebulaPaths
 
 SECRET = "s" * 32
+T0 = 1_700_000_000.0
+EXPIRES = int(T0) + 3600
+FAR_FUTURE = 4_000_000_000
+FINGERPRINT = "ab" * 32
+CA_FINGERPRINT = "cd" * 32
 
 
 def mode(path) -> int:
@@ -189,3 +213,243 @@ def test_short_secret_file_names_the_file(tmp_path):
 
     assert MESH_SECRET_FILE in str(caught.value)
     assert "at least 16 characters" in str(caught.value)
+
+
+# --- CA proofs ----------------------------------------------------------------------------------
+
+def raw(public) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+class Clock:
+    def __init__(self, now: float = T0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Overlay:
+    """An overlay state directory as `init`/`join` leave it (mesh.json, record.json,
+    identity.proof), with a CA key made here instead of by nebula-cert."""
+
+    def __init__(self, state_dir, ca: Ed25519PrivateKey | None = None):
+        self.state_dir = state_dir
+        self.paths = NebulaPaths.of(state_dir)
+        self.ca = ca or Ed25519PrivateKey.generate()
+        seed = self.ca.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                     serialization.NoEncryption())
+        body = base64.b64encode(seed + raw(self.ca.public_key())).decode()
+        self.ca_pem = f"-----BEGIN NEBULA ED25519 PRIVATE KEY-----\n{body}\n-----END NEBULA ED25519 PRIVATE KEY-----\n"
+        self.serial = 0
+
+    def enroll(self, key: bytes | None = None, **proof) -> Overlay:
+        """Write the membership and the record; with `key`, this node's proof of it."""
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.paths.mesh.write_text(json.dumps({"version": 1, "ca_public_key": raw(self.ca.public_key()).hex(),
+                                               "ca_fingerprint": CA_FINGERPRINT}))
+        self.publish()
+        if key is not None:
+            self.paths.identity_proof.write_bytes(self.certify(key, **proof))
+        return self
+
+    def publish(self, blocklist: tuple[str, ...] = ()) -> None:
+        self.serial += 1
+        record = records.MeshRecord(serial=self.serial, issued_at=int(T0), ca_fingerprint=CA_FINGERPRINT,
+                                    blocklist=blocklist)
+        self.paths.record.write_text(json.dumps({"version": 1, "signed": records.sign(record, self.ca_pem)}))
+
+    def certify(self, key: bytes, name: str = "node2", fingerprint: str = FINGERPRINT,
+                expires_at: int = EXPIRES) -> bytes:
+        return sign_ca_proof(self.ca, key, name, fingerprint, expires_at)
+
+
+def key_of(tmp_path, name: str) -> bytes:
+    return NodeIdentity.load_or_create(tmp_path / name).public_key
+
+
+def ca_trust(state_dir, secret: str | None = None, clock: Clock | None = None,
+             monotonic: Clock | None = None) -> MeshTrust:
+    return MeshTrust(secret, OverlayTrust(state_dir, monotonic=monotonic or Clock(0.0)), clock or Clock())
+
+
+def test_a_ca_proof_round_trips_and_says_what_it_binds(tmp_path):
+    ca, key = Ed25519PrivateKey.generate(), key_of(tmp_path, "a")
+    blob = sign_ca_proof(ca, key, "node2", FINGERPRINT, EXPIRES)
+
+    proof = check_ca_proof(raw(ca.public_key()), key, blob)
+
+    assert (proof.name, proof.fingerprint, proof.expires_at) == ("node2", FINGERPRINT, EXPIRES)
+    assert blob.startswith(b"ca1") and CaProof.decode(blob) == proof
+    assert len(blob) == 3 + 8 + 32 + 1 + len("node2") + 64
+    assert (proof_kind(blob), proof_kind(MeshTrust(SECRET).proof(key)), proof_kind(b"")) == ("ca", "secret", "none")
+
+
+@pytest.mark.parametrize("args", [(b"k" * 31, "n", FINGERPRINT), (b"k" * 32, "n", "ab"), (b"k" * 32, "", FINGERPRINT)])
+def test_a_ca_proof_needs_a_key_a_name_and_a_fingerprint(args):
+    with pytest.raises(ValueError):
+        sign_ca_proof(Ed25519PrivateKey.generate(), *args, EXPIRES)
+
+
+def test_a_valid_ca_proof_is_trusted_without_any_secret(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key = key_of(tmp_path, "peer")
+
+    assert ca_trust(overlay.state_dir).trusts(key, overlay.certify(key))
+
+
+def test_an_expired_ca_proof_is_refused(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key = key_of(tmp_path, "peer")
+    clock = Clock(EXPIRES - 1)
+    trust = ca_trust(overlay.state_dir, clock=clock)
+
+    assert trust.trusts(key, overlay.certify(key))
+    clock.now = EXPIRES  # the verified proof is cached: its expiry still counts
+    assert not trust.trusts(key, overlay.certify(key))
+    assert not trust.trusts(key, overlay.certify(key, expires_at=int(T0) - 1))
+
+
+@pytest.mark.parametrize("position", [3, 10, 11, 42, 43, 44, 48, -1])
+def test_a_tampered_ca_proof_is_refused(tmp_path, position):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key = key_of(tmp_path, "peer")
+    blob = bytearray(overlay.certify(key))
+    blob[position] ^= 0x01
+
+    assert not ca_trust(overlay.state_dir).trusts(key, bytes(blob))
+
+
+@pytest.mark.parametrize("mangle", [lambda b: b[:-1], lambda b: b + b"x", lambda b: b"ca2" + b[3:], lambda b: b[:32]])
+def test_a_malformed_ca_proof_is_refused(tmp_path, mangle):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key = key_of(tmp_path, "peer")
+
+    assert not ca_trust(overlay.state_dir).trusts(key, mangle(overlay.certify(key)))
+
+
+def test_a_proof_by_another_ca_is_refused(tmp_path):
+    overlay, other = Overlay(tmp_path / "me").enroll(), Overlay(tmp_path / "other")
+    key = key_of(tmp_path, "peer")
+
+    assert not ca_trust(overlay.state_dir).trusts(key, other.certify(key))
+
+
+def test_a_proof_of_another_key_is_refused(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    mine, theirs = key_of(tmp_path, "a"), key_of(tmp_path, "b")
+
+    assert not ca_trust(overlay.state_dir).trusts(theirs, overlay.certify(mine))
+
+
+def test_a_blocked_certificate_is_refused_once_the_record_says_so(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key, monotonic = key_of(tmp_path, "peer"), Clock(0.0)
+    trust = ca_trust(overlay.state_dir, monotonic=monotonic)
+    assert trust.trusts(key, overlay.certify(key))
+
+    overlay.publish(blocklist=(FINGERPRINT,))  # `meshworker revoke node2` reached this node
+    monotonic.now = identity.RECHECK_S
+
+    assert not trust.trusts(key, overlay.certify(key))
+    assert trust.trusts(key, overlay.certify(key, name="node3", fingerprint="ef" * 32))
+
+
+def test_a_blocklist_not_signed_by_the_ca_is_ignored_and_the_previous_one_kept(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    overlay.publish(blocklist=(FINGERPRINT,))
+    key, monotonic = key_of(tmp_path, "peer"), Clock(0.0)
+    trust = ca_trust(overlay.state_dir, monotonic=monotonic)
+    assert not trust.trusts(key, overlay.certify(key))
+
+    forged = Overlay(tmp_path / "forger", Ed25519PrivateKey.generate())
+    forged.paths.root.mkdir(parents=True)
+    forged.publish(blocklist=())
+    overlay.paths.record.write_text(forged.paths.record.read_text())
+    monotonic.now = identity.RECHECK_S
+
+    assert not trust.trusts(key, overlay.certify(key))
+
+
+def test_a_secret_proof_is_still_trusted_beside_the_ca(tmp_path):
+    overlay = Overlay(tmp_path / "me").enroll()
+    key = key_of(tmp_path, "peer")
+
+    assert ca_trust(overlay.state_dir, SECRET).trusts(key, MeshTrust(SECRET).proof(key))
+    assert ca_trust(overlay.state_dir, SECRET).trusts(key, overlay.certify(key))
+    assert not ca_trust(overlay.state_dir).trusts(key, MeshTrust(SECRET).proof(key))  # CA only
+
+
+def test_without_an_overlay_no_ca_proof_is_trusted(tmp_path):
+    key = key_of(tmp_path, "peer")
+    proof = Overlay(tmp_path / "elsewhere").certify(key)
+
+    assert not ca_trust(tmp_path / "me", SECRET).trusts(key, proof)
+    assert not MeshTrust(SECRET).trusts(key, proof)
+
+
+def test_mesh_trust_of_a_node_in_an_overlay_needs_no_secret(tmp_path):
+    me = NodeIdentity.load_or_create(tmp_path)
+    overlay = Overlay(tmp_path).enroll(me.public_key, expires_at=FAR_FUTURE)  # real clock here
+    trust = mesh_trust(load({"MESHWORKER_STATE_DIR": str(tmp_path)}))
+    peer = key_of(tmp_path, "peer")
+
+    assert trust.proof(me.public_key) == overlay.paths.identity_proof.read_bytes()
+    assert trust.trusts(me.public_key, trust.proof(me.public_key))
+    assert trust.trusts(peer, overlay.certify(peer, expires_at=FAR_FUTURE)) and not trust.trusts(peer, MeshTrust(SECRET).proof(peer))
+
+
+def test_the_own_proof_is_the_cas_when_there_is_one_else_the_secrets(tmp_path):
+    me = NodeIdentity.load_or_create(tmp_path / "me")
+    overlay = Overlay(tmp_path / "me").enroll(me.public_key)
+
+    assert ca_trust(overlay.state_dir, SECRET).proof(me.public_key) == overlay.paths.identity_proof.read_bytes()
+    other = key_of(tmp_path, "other")  # node.key replaced after the join: the CA's proof is not for it
+    assert ca_trust(overlay.state_dir, SECRET).proof(other) == MeshTrust(SECRET).proof(other)
+    assert ca_trust(overlay.state_dir).proof(other) == b""
+    expired = ca_trust(overlay.state_dir, SECRET, clock=Clock(EXPIRES))
+    assert expired.proof(me.public_key) == MeshTrust(SECRET).proof(me.public_key)
+
+
+def test_a_join_while_running_is_picked_up_within_the_recheck_interval(tmp_path):
+    me = NodeIdentity.load_or_create(tmp_path)
+    monotonic = Clock(100.0)
+    trust = MeshTrust(SECRET, OverlayTrust(tmp_path, monotonic=monotonic), Clock())
+    peer = key_of(tmp_path, "peer")
+    assert trust.proof(me.public_key) == MeshTrust(SECRET).proof(me.public_key)
+
+    overlay = Overlay(tmp_path).enroll(me.public_key)  # `meshworker join` while the node runs
+    assert proof_kind(trust.proof(me.public_key)) == "secret"  # not looked at again yet: no stat per call
+    monotonic.now += identity.RECHECK_S
+
+    assert trust.proof(me.public_key) == overlay.paths.identity_proof.read_bytes()
+    assert trust.trusts(peer, overlay.certify(peer))
+
+
+def test_refresh_reads_a_change_at_once(tmp_path):
+    me = NodeIdentity.load_or_create(tmp_path)
+    trust = MeshTrust(SECRET, OverlayTrust(tmp_path, monotonic=Clock(100.0)), Clock())
+    trust.proof(me.public_key)
+    Overlay(tmp_path).enroll(me.public_key)
+
+    trust.refresh()
+
+    assert proof_kind(trust.proof(me.public_key)) == "ca"
+
+
+@pytest.mark.parametrize("mesh", ["not json", '{"version": 1}', '{"ca_public_key": "abcd"}'])
+def test_an_unusable_membership_trusts_no_ca_proof_and_does_not_raise(tmp_path, mesh):
+    overlay = Overlay(tmp_path).enroll()
+    overlay.paths.mesh.write_text(mesh)
+    key = key_of(tmp_path, "peer")
+
+    assert not ca_trust(tmp_path, SECRET).trusts(key, overlay.certify(key))
+    assert ca_trust(tmp_path, SECRET).trusts(key, MeshTrust(SECRET).proof(key))
+
+
+def test_nebula_paths_name_the_files_the_trust_reads(tmp_path):
+    paths = NebulaPaths.of(tmp_path)
+
+    assert paths.root == OverlayTrust(tmp_path).root
+    assert (paths.mesh.name, paths.record.name, paths.identity_proof.name) == (
+        identity.MESH_FILE, identity.RECORD_FILE, identity.CA_PROOF_FILE)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import types
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.network import Server
 from kademlia.utils import digest
 
-from services.common.identity import MeshTrust, NodeIdentity, StateError
+from services.common import identity
+from services.common.identity import MeshTrust, NodeIdentity, OverlayTrust, StateError, proof_kind
 from services.dht import node as node_module
 from services.dht import records, state
 from services.dht.node import DhtNode, Signer
@@ -36,8 +41,8 @@ async def make_node(make_signer) -> AsyncIterator[Callable]:
     nodes: list[DhtNode] = []
 
     async def make(worker_id: str, seeds: tuple[tuple[str, int], ...] = (), secret: str = SECRET,
-                   node_id: bytes | None = None) -> DhtNode:
-        dht = DhtNode(worker_id, lambda: f"http://{worker_id}:8000", 60, make_signer(worker_id, secret),
+                   node_id: bytes | None = None, signer: Signer | None = None) -> DhtNode:
+        dht = DhtNode(worker_id, lambda: f"http://{worker_id}:8000", 60, signer or make_signer(worker_id, secret),
                       node_id=node_id)
         nodes.append(dht)
         await dht.start("127.0.0.1", 0, list(seeds))
@@ -258,6 +263,87 @@ async def test_ping_a_live_peer_gives_a_round_trip_time(make_node):
 def test_peers_before_start_is_empty(make_signer):
     # Was a bug (node.py peers): before start() kademlia's Server has no protocol yet.
     assert DhtNode("a", lambda: "http://a:8000", 60, make_signer("a")).peers() == []
+
+
+# --- trust from the overlay's CA -----------------------------------------------------------------
+
+class MeshCa:
+    """The overlay's CA holder as `init` and `join` act for it: it writes a node's membership
+    (the CA key), the CA-signed record (blocklist) and the CA's proof of the node's key."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.public = self.key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)
+
+    @staticmethod
+    def fingerprint(name: str) -> str:
+        return name.encode().hex().ljust(64, "0")
+
+    def enroll(self, state_dir: Path, name: str) -> None:
+        root = state_dir / identity.OVERLAY_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        (root / identity.MESH_FILE).write_text(json.dumps({"ca_public_key": self.public.hex(),
+                                                           "ca_fingerprint": "ca"}))
+        self.publish(state_dir)
+        key = NodeIdentity.load_or_create(state_dir).public_key
+        (root / identity.CA_PROOF_FILE).write_bytes(
+            identity.sign_ca_proof(self.key, key, name, self.fingerprint(name), int(time.time()) + 3600))
+
+    def publish(self, state_dir: Path, blocked: tuple[str, ...] = ()) -> None:
+        body = json.dumps({"ca_fingerprint": "ca", "blocklist": [self.fingerprint(n) for n in blocked]})
+        signature = self.key.sign(identity.MESH_RECORD_CONTEXT + body.encode()).hex()
+        (state_dir / identity.OVERLAY_DIR / identity.RECORD_FILE).write_text(
+            json.dumps({"signed": {"body": body, "signature": signature}}))
+
+    @staticmethod
+    def signer(state_dir: Path, secret: str | None = None) -> Signer:
+        return Signer(NodeIdentity.load_or_create(state_dir), MeshTrust(secret, OverlayTrust(state_dir)))
+
+
+def test_the_signer_proof_becomes_the_cas_as_soon_as_the_node_joins(tmp_path):
+    signer = MeshCa.signer(tmp_path, SECRET)
+    assert signer.proof == MeshTrust(SECRET).proof(signer.identity.public_key)
+
+    MeshCa().enroll(tmp_path, "a")  # `meshworker join` while the dht runs
+
+    assert signer.proof == (tmp_path / identity.OVERLAY_DIR / identity.CA_PROOF_FILE).read_bytes()
+
+
+async def test_members_of_one_ca_trust_each_others_records_and_no_outsider(make_node, tmp_path):
+    ca = MeshCa()
+    for name in ("a", "b"):
+        ca.enroll(tmp_path / "ca" / name, name)
+    a = await make_node("a", signer=ca.signer(tmp_path / "ca" / "a"))
+    b = await make_node("b", seeds=seed(a), signer=ca.signer(tmp_path / "ca" / "b"))
+    x = await make_node("x", seeds=seed(a), secret=OTHER_SECRET)  # not enrolled: a secret of its own
+    other = MeshCa()
+    other.enroll(tmp_path / "other" / "y", "y")
+    y = await make_node("y", seeds=seed(a), signer=other.signer(tmp_path / "other" / "y"))
+
+    record, _ = await a.announce("svc")
+    for outsider in (x, y):
+        await outsider.announce("svc")
+
+    assert proof_kind(identity.unb64(record["proof"])) == "ca"
+    assert summary(await b.find_providers("svc")) == [("a", "http://a:8000")]
+    assert summary(await a.find_providers("svc")) == [("a", "http://a:8000")]
+
+
+async def test_a_revoked_nodes_records_are_dropped_even_where_they_are_held(make_node, tmp_path):
+    ca = MeshCa()
+    for name in ("a", "b"):
+        ca.enroll(tmp_path / name, name)
+    a = await make_node("a", signer=ca.signer(tmp_path / "a"))
+    b = await make_node("b", seeds=seed(a), signer=ca.signer(tmp_path / "b"))
+    await b.announce("svc")
+    assert summary(await a.find_providers("svc")) == [("b", "http://b:8000")]
+
+    ca.publish(tmp_path / "a", blocked=("b",))  # `meshworker revoke b` reached node a
+    a.signer.trust.refresh()
+
+    assert await a.find_providers("svc") == []
+    assert a.services_stored() == []
 
 
 # --- persisted state (services/dht/state.py) -----------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import types
 
@@ -10,7 +11,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.utils import digest
 
-from services.common.identity import MeshTrust, NodeIdentity, b64
+from services.common.identity import (
+    MESH_FILE,
+    OVERLAY_DIR,
+    MeshTrust,
+    NodeIdentity,
+    OverlayTrust,
+    b64,
+    sign_ca_proof,
+)
 from services.dht import records
 from services.dht import storage as storage_module
 from services.dht.storage import ProviderStorage
@@ -214,6 +223,35 @@ def test_a_signed_record_is_compact():
     one = records.encode({"a": signed("a", NOW, gpu_model="NVIDIA H100 80GB HBM3", gpu_free_bytes=8 * 2**33)})
 
     assert len(one) < 600
+
+
+def ca_signed(worker: str, ca: Ed25519PrivateKey, name: str = "gpu-box-07.lab", **kwargs) -> records.Record:
+    node = identity_of(worker)
+    proof = sign_ca_proof(ca, node.public_key, name, "ab" * 32, int(NOW) + 86400)
+    return records.sign(rec(worker, NOW, **kwargs), node, proof)
+
+
+def test_a_record_with_a_ca_proof_is_authentic_to_that_ca_only(tmp_path):
+    ca, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    (tmp_path / OVERLAY_DIR).mkdir()
+    (tmp_path / OVERLAY_DIR / MESH_FILE).write_text(json.dumps({"ca_public_key": ca.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()}))
+    trust = MeshTrust(None, OverlayTrust(tmp_path), clock=lambda: NOW)
+
+    assert records.is_authentic(ca_signed("a", ca), trust)
+    assert not records.is_authentic(ca_signed("a", other), trust)
+    assert not records.is_authentic(ca_signed("a", ca), TRUST)  # a secret-only node
+    assert not records.is_authentic({**ca_signed("a", ca), "url": "http://evil:8000"}, trust)
+
+
+def test_a_record_with_a_ca_proof_is_still_compact():
+    # The CA proof is longer than the secret's HMAC (~120 bytes more, with a 14-letter name):
+    # a key still holds 11 such providers within one rpcudp datagram.
+    one = records.encode({"a": ca_signed("a", Ed25519PrivateKey.generate(), gpu_model="NVIDIA H100 80GB HBM3",
+                                         gpu_free_bytes=8 * 2**33)})
+
+    assert len(one) < 600
+    assert records.VALUE_BUDGET_BYTES // len(one) >= 11
 
 
 # --- storage ------------------------------------------------------------------------------------

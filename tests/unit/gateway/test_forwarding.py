@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common.identity import MeshTrust, NodeIdentity, b64
+from services.common import identity
+from services.common.identity import MeshTrust, NodeIdentity, OverlayTrust, b64, sign_ca_proof
 from services.gateway import forwarding
 from services.gateway.forwarding import (
     BODY,
@@ -191,3 +195,55 @@ def test_check_body_without_the_digest_header_is_refused():
         check_body({}, b"")
     with pytest.raises(Refused):
         check_body({}, None)
+
+
+# --- members by the overlay CA's word -----------------------------------------------------------
+
+CA = Ed25519PrivateKey.generate()
+
+
+def ca_member_trust(state_dir, secret: str | None = None) -> MeshTrust:
+    """A gateway in an overlay whose CA is CA (its membership file holds the CA's key)."""
+    root = state_dir / identity.OVERLAY_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    (root / identity.MESH_FILE).write_text(json.dumps({"ca_public_key": CA.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()}))
+    return MeshTrust(secret, OverlayTrust(state_dir), clock=lambda: T0)
+
+
+def ca_signed(node: NodeIdentity, ca: Ed25519PrivateKey = CA, expires_at: float = T0 + 60) -> dict[str, str]:
+    proof = sign_ca_proof(ca, node.public_key, "node3", "ab" * 32, int(expires_at))
+    return sign(node, proof, "node3", "POST", TARGET, b'{"x": 1}', T0)
+
+
+def test_a_forward_with_the_mesh_cas_proof_is_accepted_without_a_secret(node, tmp_path):
+    headers = ca_signed(node)
+
+    check(headers, "POST", TARGET, ca_member_trust(tmp_path), NonceCache(), T0)
+    assert len(headers[forwarding.PROOF]) > 43  # the header is the same, its value a CA proof
+
+
+@pytest.mark.parametrize("case", ["another CA", "expired", "secret only"])
+def test_a_forward_without_a_valid_ca_proof_is_refused_by_a_ca_only_gateway(node, tmp_path, case):
+    headers = {"another CA": lambda: ca_signed(node, ca=Ed25519PrivateKey.generate()),
+               "expired": lambda: ca_signed(node, expires_at=T0),
+               "secret only": lambda: signed(node)}[case]()
+
+    with pytest.raises(Refused, match="not a member"):
+        check(headers, "POST", TARGET, ca_member_trust(tmp_path), NonceCache(), T0)
+
+
+def test_a_ca_proof_moved_to_another_key_is_refused(node, tmp_path):
+    outsider = NodeIdentity.load_or_create(tmp_path / "outsider")
+    stolen = ca_signed(node)[forwarding.PROOF]
+    headers = sign(outsider, identity.unb64(stolen), "node3", "POST", TARGET, b"", T0)
+
+    with pytest.raises(Refused, match="not a member"):
+        check(headers, "POST", TARGET, ca_member_trust(tmp_path), NonceCache(), T0)
+
+
+def test_a_gateway_with_a_secret_and_a_ca_takes_either_proof(node, tmp_path):
+    trust = ca_member_trust(tmp_path, SECRET)
+
+    check(signed(node), "POST", TARGET, trust, NonceCache(), T0)
+    check(ca_signed(node), "POST", TARGET, trust, NonceCache(), T0)
