@@ -67,8 +67,8 @@ def ensure_mesh_secret(cfg: Config) -> Config:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = cfg.state_dir / config.MESH_SECRET_FILE
     write_atomically(path, identity.new_mesh_secret().encode())
-    print(f"new mesh: its secret is in {path}; nodes that join this mesh need it as "
-          "MESHWORKER_MESH_SECRET", flush=True)
+    print(f"new mesh: its secret is in {path}; nodes that join this mesh without an overlay "
+          "need it as MESHWORKER_MESH_SECRET (with `meshworker join`, the CA vouches instead)", flush=True)
     return dataclasses.replace(cfg, mesh_secret=path.read_text())
 
 
