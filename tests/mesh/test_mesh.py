@@ -245,7 +245,9 @@ def test_a_node_cut_off_is_dropped_within_one_ttl(mesh):
     a.host.link(False)
     cut_at = time.time()
     try:
-        wait_for(lambda: providers(c, "twin") == ["b"], TTL_S + 5, "C to drop A")
+        # Each of A's records expires one TTL after its own last announce.
+        wait_for(lambda: providers(c, "twin") == ["b"] and providers(c, "vision-ocr") == [], TTL_S + 5,
+                 "C to drop A")
         assert time.time() - cut_at <= TTL_S + 5
         assert all(c.post_json("/service/twin", {"n": n}).status == 200 for n in range(20))
         reply = c.post_json("/service/vision-ocr", {"image_base64": ""})
