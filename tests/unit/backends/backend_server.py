@@ -8,12 +8,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import uvicorn
 
 
@@ -55,3 +56,26 @@ def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         return asyncio.run(call_async(sock, method, path, **kwargs))
     except aiohttp.ClientConnectionError:
         return 0, None
+
+
+def model_server_fixtures(create_app: Callable[[], Any]) -> tuple[Any, Any, Any]:
+    """The module-scoped fixtures of a model backend's tests: `served` (socket path, app),
+    `sock`, and `loaded_model`, a loader that hands over the served model so further apps
+    need no reload."""
+
+    @pytest.fixture(scope="module")
+    def served() -> Iterator[tuple[str, Any]]:
+        app = create_app()
+        with running(app) as path:
+            yield path, app
+
+    @pytest.fixture(scope="module")
+    def sock(served: tuple[str, Any]) -> str:
+        return served[0]
+
+    @pytest.fixture(scope="module")
+    def loaded_model(served: tuple[str, Any]) -> Callable[[], Any]:
+        model = served[1].state.slot.model
+        return lambda: model
+
+    return served, sock, loaded_model

@@ -14,13 +14,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from backend_server import call, running
+from backend_server import call, model_server_fixtures, running
 
 from services.backends.embeddings import engine
 from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
@@ -33,24 +33,7 @@ GUITAR_PARAPHRASE = "Someone is strumming a guitar."
 STOCKS = "The stock market fell sharply today."
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, Any]]:
-    """(socket path, app) of a server with the real model, for the whole module."""
-    app = create_app()
-    with running(app) as path:
-        yield path, app
-
-
-@pytest.fixture(scope="module")
-def sock(served: tuple[str, Any]) -> str:
-    return served[0]
-
-
-@pytest.fixture(scope="module")
-def loaded_model(served: tuple[str, Any]) -> Callable[[], engine.Embedder]:
-    """A loader that hands over the module server's model: more apps without a reload."""
-    model = served[1].state.slot.model
-    return lambda: model
+served, sock, loaded_model = model_server_fixtures(create_app)
 
 
 def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:

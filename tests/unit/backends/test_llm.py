@@ -13,13 +13,13 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
 import pytest
-from backend_server import call, call_async, running
+from backend_server import call, call_async, model_server_fixtures, running
 
 from services.backends.http import ApiError
 from services.backends.llm import api, engine
@@ -31,23 +31,7 @@ MODEL = "SmolLM2-135M-Instruct-Q4_1"
 COUNTING = {"prompt": "1, 2, 3, 4,", "temperature": 0}  # greedy: counts on and on
 
 
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[str, Any]]:
-    app = create_app()
-    with running(app) as path:
-        yield path, app
-
-
-@pytest.fixture(scope="module")
-def sock(served: tuple[str, Any]) -> str:
-    return served[0]
-
-
-@pytest.fixture(scope="module")
-def loaded_model(served: tuple[str, Any]) -> Callable[[], engine.TextModel]:
-    """A loader that hands over the module server's model: more apps without a reload."""
-    model = served[1].state.slot.model
-    return lambda: model
+served, sock, loaded_model = model_server_fixtures(create_app)
 
 
 async def read_events(sock: str, path: str, payload: dict[str, Any],
