@@ -18,6 +18,7 @@ loaded in the background with a health answer, and serving on a unix socket.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import json
 import logging
 import os
@@ -216,3 +217,10 @@ def _remove_stale_socket(path: Path) -> None:
             path.unlink(missing_ok=True)
             return
     raise RuntimeError(f"another server is already listening on {path}")
+
+
+def missing_modules_reason(required: tuple[str, ...], install_hint: str) -> str | None:
+    """"not installed: <hint> (missing: …)" when a module a backend needs is absent, else
+    None; looks the modules up without importing them (torch takes seconds)."""
+    missing = [name for name in required if importlib.util.find_spec(name) is None]
+    return f"not installed: {install_hint} (missing: {', '.join(missing)})" if missing else None

@@ -13,13 +13,12 @@ for as long as the model runs: async callers must run it in a worker thread.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.backends.http import offline_model_env
+from services.backends.http import missing_modules_reason, offline_model_env
 
 if TYPE_CHECKING:
     import numpy as np
@@ -44,10 +43,7 @@ class NotInstalled(RuntimeError):
 def unavailable_reason() -> str | None:
     """Why this node cannot serve rag-embeddings, e.g. "not installed: pip install ...",
     or None when everything it needs is installed."""
-    missing = [name for name in _REQUIRED_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        return f"not installed: {INSTALL_HINT} (missing: {', '.join(missing)})"
-    return None
+    return missing_modules_reason(_REQUIRED_MODULES, INSTALL_HINT)
 
 
 def model_dir() -> Path:

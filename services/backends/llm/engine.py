@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.backends.http import offline_model_env
+from services.backends.http import missing_modules_reason, offline_model_env
 
 if TYPE_CHECKING:
     import torch
@@ -54,10 +54,7 @@ class NotInstalled(RuntimeError):
 
 def unavailable_reason() -> str | None:
     """Why this node cannot serve llm-inference ("not installed: pip install ..."), or None."""
-    missing = [name for name in _REQUIRED_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        return f"not installed: {INSTALL_HINT} (missing: {', '.join(missing)})"
-    return None
+    return missing_modules_reason(_REQUIRED_MODULES, INSTALL_HINT)
 
 
 def gguf_path() -> Path:

@@ -7,6 +7,7 @@ They need the `embeddings` extra (torch CPU, sentence-transformers, gt-all-minil
 from __future__ import annotations
 
 import base64
+import importlib.util
 import shutil
 import signal
 import subprocess
@@ -191,8 +192,8 @@ def test_503_with_reason_when_model_cannot_load() -> None:
 
 def test_unavailable_reason_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engine.unavailable_reason() is None
-    real_find_spec = engine.importlib.util.find_spec
-    monkeypatch.setattr(engine.importlib.util, "find_spec",
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "sentence_transformers" else real_find_spec(name))
     reason = engine.unavailable_reason()
     assert reason is not None
