@@ -21,6 +21,7 @@ from services.common.upstream import open_session
 from services.gateway.errors import GatewayError, StreamTooLarge, unavailable
 
 SMALL_BODY = 256 * 1024
+CONNECT_TIMEOUT_S = 5.0
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "transfer-encoding", "upgrade", "host"})
@@ -89,7 +90,7 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
     """Send the request upstream; map every failure we can name to its status."""
     session, base = upstreams.get(route.upstream)
     url = URL(base + path + (("?" + query.decode("latin-1")) if query else ""), encoded=True)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=route.timeout_seconds)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=route.timeout_seconds)
     request = functools.partial(session.request, method, url, headers=headers, data=body,
                                 timeout=timeout, allow_redirects=False)
     try:
@@ -103,6 +104,9 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
             upstream = await request()
     except GatewayError:
         raise
+    except aiohttp.ConnectionTimeoutError:  # nothing was sent: another provider may serve it
+        raise unavailable("backend_unavailable", f"{route.service} backend did not accept a connection "
+                                                 f"within {CONNECT_TIMEOUT_S:g} s") from None
     except aiohttp.ClientConnectorError as err:
         raise unavailable("backend_unavailable", f"{route.service} backend refused the connection: "
                                                  f"{err.os_error.strerror or err}") from None
