@@ -47,30 +47,38 @@ def stopped_on_failure(target):
         raise
 
 
-class Backend:
+class ServerProcess:
+    """A process serving HTTP on 127.0.0.1:<port>, healthy once its /health says so."""
+
+    proc: subprocess.Popen | None = None
+    port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, what: str) -> None:
+        procs.wait_until(lambda: http_get_json(f"{self.url}/health")["status"] == "healthy",
+                         READY_DEADLINE_S, what)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            procs.stop(self.proc)
+
+
+class Backend(ServerProcess):
     """bench/backend.py in its own process; it binds port 0 and prints the port."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
 
     def __enter__(self) -> Self:
         self.proc = procs.spawn([sys.executable, "-m", "bench.backend"], self.workdir / "backend.log",
                                 stdout=subprocess.PIPE, cwd=REPO)
         with stopped_on_failure(self):
             self.port = int(procs.read_first_line(self.proc, READY_DEADLINE_S))
-            procs.wait_until(lambda: http_get_json(f"{self.url}/health")["status"] == "healthy",
-                             READY_DEADLINE_S, "backend")
+            self.wait_healthy("backend")
         return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        if self.proc:
-            procs.stop(self.proc)
 
 
 NGINX_CONF = """\
@@ -106,7 +114,7 @@ http {{
 """
 
 
-class Nginx:
+class Nginx(ServerProcess):
     """Debian's nginx as the reverse proxy a user would otherwise put in front of a backend.
 
     nginx refuses `listen ...:0`, and wrk speaks TCP only, so a unix socket would leave nginx
@@ -118,8 +126,6 @@ class Nginx:
 
     def __init__(self, workdir: Path, upstream_port: int):
         self.workdir, self.upstream_port = workdir, upstream_port
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
 
     def __enter__(self) -> Self:
         binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
@@ -135,17 +141,8 @@ class Nginx:
             self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
                                     env=dict(os.environ, NGINX=f"{sock.fileno()};"))
         with stopped_on_failure(self):
-            procs.wait_until(lambda: http_get_json(f"{self.url}/health")["status"] == "healthy",
-                             READY_DEADLINE_S, "nginx")
+            self.wait_healthy("nginx")
         return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        if self.proc:
-            procs.stop(self.proc)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from services.nebula.state import STATE_VERSION, EnrollmentError, StateError, read_json, write_json
+from services.nebula.state import EnrollmentError, read_table, write_table
 
 
 def live(table: dict[str, Any], now: float) -> dict[str, Any]:
@@ -54,14 +54,10 @@ def revoke(table: dict[str, Any], name: str, now: float) -> tuple[dict[str, Any]
 
 
 def load(path: Path) -> dict[str, Any]:
-    doc = read_json(path, "address table")
-    hosts = doc.get("hosts")
-    if not isinstance(hosts, dict) or not all(
-            isinstance(e, dict) and {"name", "fingerprint", "expires_unix", "revoked"} <= set(e)
-            for e in hosts.values()):
-        raise StateError(f"address table {path} is corrupt: 'hosts' should map addresses to entries")
+    hosts = read_table(path, "address table", "hosts", {"name", "fingerprint", "expires_unix", "revoked"},
+                       "addresses to entries")
     return {ip: {"lighthouse": False, **e} for ip, e in hosts.items()}
 
 
 def save(path: Path, table: dict[str, Any]) -> None:
-    write_json(path, {"version": STATE_VERSION, "hosts": table})
+    write_table(path, "hosts", table)

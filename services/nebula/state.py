@@ -86,6 +86,19 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def read_table(path: Path, what: str, key: str, fields: set[str], maps: str) -> dict[str, dict[str, Any]]:
+    """The `key` table of a state file: entries (JSON objects holding at least `fields`)
+    by name; StateError naming the file, and what the table should map, otherwise."""
+    table = read_json(path, what).get(key)
+    if not isinstance(table, dict) or not all(isinstance(e, dict) and fields <= set(e) for e in table.values()):
+        raise StateError(f"{what} {path} is corrupt: {key!r} should map {maps}")
+    return table
+
+
+def write_table(path: Path, key: str, table: dict[str, Any]) -> None:
+    write_json(path, {"version": STATE_VERSION, key: table})
+
+
 def require(value: dict[str, Any], key: str, kind: type, path: Path) -> Any:
     """value[key] if it is a `kind`; StateError naming the file otherwise."""
     item = value.get(key)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.nebula.state import STATE_VERSION, EnrollmentError, StateError, read_json, write_json
+from services.nebula.state import EnrollmentError, read_table, write_table
 
 GROUP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 BASE_GROUP = "mesh"  # every member has it; the firewall admits the mesh by this group
@@ -86,14 +86,9 @@ def prune(store: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    doc = read_json(path, "token store")
-    tokens = doc.get("tokens")
-    if not isinstance(tokens, dict) or not all(
-            isinstance(e, dict) and {"hash", "expires_unix", "uses_left", "groups"} <= set(e)
-            for e in tokens.values()):
-        raise StateError(f"token store {path} is corrupt: 'tokens' should map ids to entries")
-    return tokens
+    return read_table(path, "token store", "tokens", {"hash", "expires_unix", "uses_left", "groups"},
+                      "ids to entries")
 
 
 def save(path: Path, store: dict[str, Any]) -> None:
-    write_json(path, {"version": STATE_VERSION, "tokens": store})
+    write_table(path, "tokens", store)
