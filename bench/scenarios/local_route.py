@@ -2,14 +2,21 @@
 through the meshworker gateway (`/service/bench/hello`, the transparent proxy).
 
 One connection: p50/p99 of sequential keep-alive requests. 16 connections: wrk's
-requests/s. Each run measures all three routes back to back, in a rotating order, and the
+requests/s, and the CPU time wrk, the backend and the gateway spend per request meanwhile:
+from those, the CPU a gateway may spend per request for the throughput target to be
+reachable at all on this machine (all CPUs busy at the target rate, wrk and the backend
+costing what they cost directly). Each run measures all three routes back to back, in a rotating order, and the
 ratios are taken within a run before the median, so a noisy neighbour slowing one run
 moves every route of that run alike.
 """
 
 from __future__ import annotations
 
-from bench import httpclient, stats
+import functools
+import os
+import resource
+
+from bench import httpclient, procs, stats
 from bench.context import Context
 from bench.report import Row, ScenarioResult, Target
 from bench.wrk import run_wrk
@@ -22,6 +29,18 @@ THROUGHPUT_SHARE_TARGET = 0.60
 # Linux delays an ACK by 40 ms (plus scheduling): a reply written in two pieces by a server
 # that leaves Nagle on waits that long for each second piece.
 NAGLE_STALL_MS = (38.0, 50.0)
+NPROC = len(os.sched_getaffinity(0))
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each named process tree, and by the children we reaped (wrk)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wrk": children.ru_utime + children.ru_stime} | {name: procs.tree_cpu_s(pid)
+                                                               for name, pid in pids.items()}
+
+
+def cpu_pids(ctx: Context) -> dict[str, int]:
+    return {"backend": ctx.backend().proc.pid, "gateway": ctx.node().program_pid("gateway")}
 
 
 def route_endpoints(ctx: Context) -> dict[str, tuple[str, str]]:
@@ -30,12 +49,14 @@ def route_endpoints(ctx: Context) -> dict[str, tuple[str, str]]:
             "gateway": (ctx.node().url, "/service/bench/hello")}
 
 
-def measure_route(ctx: Context, base: str, path: str) -> dict:
+def measure_route(ctx: Context, base: str, path: str, cpu_of: dict[str, int] | None = None) -> dict:
     settings = ctx.settings
     latencies = httpclient.sequential_latencies_ms(
         base, path, settings.latency_requests, settings.latency_warmup, settings.latency_budget_s)
     url = base + path
+    cpu_before = cpu_seconds(cpu_of or {})
     load = run_wrk(url, CONNECTIONS, settings.wrk_seconds)
+    cpu_after = cpu_seconds(cpu_of or {})
     if load.failures:
         ctx.progress(f"{url}: {load.non_2xx} non-2xx replies, {load.socket_errors} socket errors under load")
     p50 = stats.percentile(latencies, 50)
@@ -43,13 +64,24 @@ def measure_route(ctx: Context, base: str, path: str) -> dict:
         ctx.progress(f"{url}: p50 {p50:.1f} ms on a kept-alive connection is the Nagle + delayed-ACK "
                      "stall: are its accepted sockets TCP_NODELAY?")
     return {"p50_ms": p50, "p99_ms": stats.percentile(latencies, 99), "samples": len(latencies),
-            "rps": load.ok_requests_per_s, "failures": load.failures, "wrk": load.as_dict()}
+            "rps": load.ok_requests_per_s, "failures": load.failures, "wrk": load.as_dict(),
+            "cpu_us_per_request": {name: 1e6 * (cpu_after[name] - cpu_before[name]) / max(load.requests, 1)
+                                   for name in cpu_after}}
+
+
+def gateway_cpu_budget_us(direct: dict) -> float:
+    """CPU a gateway may spend per request for the throughput target: the machine's CPU time
+    per request at the target rate, less what wrk and the backend spend per request."""
+    spent = direct["cpu_us_per_request"]
+    return 1e6 * NPROC / (THROUGHPUT_SHARE_TARGET * direct["rps"]) - spent["wrk"] - spent["backend"]
 
 
 def one_run(ctx: Context, endpoints: dict[str, tuple[str, str]], index: int) -> dict:
     order = ROUTES[index % len(ROUTES):] + ROUTES[:index % len(ROUTES)]
-    run = {route: measure_route(ctx, *endpoints[route]) for route in order}
+    pids = cpu_pids(ctx)
+    run = {route: measure_route(ctx, *endpoints[route], cpu_of=pids) for route in order}
     direct = run["direct"]
+    run["gateway_cpu_budget_us"] = gateway_cpu_budget_us(direct)
     for route in ("nginx", "gateway"):
         run[route]["added_p50_ms"] = run[route]["p50_ms"] - direct["p50_ms"]
         run[route]["added_p99_ms"] = run[route]["p99_ms"] - direct["p99_ms"]
@@ -70,7 +102,8 @@ def run(ctx: Context) -> ScenarioResult:
 
 def summarize(runs: list[dict]) -> list[Row]:
     def med(route: str, key: str) -> float:
-        return stats.median([r[route][key] for r in runs])
+        """The median over runs of a route's figure; a dotted key reaches into a nested one."""
+        return stats.median([functools.reduce(dict.__getitem__, key.split("."), r[route]) for r in runs])
 
     def total(route: str, key: str) -> float:
         return sum(r[route][key] for r in runs)
@@ -91,4 +124,8 @@ def summarize(runs: list[dict]) -> list[Row]:
         Row("share of direct requests/s", med("gateway", "rps_share"), med("nginx", "rps_share"), "nginx"),
         Row("failed requests under load, all runs", total("gateway", "failures"),
             total("nginx", "failures"), "nginx", Target("<=", 0)),
+        Row(f"gateway CPU per request, {CONNECTIONS} connections (µs)", med("gateway", "cpu_us_per_request.gateway"),
+            med("direct", "cpu_us_per_request.backend"), "the backend's own, direct"),
+        Row(f"gateway CPU per request that {THROUGHPUT_SHARE_TARGET:.0%} of direct would allow here (µs)",
+            stats.median([r["gateway_cpu_budget_us"] for r in runs])),
     ]
