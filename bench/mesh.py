@@ -29,10 +29,12 @@ ServicesFor = Callable[[Path], list[Hosted]]
 
 
 class Mesh:
-    def __init__(self, providers: dict[str, ServicesFor], forwarder: str = "b"):
+    def __init__(self, providers: dict[str, ServicesFor], forwarder: str = "b",
+                 ready_deadline_s: float = READY_DEADLINE_S):
         self.secret = secrets.token_urlsafe(24)  # ≥ 16 characters, shared by every node of this mesh
         self.forwarder_name = forwarder
         self.plans = providers
+        self.ready_deadline_s = ready_deadline_s  # a provider's, to be healthy (longer where models load)
         self.forwarder: Node | None = None
         self.providers: dict[str, Node] = {}
         self.restarted_dht: list[str] = []  # providers whose first record named a port 0
@@ -52,7 +54,8 @@ class Mesh:
             seed = f"127.0.0.1:{procs.wait_until(self.forwarder_dht_port, READY_DEADLINE_S, 'forwarder DHT')}"
             for name, services_for in self.plans.items():  # started together, then waited for
                 state_dir = procs.make_tmpdir()
-                node = Node(services=services_for(state_dir), env=self.env(name, seed), state_dir=state_dir)
+                node = Node(services=services_for(state_dir), env=self.env(name, seed), state_dir=state_dir,
+                            ready_deadline_s=self.ready_deadline_s)
                 self._stack.push(node.__exit__)
                 node.launch()
                 self.providers[name] = node

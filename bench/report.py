@@ -25,7 +25,9 @@ failed requests are those ending after the kill; failures and requests are total
 models: "direct" calls the built-in backend on its own unix socket; "gateway share" is
 (gateway - direct) / gateway of one request's time. Embeddings texts/s is the batch over the
 median request; LLM tokens/s counts the tokens after the first over the time from the first
-streamed text to the last (temperature 0, the same prompt on both routes).
+streamed text to the last (temperature 0, the same prompt on every route); the LLM also goes
+through a forwarded route (client -> B -> A's gateway -> A's backend), whose added time to
+first token is forwarded's less direct's within a run.
 """
 
 

@@ -1,6 +1,8 @@
 """Scenario 7, model services: the three built-ins (rag-embeddings, vision-ocr, llm-inference)
-called directly on their backends' unix sockets and through the gateway, on one node that
-runs them as its own supervised programs.
+called directly on their backends' unix sockets and through the gateway of node A, which runs
+them as its own supervised programs; the LLM also through a forwarded route: node B hosts
+nothing and forwards to A (client -> B's gateway -> A's gateway -> A's backend), both on
+loopback in one mesh.
 
 - Embeddings: texts per second in requests of 1 and of 32 texts (batch size over the median
   request's time), in the seed's API (`POST /service/rag-embeddings`, wrapped in the gateway's
@@ -10,13 +12,16 @@ runs them as its own supervised programs.
 - LLM: a streamed chat completion (`/v1/chat/completions`, `"stream": true`) of a fixed
   prompt at temperature 0: time to the first chunk with text, and decode speed, i.e. the
   tokens after the first (the usage chunk's count) over the time from the first text chunk to
-  the last; a route's figures are the median of its streams in the run.
+  the last; a route's figures are the median of its streams in the run. Three routes: direct,
+  gateway and forwarded; what forwarding adds is forwarded's time to first token less direct's.
 
-Each run measures every workload on both routes back to back, the order flipping from one
-sample to the next; ratios (gateway over direct) are taken within a run, then the median over
-runs. "Gateway share" is the part of a request's time through the gateway that direct calls
-do not spend: (gateway - direct) / gateway. The node is this scenario's own (loading the models
-takes ~20 s and ~1 GiB) and is stopped when the scenario ends.
+Each run measures every workload on each of its routes back to back, the order rotating from
+one sample to the next; ratios (gateway or forwarded over direct) and differences are taken
+within a run, then the median over runs. "Gateway share" is the part of a request's time
+through the gateway that direct calls do not spend: (gateway - direct) / gateway. B's first
+stream, in the warm-up, resolves the route through the DHT; the measured ones come from its
+route cache. The mesh is this scenario's own (loading the models takes ~20 s and ~1 GiB) and
+is stopped when the scenario ends.
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ import aiohttp
 from PIL import Image, ImageDraw, ImageFont
 
 from bench import procs, stats
-from bench.context import Context, Settings
+from bench.context import Context, Settings, mesh_started
+from bench.mesh import Mesh
 from bench.report import Row, ScenarioResult, Target
 from bench.targets import Hosted, Node, http_get_json
 
 NAME = "models"
 EMBEDDINGS, OCR, LLM = "rag-embeddings", "vision-ocr", "llm-inference"
 BUILTINS = (OCR, EMBEDDINGS, LLM)
-ROUTES = ("direct", "gateway")
+ROUTES = ("direct", "gateway")  # every workload's
+LLM_ROUTES = (*ROUTES, "forwarded")  # the streamed completion's
 # Loading the LLM takes ~20 s on 2 cores, beside the embeddings model: room for a busy machine.
 MODELS_READY_DEADLINE_S = 180
 REQUEST_TIMEOUT_S = 120
@@ -53,6 +60,7 @@ BIG_BATCH = 32
 RATIO_TARGET = 1.05        # time through the gateway over direct: OCR page, first token
 SPEED_SHARE_TARGET = 0.95  # rate through the gateway over direct: tokens/s, batch-32 texts/s
 SHARE_TARGET_PCT = 5.0     # the gateway's share of a request's time: "negligible"
+FORWARDED_ADDED_MS = 5.0   # forwarded time to first token less direct: "no more than a few milliseconds"
 PROMPT = "Explain in two sentences what a service mesh does."
 PAGE_TEXT = "the quick brown fox jumps over a lazy dog while meshworker routes every request to a model"
 
@@ -89,7 +97,7 @@ def chat_request(max_tokens: int) -> dict:
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 
-# --- the two routes ------------------------------------------------------------------------
+# --- the routes ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -99,10 +107,12 @@ class Endpoint:
 
 
 class Routes:
-    """HTTP sessions to each backend's unix socket (direct) and to the gateway."""
+    """HTTP sessions to each backend's unix socket on A (direct) and to the gateways: A's own
+    (gateway) and B's, which forwards to A (forwarded)."""
 
-    def __init__(self, node: Node):
-        self.node = node
+    def __init__(self, mesh: Mesh):
+        self.node = mesh.providers["a"]
+        self.gateways = {"gateway": self.node.url, "forwarded": mesh.forwarder.url}
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
     async def __aenter__(self) -> Self:
@@ -111,7 +121,7 @@ class Routes:
             sock = self.node.state_dir / "run" / f"svc-{name}.sock"
             self.sessions[name] = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)),
                                                         timeout=timeout)
-        self.sessions["gateway"] = aiohttp.ClientSession(timeout=timeout)
+        self.sessions["http"] = aiohttp.ClientSession(timeout=timeout)  # to both gateways
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -122,13 +132,13 @@ class Routes:
         """The seed's POST /service/<name> (the backend's POST /)."""
         if route == "direct":
             return Endpoint(self.sessions[service], "http://localhost/", False)
-        return Endpoint(self.sessions["gateway"], f"{self.node.url}/service/{service}", True)
+        return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}", True)
 
     def api(self, route: str, service: str, path: str) -> Endpoint:
-        """The backend's own API at `path`, proxied as is by the gateway under /service/<name>."""
+        """The backend's own API at `path`, proxied as is by the gateways under /service/<name>."""
         if route == "direct":
             return Endpoint(self.sessions[service], f"http://localhost{path}", False)
-        return Endpoint(self.sessions["gateway"], f"{self.node.url}/service/{service}{path}", False)
+        return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}{path}", False)
 
 
 async def post_json(endpoint: Endpoint, payload: dict) -> dict:
@@ -202,14 +212,16 @@ async def llm_stream(endpoint: Endpoint, max_tokens: int) -> dict:
 
 # --- a run ---------------------------------------------------------------------------------
 
-def order(*keys: int) -> tuple[str, ...]:
-    """Both routes, direct first or gateway first as the sample's keys sum to even or odd."""
-    return ROUTES if sum(keys) % 2 == 0 else ROUTES[::-1]
+def order(*keys: int, routes: tuple[str, ...] = ROUTES) -> tuple[str, ...]:
+    """The routes, rotated by the sum of the sample's keys: with two, direct first or gateway
+    first as the sum is even or odd."""
+    first = sum(keys) % len(routes)
+    return routes[first:] + routes[:first]
 
 
-def share(direct_s: float, gateway_s: float) -> float:
-    """Percent of the gateway route's time that the direct route does not spend."""
-    return 100 * (gateway_s - direct_s) / gateway_s
+def share(direct_s: float, route_s: float) -> float:
+    """Percent of a route's time (gateway or forwarded) that the direct route does not spend."""
+    return 100 * (route_s - direct_s) / route_s
 
 
 async def measure_embeddings(routes: Routes, settings: Settings, index: int) -> dict:
@@ -247,9 +259,9 @@ async def measure_ocr(routes: Routes, png: bytes, lines: list[str], index: int) 
 
 
 async def measure_llm(routes: Routes, settings: Settings, index: int) -> dict:
-    streams: dict[str, list[dict]] = {route: [] for route in ROUTES}
+    streams: dict[str, list[dict]] = {route: [] for route in LLM_ROUTES}
     for k in range(settings.llm_streams):
-        for route in order(index, k):
+        for route in order(index, k, routes=LLM_ROUTES):
             endpoint = routes.api(route, LLM, "/v1/chat/completions")
             streams[route].append(await llm_stream(endpoint, settings.llm_max_tokens))
 
@@ -258,16 +270,22 @@ async def measure_llm(routes: Routes, settings: Settings, index: int) -> dict:
         return stats.median(values) if values else None
 
     result = {route: {key: med(route, key) for key in ("ttft_s", "tokens_per_s", "total_s", "tokens")}
-              for route in ROUTES}
-    direct, gateway = result["direct"], result["gateway"]
-    result["ttft_ratio"] = gateway["ttft_s"] / direct["ttft_s"]
-    result["tokens_per_s_ratio"] = (gateway["tokens_per_s"] / direct["tokens_per_s"]
-                                    if gateway["tokens_per_s"] and direct["tokens_per_s"] else None)
-    result["share_pct"] = share(direct["total_s"], gateway["total_s"])
-    # Greedy decoding: both routes must have streamed the very same text.
-    result["same_text"] = len({s["text"] for route in ROUTES for s in streams[route]}) == 1
+              for route in LLM_ROUTES}
+    for route in LLM_ROUTES[1:]:
+        result[route] |= versus_direct(result["direct"], result[route])
+    # Greedy decoding: every route must have streamed the very same text.
+    result["same_text"] = len({s["text"] for route in LLM_ROUTES for s in streams[route]}) == 1
     result["streams"] = streams
     return result
+
+
+def versus_direct(direct: dict, other: dict) -> dict:
+    """A route's streams against the direct ones of the same run."""
+    rates = (other["tokens_per_s"], direct["tokens_per_s"])
+    return {"ttft_ratio": other["ttft_s"] / direct["ttft_s"],
+            "added_ttft_ms": 1e3 * (other["ttft_s"] - direct["ttft_s"]),
+            "tokens_per_s_ratio": rates[0] / rates[1] if all(rates) else None,
+            "share_pct": share(direct["total_s"], other["total_s"])}
 
 
 async def one_run(routes: Routes, ctx: Context, png: bytes, lines: list[str], index: int) -> dict:
@@ -278,41 +296,48 @@ async def one_run(routes: Routes, ctx: Context, png: bytes, lines: list[str], in
     # What else ran meanwhile: the machine's CPU time less ours (the bench, the node, its models).
     run["seconds"] = time.perf_counter() - started
     run["other_cpu_s"] = max(0.0, procs.busy_cpu_s() - busy - (procs.tree_cpu_s(os.getpid()) - ours))
+    ctx.progress(f"{NAME} run {index + 1}/{ctx.settings.runs}: {run_summary(run)}")
+    return run
+
+
+def run_summary(run: dict) -> str:
     emb, ocr, llm = run["embeddings"], run["ocr"], run["llm"]
     others = run["other_cpu_s"] / run["seconds"]
-    ctx.progress(
-        f"{NAME} run {index + 1}/{ctx.settings.runs}: embeddings batch 1 "
+    return (
+        "embeddings batch 1 "
         f"{emb['seed_batch1']['texts_per_s']['direct']:.0f} direct / "
         f"{emb['seed_batch1']['texts_per_s']['gateway']:.0f} gateway texts/s "
-        f"(+{emb['seed_batch1']['added_ms']:.2f} ms a request), batch {BIG_BATCH} "
+        f"({emb['seed_batch1']['added_ms']:+.2f} ms a request), batch {BIG_BATCH} "
         f"{emb[f'seed_batch{BIG_BATCH}']['texts_per_s']['direct']:.0f} / "
         f"{emb[f'seed_batch{BIG_BATCH}']['texts_per_s']['gateway']:.0f}; OCR page "
         f"{ocr['seconds']['direct']:.2f} / {ocr['seconds']['gateway']:.2f} s; LLM first token "
-        f"{1e3 * llm['direct']['ttft_s']:.0f} / {1e3 * llm['gateway']['ttft_s']:.0f} ms, "
-        f"{llm['direct']['tokens_per_s'] or 0:.1f} / {llm['gateway']['tokens_per_s'] or 0:.1f} tokens/s; "
+        + " / ".join(f"{1e3 * llm[route]['ttft_s']:.0f}" for route in LLM_ROUTES) + " ms (forwarded "
+        f"{llm['forwarded']['added_ttft_ms']:+.1f} ms), "
+        + " / ".join(f"{llm[route]['tokens_per_s'] or 0:.1f}" for route in LLM_ROUTES) + " tokens/s; "
         f"{run['seconds']:.1f} s" + (f"; other processes kept {others:.1f} of {NPROC} CPUs busy: noisy run"
                                     if others > NOISY_OTHERS_CPUS else ""))
-    return run
 
 
 async def warm_up(routes: Routes) -> None:
     """One unmeasured call of each kind on each route: connections open, first-call costs paid
-    (OCR runs a fresh tesseract per page, so a page is not worth its seconds here)."""
+    (OCR runs a fresh tesseract per page, so a page is not worth its seconds here), and B's
+    route to A resolved through the DHT, so the measured forwarded streams come from its cache."""
     for route in ROUTES:
         await embed_seconds(routes.seed_api(route, EMBEDDINGS), False, 1, 0)
         await embed_seconds(routes.seed_api(route, EMBEDDINGS), False, BIG_BATCH, 0)
         await embed_seconds(routes.api(route, EMBEDDINGS, "/v1/embeddings"), True, 1, 0)
+    for route in LLM_ROUTES:
         await llm_stream(routes.api(route, LLM, "/v1/chat/completions"), 2)
     async with routes.sessions[OCR].get("http://localhost/health") as reply:  # the gateway's is open
         await reply.read()
 
 
-async def measure(node: Node, ctx: Context, png: bytes, lines: list[str]) -> list[dict]:
+async def measure(mesh: Mesh, ctx: Context, png: bytes, lines: list[str]) -> list[dict]:
     """The runs, as many as the settings ask unless they outlast the budget (a machine busy with
     something else can make a model 40 times slower): then the runs done so far."""
     give_up_at = time.monotonic() + RUN_BUDGET_S * ctx.settings.runs
     runs: list[dict] = []
-    async with Routes(node) as routes:
+    async with Routes(mesh) as routes:
         await warm_up(routes)
         for i in range(ctx.settings.runs):
             if runs and time.monotonic() > give_up_at:
@@ -336,13 +361,15 @@ def backends_described(node: Node) -> dict:
 def run(ctx: Context) -> ScenarioResult:
     lines = page_lines(ctx.settings.ocr_lines)
     png = page_png(lines)
-    ctx.progress(f"starting a meshworker node with {', '.join(BUILTINS)} (waits for the models to load)")
-    with Node(services=[Hosted(name) for name in BUILTINS], ready_deadline_s=MODELS_READY_DEADLINE_S) as node:
-        ctx.progress(f"models node healthy after {node.healthy_after_s:.1f} s")
-        backends = backends_described(node)
-        runs = asyncio.run(measure(node, ctx, png, lines))
-        healthy_after_s = node.healthy_after_s
-    ctx.progress("models node stopped")
+    ctx.progress(f"starting a two-node mesh: A runs {', '.join(BUILTINS)} (waits for the models to load), "
+                 "B forwards")
+    with Mesh({"a": lambda _: [Hosted(name) for name in BUILTINS]},
+              ready_deadline_s=MODELS_READY_DEADLINE_S) as mesh:
+        healthy_after_s = mesh.providers["a"].healthy_after_s
+        ctx.progress(f"{mesh_started(mesh)}; A healthy after {healthy_after_s:.1f} s")
+        backends = backends_described(mesh.providers["a"])
+        runs = asyncio.run(measure(mesh, ctx, png, lines))
+    ctx.progress("models mesh stopped")
     raw = {"runs_done": len(runs), "prompt": PROMPT, "max_tokens": ctx.settings.llm_max_tokens,
            "page_png_bytes": len(png), "page_lines": len(lines), "healthy_after_s": healthy_after_s,
            "backends": backends, "runs": runs}
@@ -373,10 +400,17 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
             Target("<=", RATIO_TARGET, of="ratio"), ratio=med("ocr.ratio")),
         Row("LLM time to first token (ms)", scaled(med("llm.gateway.ttft_s"), 1e3),
             scaled(med("llm.direct.ttft_s"), 1e3), "direct", Target("<=", RATIO_TARGET, of="ratio"),
-            ratio=med("llm.ttft_ratio")),
+            ratio=med("llm.gateway.ttft_ratio")),
+        Row("LLM time to first token, forwarded (ms)", scaled(med("llm.forwarded.ttft_s"), 1e3),
+            scaled(med("llm.direct.ttft_s"), 1e3), "direct", ratio=med("llm.forwarded.ttft_ratio")),
+        Row("forwarded route's added time to first token over direct (ms)",
+            med("llm.forwarded.added_ttft_ms"), target=Target("<=", FORWARDED_ADDED_MS, unit="ms")),
         Row("LLM tokens/s, streamed", med("llm.gateway.tokens_per_s"), med("llm.direct.tokens_per_s"), "direct",
-            Target(">=", SPEED_SHARE_TARGET, of="ratio"), ratio=med("llm.tokens_per_s_ratio")),
-        Row("gateway share of the time, streamed completion (%)", med("llm.share_pct"), target=share_target),
+            Target(">=", SPEED_SHARE_TARGET, of="ratio"), ratio=med("llm.gateway.tokens_per_s_ratio")),
+        Row("LLM tokens/s, streamed, forwarded", med("llm.forwarded.tokens_per_s"),
+            med("llm.direct.tokens_per_s"), "direct", ratio=med("llm.forwarded.tokens_per_s_ratio")),
+        Row("gateway share of the time, streamed completion (%)", med("llm.gateway.share_pct"),
+            target=share_target),
         Row("time from `meshworker up` to healthy, three models loaded (s)", healthy_after_s),
     ]
     return rows

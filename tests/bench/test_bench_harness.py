@@ -88,7 +88,7 @@ def test_failover_reports_every_kill(smoke_results: tuple[dict, str]) -> None:
 
 
 @pytest.mark.timeout(160)
-def test_models_reports_each_service_on_both_routes(smoke_results: tuple[dict, str]) -> None:
+def test_models_reports_each_service_on_each_route(smoke_results: tuple[dict, str]) -> None:
     scenario = smoke_results[0]["scenarios"]["models"]
     run = scenario["raw"]["runs"][0]
     for workload in ("seed_batch1", "seed_batch32", "openai_batch1", "openai_batch32"):
@@ -97,12 +97,14 @@ def test_models_reports_each_service_on_both_routes(smoke_results: tuple[dict, s
         assert {"ratio", "added_ms", "share_pct"} <= set(figures), workload
     assert set(run["ocr"]["seconds"]) == {"direct", "gateway"}
     assert all(n > 0 for n in run["ocr"]["lines_read_exactly"].values()), "OCR read no line of the page"
-    for route in ("direct", "gateway"):
+    for route in ("direct", "gateway", "forwarded"):
         assert run["llm"]["streams"][route], f"no streamed completion {route}"
         for stream in run["llm"]["streams"][route]:
             assert stream["chunks"] >= 1 and stream["tokens"] >= 1 and stream["ttft_s"] > 0
     metrics = {row["metric"] for row in scenario["rows"]}
-    assert {"OCR, one A4 page (s)", "LLM time to first token (ms)", "LLM tokens/s, streamed"} <= metrics
+    assert {"OCR, one A4 page (s)", "LLM time to first token (ms)", "LLM tokens/s, streamed",
+            "forwarded route's added time to first token over direct (ms)"} <= metrics
+    assert run["llm"]["same_text"], "greedy decoding streamed different texts on different routes"
 
 
 @pytest.mark.timeout(30)
