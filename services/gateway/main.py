@@ -44,7 +44,9 @@ async def serve(cfg: Config, started_at: float) -> None:
     write_address(cfg, sock)
     log.info("API server on http://%s:%d: GET /health /stats /metrics, ANY /service/{type}[/{path}]",
              *sock.getsockname()[:2])
+    # proxy_headers off: the gateway is the edge, and X-Forwarded-For from a client (or a
+    # peer) says who asked before it, not who connected; uvicorn would take it as the client.
     config = uvicorn.Config(create_app(cfg, started_at), loop="none", http="httptools",
-                            lifespan="on", access_log=False, log_config=None,
+                            lifespan="on", access_log=False, log_config=None, proxy_headers=False,
                             timeout_graceful_shutdown=10)
     await uvicorn.Server(config).serve(sockets=[sock])

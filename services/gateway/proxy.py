@@ -1,4 +1,4 @@
-"""Streaming HTTP forwarding from the gateway to a backend (or, later, a peer gateway).
+"""Streaming HTTP forwarding from the gateway to a backend or to a peer gateway.
 
 Request bodies flow to the upstream as they arrive and response bodies flow back as
 they are produced: an OCR image or an LLM token stream is never held whole in memory.
@@ -7,42 +7,24 @@ Small bodies of known length are read in one piece, which costs less than chunki
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import AsyncIterator
 
-import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from yarl import URL
 
 from services.common.rpc import router_pb2
-from services.common.upstream import open_session
+from services.gateway import client
 from services.gateway.errors import GatewayError, StreamTooLarge, unavailable
 
 SMALL_BODY = 256 * 1024
 CONNECT_TIMEOUT_S = 5.0
 # RFC 9110 §7.6.1: connection-specific fields are not forwarded; Host names the upstream.
+# Expect is answered by our own server (uvicorn sends the 100 Continue), not again upstream.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "transfer-encoding", "upgrade", "host"})
+                        "te", "trailer", "transfer-encoding", "upgrade", "host", "expect"})
 # A relayed answer's length is set again by us (kept when known, chunked when not), and
 # uvicorn adds its own Date and Server: relaying the backend's would send them twice.
-NOT_RELAYED = HOP_BY_HOP | {"content-length", "date", "server"}
-
-
-class Upstreams:
-    """One keep-alive session per upstream, opened on first use."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, tuple[aiohttp.ClientSession, str]] = {}
-
-    def get(self, upstream: str) -> tuple[aiohttp.ClientSession, str]:
-        if upstream not in self._sessions:
-            self._sessions[upstream] = open_session(upstream)
-        return self._sessions[upstream]
-
-    async def close(self) -> None:
-        await asyncio.gather(*(session.close() for session, _ in self._sessions.values()))
+NOT_RELAYED = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length", "date", "server"})
 
 
 def forward_headers(request: Request) -> dict[str, str]:
@@ -58,8 +40,8 @@ def forward_headers(request: Request) -> dict[str, str]:
 class LimitedBody:
     """A request body stream that stops with 413 once it passes the limit.
 
-    aiohttp consumes it in its own writer and reports a failure there in its own terms,
-    so the flag tells `send` afterwards that the limit, not the upstream, ended it.
+    The client consumes it while sending, so StreamTooLarge comes out of the send; the
+    flag also says so afterwards, should the upstream have answered before the end.
     """
 
     def __init__(self, stream: AsyncIterator[bytes], limit: int):
@@ -85,37 +67,26 @@ async def request_body(request: Request, length: int | None, limit: int) -> byte
     return LimitedBody(request.stream(), limit)
 
 
-async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path: str, query: bytes,
-               headers: dict[str, str], body: bytes | LimitedBody) -> aiohttp.ClientResponse:
+async def send(route: router_pb2.Route, upstreams: client.Pools, method: str, path: str, query: bytes,
+               headers: dict[str, str], body: bytes | LimitedBody) -> client.Response:
     """Send the request upstream; map every failure we can name to its status."""
-    session, base = upstreams.get(route.upstream)
-    url = URL(base + path + (("?" + query.decode("latin-1")) if query else ""), encoded=True)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=route.timeout_seconds)
-    request = functools.partial(session.request, method, url, headers=headers, data=body,
-                                timeout=timeout, allow_redirects=False)
+    pool = upstreams.get(route.upstream)
+    target = path + ("?" + query.decode("latin-1") if query else "")
     try:
         try:
-            upstream = await request()
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
+        except client.Disconnected as err:
             # A pooled keep-alive connection can be dead (the backend restarted): one more
             # try on a fresh one, only when replaying the request is safe.
-            if not (route.idempotent and isinstance(body, bytes)):
+            if not (err.reused and err.unanswered and route.idempotent and isinstance(body, bytes)):
                 raise
-            upstream = await request()
-    except GatewayError:
-        raise
-    except aiohttp.ConnectionTimeoutError:  # nothing was sent: another provider may serve it
-        raise unavailable("backend_unavailable", f"{route.service} backend did not accept a connection "
-                                                 f"within {CONNECT_TIMEOUT_S:g} s") from None
-    except aiohttp.ClientConnectorError as err:
-        raise unavailable("backend_unavailable", f"{route.service} backend refused the connection: "
-                                                 f"{err.os_error.strerror or err}") from None
-    except (TimeoutError, aiohttp.ServerTimeoutError):
+            upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
+    except client.ConnectFailed as err:  # nothing was sent: another provider may serve it
+        raise unavailable("backend_unavailable", f"{route.service} backend {err}") from None
+    except client.ReadTimeout:
         raise GatewayError(504, "backend_timeout", f"{route.service} backend did not answer within "
                                                    f"{route.timeout_seconds:g} s") from None
-    except aiohttp.ClientError as err:
-        if isinstance(body, LimitedBody) and body.exceeded:
-            raise StreamTooLarge(body.limit) from None
+    except client.UpstreamError as err:
         raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
     if isinstance(body, LimitedBody) and body.exceeded:  # the upstream answered before the end
         upstream.close()
@@ -123,31 +94,25 @@ async def send(route: router_pb2.Route, upstreams: Upstreams, method: str, path:
     return upstream
 
 
-async def stream_from(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def stream_from(upstream: client.Response) -> AsyncIterator[bytes]:
     """The upstream's body as it arrives. If our client goes away first, the upstream
     connection is closed, which is how the backend learns to stop (an LLM stops
     generating); a body read to its end leaves the connection for reuse."""
-    finished = False
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.chunks():
             yield chunk
-        finished = True
     finally:
-        if finished:
-            upstream.release()
-        else:
-            upstream.close()
+        upstream.release()  # closes the connection unless the body was read to its end
 
 
-async def relay(upstream: aiohttp.ClientResponse, extra_headers: dict[str, str]) -> Response:
+async def relay(upstream: client.Response, extra_headers: dict[str, str]) -> Response:
     """The upstream's answer with its status and end-to-end headers, streamed unless small."""
-    raw = [(k.lower(), v) for k, v in upstream.raw_headers
-           if k.decode("latin-1").lower() not in NOT_RELAYED]
+    raw = [(k, v) for k, v in upstream.raw_headers if k not in NOT_RELAYED]
     raw += [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
-    length = upstream.headers.get("Content-Length")
-    if length is not None and length.isascii() and length.isdigit() and int(length) <= SMALL_BODY:
+    length = upstream.header(b"content-length")
+    if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
         response = Response(await upstream.read(), status_code=upstream.status)
     else:
         response = StreamingResponse(stream_from(upstream), status_code=upstream.status)
-    response.raw_headers = raw + ([(b"content-length", length.encode())] if length else [])
+    response.raw_headers = raw + ([(b"content-length", length)] if length else [])
     return response

@@ -21,7 +21,7 @@ from services.gateway.node import Gateway
 ROUTE_LABELS = {router_pb2.ROUTE_KIND_LOCAL: "local", router_pb2.ROUTE_KIND_FORWARDED: "forwarded"}
 # Failures that happen before a request reaches any backend: a peer marks its answer with
 # UNSERVED so the forwarding node may try another provider even for a non-idempotent service.
-UNSERVED = "x-mesh-unserved"
+UNSERVED = b"x-mesh-unserved"
 UNSERVED_CODES = frozenset({"no_such_service", "backend_unhealthy", "backend_unavailable",
                             "not_hosted_here", "router_unavailable"})
 
@@ -63,7 +63,8 @@ async def invoke(gw: Gateway, route: router_pb2.Route, body: bytes) -> Response:
     async with upstream:
         answer = await upstream.read()
     if upstream.status >= 400:
-        return Response(answer, status_code=upstream.status, media_type=upstream.content_type)
+        return Response(answer, status_code=upstream.status,
+                        media_type=(upstream.header(b"content-type") or b"application/octet-stream").decode("latin-1"))
     require_json(answer, GatewayError(502, "bad_gateway", f"{route.service} backend answered non-JSON"))
     # The backend's JSON goes into the envelope as it came: decoding and re-encoding a
     # batch of embeddings cost milliseconds for nothing.
@@ -112,7 +113,7 @@ async def forward(gw: Gateway, request: Request, route: router_pb2.Route, body: 
                 raise
             outcome.failed_workers.append(endpoint.worker_id)
             continue
-        if UNSERVED in upstream.headers and not last and isinstance(body, bytes):
+        if upstream.header(UNSERVED) is not None and not last and isinstance(body, bytes):
             upstream.release()
             outcome.failed_workers.append(endpoint.worker_id)
             continue
@@ -163,7 +164,7 @@ async def service(request: Request) -> Response:
             await discard_rest(request, gw.cfg.max_body_bytes)
         response = err.response()
         if err.code in UNSERVED_CODES:
-            response.headers[UNSERVED] = "1"
+            response.headers[UNSERVED.decode()] = "1"
     label = ROUTE_LABELS.get(outcome.kind, "local")
     response.headers["X-Mesh-Route"] = label
     outcome.latency_seconds = time.perf_counter() - started
