@@ -32,12 +32,6 @@ class Gateway:
         self.metrics = metrics.GatewayMetrics()
         self.last_routing = router_pb2.RoutingStats()
 
-    @property
-    def proof(self) -> bytes:
-        """This node's proof of membership, asked per forwarded request: it becomes the CA's
-        within seconds of a join while the gateway runs (the trust re-reads the overlay)."""
-        return self.trust.proof(self.identity.public_key)
-
     async def component_health(self) -> dict[str, str]:
         states = await asyncio.gather(*(grpcclient.health_status(c) for c in self.channels.values()))
         return {**dict(zip(self.channels, states, strict=True)), "gateway": "SERVING"}

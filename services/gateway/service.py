@@ -95,7 +95,7 @@ async def forward(gw: Gateway, request: Request, route: router_pb2.Route, body: 
     (or, for idempotent services with a replayable body, when one fails after sending)."""
     target = request.scope["raw_path"].decode("latin-1")
     query = request.scope["query_string"]
-    signed = forwarding.sign(gw.identity, gw.proof, gw.cfg.worker_id, request.method,
+    signed = forwarding.sign(gw.identity, gw.trust, gw.cfg.worker_id, request.method,
                              target + ("?" + query.decode("latin-1") if query else ""),
                              body if isinstance(body, bytes) else None, time.time())
     headers = {**proxy.forward_headers(request), **signed}

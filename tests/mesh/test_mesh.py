@@ -200,15 +200,14 @@ def test_forwarding_requires_a_member_signature_and_no_replay(mesh, tmp_path):
     forged = {forwarding.HOP: "1", forwarding.FROM: "mallory", "Content-Type": "application/json"}
     assert a.request("POST", "/service/twin", body, forged).status == 403
     identity = NodeIdentity.load_or_create(tmp_path / "member")
-    signed = forwarding.sign(identity, MeshTrust(SECRET).proof(identity.public_key), "tester", "POST",
-                             "/service/twin", body, time.time())
+    signed = forwarding.sign(identity, MeshTrust(SECRET), "tester", "POST", "/service/twin", body, time.time())
     headers = {**signed, "Content-Type": "application/json"}
     assert a.request("POST", "/service/twin", body, headers).status == 200
     replay = a.request("POST", "/service/twin", body, headers)
     assert replay.status == 403 and "replay" in replay.json()["error"]["message"]
     tampered = a.request("POST", "/service/twin", json.dumps({"n": 8}).encode(),
-                         {**forwarding.sign(identity, MeshTrust(SECRET).proof(identity.public_key), "tester",
-                                            "POST", "/service/twin", body, time.time()),
+                         {**forwarding.sign(identity, MeshTrust(SECRET), "tester", "POST", "/service/twin", body,
+                                            time.time()),
                           "Content-Type": "application/json"})
     assert tampered.status == 403
     assert a.post_json("/service/twin", {"n": 9}).status == 200  # client requests are unaffected

@@ -153,8 +153,8 @@ def forward_as(node, proof: bytes | None = None) -> dict[str, str]:
     key, and its CA proof (or, given, another proof)."""
     key = NodeIdentity.load_or_create(node.state_dir)
     proof = proof if proof is not None else NebulaPaths.of(node.state_dir).identity_proof.read_bytes()
-    return forwarding.sign(key, proof, node.env["MESHWORKER_WORKER_ID"], "GET", "/service/echo/whoami", None,
-                           time.time())
+    return forwarding.sign_with_key(key, proof, node.env["MESHWORKER_WORKER_ID"], "GET", "/service/echo/whoami",
+                                    None, time.time())
 
 
 def test_only_keys_certified_by_the_mesh_ca_may_forward(mesh):
@@ -165,6 +165,10 @@ def test_only_keys_certified_by_the_mesh_ca_may_forward(mesh):
 
     refused = nodes["node2"].request("GET", "/service/echo/whoami", headers=headers)
     assert refused.status == 403 and "not a member" in refused.json()["error"]["message"]
+    as_secret_holder = forwarding.sign(NodeIdentity.load_or_create(outsider.state_dir), secret, "node4", "GET",
+                                       "/service/echo/whoami", None, time.time())  # its secret's MAC
+    refused = nodes["node2"].request("GET", "/service/echo/whoami", headers=as_secret_holder)
+    assert refused.status == 403 and "not sent by a holder" in refused.json()["error"]["message"]
     assert nodes["node2"].request("GET", "/service/echo/whoami", headers=forward_as(nodes["node3"])).status == 200
 
 

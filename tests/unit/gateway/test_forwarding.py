@@ -17,6 +17,7 @@ from services.gateway.forwarding import (
     FROM,
     HOP,
     KEY,
+    MAC,
     NONCE,
     PROOF,
     SIGNATURE,
@@ -28,6 +29,7 @@ from services.gateway.forwarding import (
     check,
     check_body,
     sign,
+    sign_with_key,
 )
 
 SECRET = "m" * 32
@@ -41,9 +43,18 @@ def node(tmp_path_factory) -> NodeIdentity:
     return NodeIdentity.load_or_create(tmp_path_factory.mktemp("node"))
 
 
+SCHEMES = ["mac", "key"]  # the mesh secret's MAC; a signature by a key with its proof
+# What a refusal of an altered request says, by scheme.
+MISMATCH = {"mac": "MAC does not match", "key": "signature does not match"}
+
+
 def signed(node: NodeIdentity, body: bytes | None = b'{"x": 1}', trust: MeshTrust = TRUST,
-           now: float = T0) -> dict[str, str]:
-    return sign(node, trust.proof(node.public_key), "box-1", "POST", TARGET, body, now)
+           now: float = T0, scheme: str = "mac") -> dict[str, str]:
+    """A forward by a node whose membership the secret proves: sent as such ("mac"), or
+    signed with its key and the secret's proof of it, as a receiver still accepts ("key")."""
+    if scheme == "mac":
+        return sign(node, trust, "box-1", "POST", TARGET, body, now)
+    return sign_with_key(node, trust.proof(node.public_key), "box-1", "POST", TARGET, body, now)
 
 
 def accept(headers: dict[str, str], method: str = "POST", target: str = TARGET, now: float = T0,
@@ -51,43 +62,53 @@ def accept(headers: dict[str, str], method: str = "POST", target: str = TARGET, 
     check(headers, method, target, TRUST, nonces if nonces is not None else NonceCache(), now)
 
 
-def test_sign_then_check_passes(node):
-    headers = signed(node)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_sign_then_check_passes(node, scheme):
+    headers = signed(node, scheme=scheme)
 
     accept(headers)
     check_body(headers, b'{"x": 1}')
 
 
-def test_signed_headers_carry_hop_sender_key_and_digest(node):
+def test_a_node_the_secret_proves_sends_the_secrets_mac_not_its_key(node):
     headers = signed(node)
 
-    assert set(headers) == set(forwarding.MESH_HEADERS)
+    assert set(headers) == set(forwarding.MAC_HEADERS)
     assert headers[HOP] == "1"
     assert headers[FROM] == "box-1"
-    assert headers[KEY] == b64(node.public_key)
     assert headers[BODY] == hashlib.sha256(b'{"x": 1}').hexdigest()
     assert all(name == name.lower() for name in headers)  # as Starlette's request.headers gives them
+
+
+def test_key_signed_headers_carry_hop_sender_key_and_digest(node):
+    headers = signed(node, scheme="key")
+
+    assert set(headers) == set(forwarding.SIGNED_HEADERS)
+    assert headers[KEY] == b64(node.public_key)
+    assert headers[BODY] == hashlib.sha256(b'{"x": 1}').hexdigest()
 
 
 def test_every_request_gets_a_fresh_nonce(node):
     assert signed(node)[NONCE] != signed(node)[NONCE]
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("method, target", [("PUT", TARGET), ("POST", "/service/other"),
                                             ("POST", "/service/vision-ocr/v1/read?lang=de")])
-def test_another_method_or_target_is_refused(node, method, target):
-    with pytest.raises(Refused, match="signature"):
-        accept(signed(node), method=method, target=target)
+def test_another_method_or_target_is_refused(node, method, target, scheme):
+    with pytest.raises(Refused, match=MISMATCH[scheme]):
+        accept(signed(node, scheme=scheme), method=method, target=target)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("header, value", [
     (BODY, hashlib.sha256(b"other").hexdigest()), (BODY, UNSIGNED_BODY), (TIME, f"{T0 + 1:.3f}"),
     (FROM, "box-2"), (NONCE, b64(b"n" * 16)),
 ])
-def test_a_tampered_signed_header_is_refused(node, header, value):
-    headers = {**signed(node), header: value}
+def test_a_tampered_signed_header_is_refused(node, header, value, scheme):
+    headers = {**signed(node, scheme=scheme), header: value}
 
-    with pytest.raises(Refused, match="signature"):
+    with pytest.raises(Refused, match=MISMATCH[scheme]):
         accept(headers)
 
 
@@ -132,14 +153,19 @@ def test_nonce_cache_keeps_recent_nonces_when_pruning():
     assert not nonces.first_sighting("recent-7", T0 + WINDOW_S)
 
 
+def test_a_mac_under_another_secret_is_refused(node):
+    with pytest.raises(Refused, match="not sent by a holder of this mesh's secret"):
+        accept(signed(node, trust=MeshTrust("o" * 32)))
+
+
 def test_a_key_proven_under_another_secret_is_refused(node):
     with pytest.raises(Refused, match="not a member"):
-        accept(signed(node, trust=MeshTrust("o" * 32)))
+        accept(signed(node, trust=MeshTrust("o" * 32), scheme="key"))
 
 
 def test_a_member_proof_with_another_key_is_refused(node, tmp_path):
     outsider = NodeIdentity.load_or_create(tmp_path)
-    headers = sign(outsider, TRUST.proof(node.public_key), "box-1", "POST", TARGET, b"", T0)
+    headers = sign_with_key(outsider, TRUST.proof(node.public_key), "box-1", "POST", TARGET, b"", T0)
 
     with pytest.raises(Refused, match="not a member"):
         accept(headers)
@@ -147,19 +173,23 @@ def test_a_member_proof_with_another_key_is_refused(node, tmp_path):
         accept({**headers, KEY: b64(node.public_key)})
 
 
-@pytest.mark.parametrize("missing", [FROM, KEY, PROOF, TIME, NONCE, BODY, SIGNATURE])
-def test_a_missing_header_is_refused(node, missing):
-    headers = signed(node)
+@pytest.mark.parametrize("scheme, missing", [*(("key", h) for h in (FROM, KEY, PROOF, TIME, NONCE, BODY, SIGNATURE)),
+                                             *(("mac", h) for h in (FROM, TIME, NONCE, BODY))])
+def test_a_missing_header_is_refused(node, scheme, missing):
+    headers = signed(node, scheme=scheme)
     del headers[missing]
 
     with pytest.raises(Refused, match="every X-Mesh-"):
         accept(headers)
 
 
-@pytest.mark.parametrize("header, value", [(TIME, "soon"), (KEY, "!!!"), (SIGNATURE, "a"), (PROOF, "ab=c")])
-def test_a_malformed_header_is_refused(node, header, value):
+@pytest.mark.parametrize("scheme, header, value", [
+    ("key", TIME, "soon"), ("key", KEY, "!!!"), ("key", SIGNATURE, "a"), ("key", PROOF, "ab=c"),
+    ("mac", TIME, "soon"), ("mac", MAC, "a"), ("mac", MAC, b64(b"m" * 32)),
+])
+def test_a_malformed_header_is_refused(node, scheme, header, value):
     with pytest.raises(Refused):
-        accept({**signed(node), header: value})
+        accept({**signed(node, scheme=scheme), header: value})
 
 
 def test_check_body_refuses_another_body(node):
@@ -213,7 +243,7 @@ def ca_member_trust(state_dir, secret: str | None = None) -> MeshTrust:
 
 def ca_signed(node: NodeIdentity, ca: Ed25519PrivateKey = CA, expires_at: float = T0 + 60) -> dict[str, str]:
     proof = sign_ca_proof(ca, node.public_key, "node3", "ab" * 32, int(expires_at))
-    return sign(node, proof, "node3", "POST", TARGET, b'{"x": 1}', T0)
+    return sign_with_key(node, proof, "node3", "POST", TARGET, b'{"x": 1}', T0)
 
 
 def test_a_forward_with_the_mesh_cas_proof_is_accepted_without_a_secret(node, tmp_path):
@@ -223,20 +253,21 @@ def test_a_forward_with_the_mesh_cas_proof_is_accepted_without_a_secret(node, tm
     assert len(headers[forwarding.PROOF]) > 43  # the header is the same, its value a CA proof
 
 
-@pytest.mark.parametrize("case", ["another CA", "expired", "secret only"])
+@pytest.mark.parametrize("case", ["another CA", "expired", "secret proof", "secret mac"])
 def test_a_forward_without_a_valid_ca_proof_is_refused_by_a_ca_only_gateway(node, tmp_path, case):
     headers = {"another CA": lambda: ca_signed(node, ca=Ed25519PrivateKey.generate()),
                "expired": lambda: ca_signed(node, expires_at=T0),
-               "secret only": lambda: signed(node)}[case]()
+               "secret proof": lambda: signed(node, scheme="key"),
+               "secret mac": lambda: signed(node)}[case]()
 
-    with pytest.raises(Refused, match="not a member"):
+    with pytest.raises(Refused, match="not a member|not sent by a holder"):
         check(headers, "POST", TARGET, ca_member_trust(tmp_path), NonceCache(), T0)
 
 
 def test_a_ca_proof_moved_to_another_key_is_refused(node, tmp_path):
     outsider = NodeIdentity.load_or_create(tmp_path / "outsider")
     stolen = ca_signed(node)[forwarding.PROOF]
-    headers = sign(outsider, identity.unb64(stolen), "node3", "POST", TARGET, b"", T0)
+    headers = sign_with_key(outsider, identity.unb64(stolen), "node3", "POST", TARGET, b"", T0)
 
     with pytest.raises(Refused, match="not a member"):
         check(headers, "POST", TARGET, ca_member_trust(tmp_path), NonceCache(), T0)
@@ -247,3 +278,14 @@ def test_a_gateway_with_a_secret_and_a_ca_takes_either_proof(node, tmp_path):
 
     check(signed(node), "POST", TARGET, trust, NonceCache(), T0)
     check(ca_signed(node), "POST", TARGET, trust, NonceCache(), T0)
+
+
+def test_a_node_the_ca_certified_signs_with_its_key_even_with_a_secret(node, tmp_path):
+    sender = ca_member_trust(tmp_path / "sender", SECRET)
+    proof = sign_ca_proof(CA, node.public_key, "node3", "ab" * 32, int(T0 + 60))
+    (tmp_path / "sender" / identity.OVERLAY_DIR / identity.CA_PROOF_FILE).write_bytes(proof)
+
+    headers = sign(node, sender, "node3", "POST", TARGET, b"", T0)
+
+    assert set(headers) == set(forwarding.SIGNED_HEADERS) and identity.unb64(headers[PROOF]) == proof
+    check(headers, "POST", TARGET, ca_member_trust(tmp_path / "receiver"), NonceCache(), T0)
