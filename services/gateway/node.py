@@ -7,11 +7,11 @@ from importlib.metadata import version
 
 import grpc
 
-from services.common import grpcclient
+from services.common import grpcclient, httpclient
 from services.common.config import COMPONENTS, Config
 from services.common.identity import NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc, router_pb2
-from services.gateway import client, metrics, proxy
+from services.gateway import metrics, proxy
 from services.gateway.control import RouterLink
 from services.gateway.errors import no_such_service, unavailable
 from services.gateway.forwarding import NonceCache
@@ -28,7 +28,7 @@ class Gateway:
         self.channels = {c: grpcclient.channel(cfg, c) for c in COMPONENTS}
         self.router = RouterLink(self.channels["router"])
         self.dht = dht_pb2_grpc.DhtStub(self.channels["dht"])
-        self.upstreams = client.Pools(proxy.CONNECT_TIMEOUT_S)
+        self.upstreams = httpclient.Pools(proxy.CONNECT_TIMEOUT_S)
         self.metrics = metrics.GatewayMetrics()
         self.last_routing = router_pb2.RoutingStats()
 

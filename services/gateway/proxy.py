@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from services.common import httpclient
 from services.common.rpc import router_pb2
-from services.gateway import client
 from services.gateway.errors import GatewayError, StreamTooLarge, unavailable
 
 SMALL_BODY = 256 * 1024
@@ -67,26 +67,26 @@ async def request_body(request: Request, length: int | None, limit: int) -> byte
     return LimitedBody(request.stream(), limit)
 
 
-async def send(route: router_pb2.Route, upstreams: client.Pools, method: str, path: str, query: bytes,
-               headers: dict[str, str], body: bytes | LimitedBody) -> client.Response:
+async def send(route: router_pb2.Route, upstreams: httpclient.Pools, method: str, path: str, query: bytes,
+               headers: dict[str, str], body: bytes | LimitedBody) -> httpclient.Response:
     """Send the request upstream; map every failure we can name to its status."""
     pool = upstreams.get(route.upstream)
     target = path + ("?" + query.decode("latin-1") if query else "")
     try:
         try:
             upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
-        except client.Disconnected as err:
+        except httpclient.Disconnected as err:
             # A pooled keep-alive connection can be dead (the backend restarted): one more
             # try on a fresh one, only when replaying the request is safe.
             if not (err.reused and err.unanswered and route.idempotent and isinstance(body, bytes)):
                 raise
             upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
-    except client.ConnectFailed as err:  # nothing was sent: another provider may serve it
+    except httpclient.ConnectFailed as err:  # nothing was sent: another provider may serve it
         raise unavailable("backend_unavailable", f"{route.service} backend {err}") from None
-    except client.ReadTimeout:
+    except httpclient.ReadTimeout:
         raise GatewayError(504, "backend_timeout", f"{route.service} backend did not answer within "
                                                    f"{route.timeout_seconds:g} s") from None
-    except client.UpstreamError as err:
+    except httpclient.UpstreamError as err:
         raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
     if isinstance(body, LimitedBody) and body.exceeded:  # the upstream answered before the end
         upstream.close()
@@ -94,7 +94,7 @@ async def send(route: router_pb2.Route, upstreams: client.Pools, method: str, pa
     return upstream
 
 
-async def stream_from(upstream: client.Response) -> AsyncIterator[bytes]:
+async def stream_from(upstream: httpclient.Response) -> AsyncIterator[bytes]:
     """The upstream's body as it arrives. If our client goes away first, the upstream
     connection is closed, which is how the backend learns to stop (an LLM stops
     generating); a body read to its end leaves the connection for reuse."""
@@ -105,7 +105,7 @@ async def stream_from(upstream: client.Response) -> AsyncIterator[bytes]:
         upstream.release()  # closes the connection unless the body was read to its end
 
 
-async def relay(upstream: client.Response, extra_headers: dict[str, str]) -> Response:
+async def relay(upstream: httpclient.Response, extra_headers: dict[str, str]) -> Response:
     """The upstream's answer with its status and end-to-end headers, streamed unless small."""
     raw = [(k, v) for k, v in upstream.raw_headers if k not in NOT_RELAYED]
     raw += [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]

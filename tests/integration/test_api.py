@@ -46,18 +46,25 @@ class ControlledBackend(BaseHTTPRequestHandler):
             time.sleep(3)
         self.answer(200, {"path": self.path, "authorization": self.headers.get("Authorization")})
 
-    def read_body(self) -> bytes:
+    def read_body(self) -> bytes | None:
+        """The body; None when the connection ended first (the gateway drops the upstream
+        connection of a request whose body passed its limit)."""
         if self.headers.get("Transfer-Encoding") != "chunked":
             return self.rfile.read(int(self.headers.get("Content-Length", 0)))
         chunks = []
-        while size := int(self.rfile.readline().split(b";")[0], 16):
+        while size_line := self.rfile.readline():
+            if not (size := int(size_line.split(b";")[0], 16)):
+                self.rfile.readline()
+                return b"".join(chunks)
             chunks.append(self.rfile.read(size))
             self.rfile.readline()
-        self.rfile.readline()
-        return b"".join(chunks)
+        return None
 
     def do_POST(self):
         body = self.read_body()
+        if body is None:
+            self.close_connection = True
+            return
         self.answer(200, {"echo": json.loads(body) if self.path == "/" else None, "size": len(body),
                           "path": self.path})
 

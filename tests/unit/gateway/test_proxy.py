@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
+from services.common import httpclient as client
 from services.common.rpc import router_pb2
-from services.gateway import client, proxy
+from services.gateway import proxy
 from services.gateway.errors import GatewayError
 
 

@@ -1,4 +1,5 @@
-"""A lean HTTP/1.1 client for the gateway's data path: keep-alive pools and streamed bodies.
+"""The HTTP/1.1 client that talks to backends and peer gateways: the gateway's data path
+and the router's health checks. Keep-alive pools and streamed bodies.
 
 aiohttp's client cost ~60 µs of the ~165 µs of CPU the gateway spent per proxied request
 (py-spy): its generality (cookies, redirects, tracing, multidicts, timeout objects) is paid

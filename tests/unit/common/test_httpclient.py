@@ -1,4 +1,4 @@
-"""Tests for services.gateway.client against scripted HTTP servers on loopback."""
+"""Tests for services.common.httpclient against scripted HTTP servers on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Self
 
 import pytest
 
-from services.gateway import client
+from services.common import httpclient as client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
