@@ -47,13 +47,8 @@ class ConnectFailed(UpstreamError):
 
 
 class Disconnected(UpstreamError):
-    """The connection broke before the answer was complete; `unanswered` when no byte of an
-    answer had arrived, `reused` when it was a pooled connection (which may have been closed
-    by the upstream just before we sent)."""
-
-    def __init__(self, reason: str, unanswered: bool, reused: bool):
-        super().__init__(reason)
-        self.unanswered, self.reused = unanswered, reused
+    """The connection broke before the answer was complete (the upstream died, or closed a
+    pooled connection just as we sent on it)."""
 
 
 class ReadTimeout(UpstreamError):
@@ -81,6 +76,20 @@ class Response:
             if key == name:
                 found = value
         return found
+
+    def small(self, limit: int) -> bool:
+        """Whether the answer says it is at most `limit` bytes long."""
+        length = self.header(b"content-length")
+        return length is not None and length.isdigit() and int(length) <= limit
+
+    async def receive_all(self) -> None:
+        """Wait until the whole answer has arrived, without taking it (raise if it breaks off
+        first); only for answers that fit below the mark where reading pauses."""
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._connection.loop.create_future()
+            await self._waiter
 
     async def read(self) -> bytes:
         """The whole body; the connection goes back to the pool."""
@@ -150,7 +159,6 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.reused = False
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._head: asyncio.Future | None = None
@@ -173,7 +181,7 @@ class Connection(asyncio.Protocol):
         self._head, self._response, self._head_only = self.loop.create_future(), None, head_only
         self._timeout = timeout
         if self.closed or self.transport.is_closing():
-            raise Disconnected("the upstream closed the connection", unanswered=True, reused=self.reused)
+            raise Disconnected("the upstream closed the connection")
         if isinstance(body, bytes):
             self.transport.write(head + body)
         else:
@@ -255,8 +263,7 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as err:
-            self._fail(Disconnected(f"malformed answer: {err}", unanswered=self._response is None,
-                                    reused=self.reused))
+            self._fail(Disconnected(f"malformed answer: {err}"))
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -267,7 +274,7 @@ class Connection(asyncio.Protocol):
             self._response._end()
             return
         reason = f"connection lost: {exc}" if exc else "the upstream closed the connection"
-        self._fail(Disconnected(reason, unanswered=self._response is None, reused=self.reused))
+        self._fail(Disconnected(reason))
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -322,12 +329,13 @@ class Pool:
             self.authority = parts.netloc.encode("latin-1")
 
     async def request(self, method: str, target: str, headers: dict[str, str],
-                      body: bytes | AsyncIterable[bytes], timeout: float) -> Response:
+                      body: bytes | AsyncIterable[bytes], timeout: float, fresh: bool = False) -> Response:
         """Send a request (target: path and query, already encoded); its answer once its head
-        has arrived. A streamed body is sent chunked, unless headers give its length."""
+        has arrived. A streamed body is sent chunked, unless headers give its length. `fresh`:
+        on a new connection (the pooled ones may be as dead as the one that just failed)."""
         chunked = not isinstance(body, bytes) and "content-length" not in headers
         head = encode_head(method, target, self.authority, headers, body, chunked)
-        connection = await self.checkout()
+        connection = await (self.connect() if fresh else self.checkout())
         return await connection.send(head, body, chunked, method == "HEAD", timeout)
 
     async def checkout(self) -> Connection:
@@ -335,7 +343,6 @@ class Pool:
         while self._idle:
             connection = self._idle.pop()
             if not connection.closed and now - connection.idle_since < IDLE_REUSE_S:
-                connection.reused = True
                 return connection
             connection.abort()
         return await self.connect()

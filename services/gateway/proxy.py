@@ -72,26 +72,56 @@ async def send(route: router_pb2.Route, upstreams: httpclient.Pools, method: str
     """Send the request upstream; map every failure we can name to its status."""
     pool = upstreams.get(route.upstream)
     target = path + ("?" + query.decode("latin-1") if query else "")
+    replayable = route.idempotent and isinstance(body, bytes)
     try:
         try:
-            upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
-        except httpclient.Disconnected as err:
-            # A pooled keep-alive connection can be dead (the backend restarted): one more
-            # try on a fresh one, only when replaying the request is safe.
-            if not (err.reused and err.unanswered and route.idempotent and isinstance(body, bytes)):
+            upstream = await exchange(pool, method, target, headers, body, route.timeout_seconds, replayable)
+        except httpclient.Disconnected:
+            # The backend died (or closed a pooled connection) before answering, or before
+            # finishing a small answer nobody has seen yet: one more try, on a fresh
+            # connection, when replaying the request is safe. If the backend is down for
+            # good, that try is refused: 503, and a forwarding peer moves on.
+            if not replayable:
                 raise
-            upstream = await pool.request(method, target, headers, body, route.timeout_seconds)
+            try:
+                upstream = await exchange(pool, method, target, headers, body, route.timeout_seconds, replayable,
+                                          fresh=True)
+            except httpclient.Disconnected as err:  # a fresh connection broke too: it is going down
+                raise unavailable("backend_unavailable", f"{route.service} backend is going down: {err}") from None
     except httpclient.ConnectFailed as err:  # nothing was sent: another provider may serve it
         raise unavailable("backend_unavailable", f"{route.service} backend {err}") from None
     except httpclient.ReadTimeout:
         raise GatewayError(504, "backend_timeout", f"{route.service} backend did not answer within "
                                                    f"{route.timeout_seconds:g} s") from None
     except httpclient.UpstreamError as err:
-        raise GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}") from None
+        raise failed(route, err) from None
     if isinstance(body, LimitedBody) and body.exceeded:  # the upstream answered before the end
         upstream.close()
         raise StreamTooLarge(body.limit)
     return upstream
+
+
+async def exchange(pool: httpclient.Pool, method: str, target: str, headers: dict[str, str],
+                   body: bytes | LimitedBody, timeout: float, replayable: bool,
+                   fresh: bool = False) -> httpclient.Response:
+    """One try: the answer's head, and all of a small answer when the request may be replayed
+    (a backend killed between the two writes of its answer must not cost the client it)."""
+    upstream = await pool.request(method, target, headers, body, timeout, fresh=fresh)
+    if replayable and upstream.small(SMALL_BODY):
+        await upstream.receive_all()
+    return upstream
+
+
+def failed(route: router_pb2.Route, err: httpclient.UpstreamError) -> GatewayError:
+    return GatewayError(502, "bad_gateway", f"{route.service} backend failed: {err}")
+
+
+async def read_all(route: router_pb2.Route, upstream: httpclient.Response) -> bytes:
+    """The whole answer; 502 if the backend fails before its end (killed mid-answer, say)."""
+    try:
+        return await upstream.read()
+    except httpclient.UpstreamError as err:
+        raise failed(route, err) from None
 
 
 async def stream_from(upstream: httpclient.Response) -> AsyncIterator[bytes]:
@@ -105,13 +135,12 @@ async def stream_from(upstream: httpclient.Response) -> AsyncIterator[bytes]:
         upstream.release()  # closes the connection unless the body was read to its end
 
 
-async def relay(upstream: httpclient.Response, extra_headers: dict[str, str]) -> Response:
+async def relay(route: router_pb2.Route, upstream: httpclient.Response) -> Response:
     """The upstream's answer with its status and end-to-end headers, streamed unless small."""
     raw = [(k, v) for k, v in upstream.raw_headers if k not in NOT_RELAYED]
-    raw += [(k.lower().encode(), v.encode()) for k, v in extra_headers.items()]
     length = upstream.header(b"content-length")
-    if length is not None and length.isdigit() and int(length) <= SMALL_BODY:
-        response = Response(await upstream.read(), status_code=upstream.status)
+    if upstream.small(SMALL_BODY):
+        response = Response(await read_all(route, upstream), status_code=upstream.status)
     else:
         response = StreamingResponse(stream_from(upstream), status_code=upstream.status)
     response.raw_headers = raw + ([(b"content-length", length)] if length else [])

@@ -60,8 +60,7 @@ async def invoke(gw: Gateway, route: router_pb2.Route, body: bytes) -> Response:
     """POST /service/{type} served here: the backend's answer wrapped in the seed's envelope."""
     headers = {"content-type": "application/json", **gw.cfg.service(route.service).auth_headers}
     upstream = await proxy.send(route, gw.upstreams, "POST", route.invoke_path, b"", headers, body)
-    async with upstream:
-        answer = await upstream.read()
+    answer = await proxy.read_all(route, upstream)
     if upstream.status >= 400:
         return Response(answer, status_code=upstream.status,
                         media_type=(upstream.header(b"content-type") or b"application/octet-stream").decode("latin-1"))
@@ -79,7 +78,7 @@ async def passthrough(gw: Gateway, request: Request, route: router_pb2.Route, su
     headers = {**proxy.forward_headers(request), **gw.cfg.service(route.service).auth_headers}
     upstream = await proxy.send(route, gw.upstreams, request.method, sub_path,
                                 request.scope["query_string"], headers, body)
-    return await proxy.relay(upstream, {})
+    return await proxy.relay(route, upstream)
 
 
 async def request_body(gw: Gateway, request: Request, envelope: bool) -> bytes | proxy.LimitedBody:
@@ -117,7 +116,7 @@ async def forward(gw: Gateway, request: Request, route: router_pb2.Route, body: 
             upstream.release()
             outcome.failed_workers.append(endpoint.worker_id)
             continue
-        return await proxy.relay(upstream, {})
+        return await proxy.relay(route, upstream)
     raise unavailable("no_provider", f"no provider of {route.service} could be reached")
 
 

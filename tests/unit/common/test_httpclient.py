@@ -183,7 +183,7 @@ async def test_a_stall_mid_body_is_a_read_timeout(pools):
             await reply.read()
 
 
-async def test_a_pooled_connection_the_server_closed_fails_as_reused_and_unanswered(pools):
+async def test_a_pooled_connection_the_server_closed_is_not_used_again(pools):
     async def once(reader, writer):
         await read_request(reader)
         writer.write(OK)
@@ -203,9 +203,8 @@ async def test_a_close_before_the_answer_is_a_disconnect(pools):
         await read_request(reader)
 
     async with Scripted(hang_up) as server:
-        with pytest.raises(client.Disconnected) as err:
+        with pytest.raises(client.Disconnected):
             await pools.get(server.url).request("GET", "/", {}, b"", timeout=5)
-    assert err.value.unanswered and not err.value.reused
 
 
 async def test_a_refused_connect_is_connect_failed(pools):
@@ -255,3 +254,23 @@ async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_it(pools):
             await asyncio.sleep(0.001)  # a client slower than loopback
     assert received == size
     assert most_buffered <= client.HIGH_WATER + 256 * 1024  # one read past the mark at most
+
+
+async def test_receive_all_waits_for_the_whole_answer_and_leaves_it_to_read(pools):
+    go_on = asyncio.Event()
+
+    async def two_writes(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+        await go_on.wait()
+        writer.write(b"-half")
+
+    async with Scripted(two_writes) as server:
+        reply = await pools.get(server.url).request("GET", "/", {}, b"", timeout=5)
+        assert reply.small(10) and not reply.small(9)
+        waiting = asyncio.ensure_future(reply.receive_all())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # half the body is still to come
+        go_on.set()
+        await asyncio.wait_for(waiting, 5)
+        assert await reply.read() == b"first-half"

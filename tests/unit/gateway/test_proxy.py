@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -65,3 +66,88 @@ async def test_a_refused_connection_is_503_naming_the_reason():
             await send_to(f"http://127.0.0.1:{port}")
     assert (err.value.status, err.value.code) == (503, "backend_unavailable")
     assert err.value.message == "echo backend refused the connection: Connection refused"
+
+
+@pytest.fixture
+async def dies_on_first_request():
+    """A backend that reads one request, then dies: its connection closes unanswered and its
+    port refuses connections from then on, as when a backend is killed mid-request."""
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        server.close()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+
+
+@pytest.mark.parametrize("idempotent, answer", [(True, (503, "backend_unavailable")), (False, (502, "bad_gateway"))])
+async def test_a_backend_dying_mid_request_is_retried_only_when_replay_is_safe(dies_on_first_request,
+                                                                               idempotent, answer):
+    route = router_pb2.Route(service="echo", upstream=dies_on_first_request, timeout_seconds=5, idempotent=idempotent)
+    pools = client.Pools(proxy.CONNECT_TIMEOUT_S)
+    try:
+        with pytest.raises(GatewayError) as err:
+            await proxy.send(route, pools, "GET", "/hello", b"", {}, b"")
+    finally:
+        pools.close()
+    assert (err.value.status, err.value.code) == answer  # 503 tells a forwarding peer to move on
+
+
+@pytest.fixture
+async def dies_mid_answer():
+    """A backend killed between the two writes of its answer: the head and part of the body
+    arrive, then the connection resets and the port refuses connections."""
+    async def half_answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        server.close()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly part")
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+
+
+async def test_a_small_answer_cut_off_is_replayed_when_safe(dies_mid_answer):
+    route = router_pb2.Route(service="echo", upstream=dies_mid_answer, timeout_seconds=5, idempotent=True)
+    pools = client.Pools(proxy.CONNECT_TIMEOUT_S)
+    try:
+        with pytest.raises(GatewayError) as err:
+            await proxy.send(route, pools, "GET", "/", b"", {}, b"")
+    finally:
+        pools.close()
+    assert (err.value.status, err.value.code) == (503, "backend_unavailable")  # the replay found it gone
+
+
+async def test_an_answer_cut_off_that_cannot_be_replayed_is_502_not_a_crash(dies_mid_answer):
+    route = router_pb2.Route(service="echo", upstream=dies_mid_answer, timeout_seconds=5)
+    pools = client.Pools(proxy.CONNECT_TIMEOUT_S)
+    try:
+        upstream = await proxy.send(route, pools, "GET", "/", b"", {}, b"")
+        with pytest.raises(GatewayError) as err:
+            await proxy.relay(route, upstream)
+    finally:
+        pools.close()
+    assert (err.value.status, err.value.code) == (502, "bad_gateway")
+
+
+async def test_a_backend_that_resets_a_fresh_connection_too_is_503_going_down():
+    async def reset(reader, writer):  # still accepting, as a dying process may for a moment
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    route = router_pb2.Route(service="echo", upstream=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                             timeout_seconds=5, idempotent=True)
+    pools = client.Pools(proxy.CONNECT_TIMEOUT_S)
+    try:
+        with pytest.raises(GatewayError) as err:
+            await proxy.send(route, pools, "GET", "/", b"", {}, b"")
+    finally:
+        pools.close()
+        server.close()
+    assert (err.value.status, err.value.code) == (503, "backend_unavailable")
+    assert "going down" in err.value.message
