@@ -65,6 +65,13 @@ def test_forwarded_route_reports_routes_and_lookup_counters(smoke_results: tuple
 
 
 @pytest.mark.timeout(160)
+def test_large_body_goes_through_the_local_and_the_forwarded_route(smoke_results: tuple[dict, str]) -> None:
+    for run in smoke_results[0]["scenarios"]["large_body"]["raw"]["runs"]:
+        assert {"direct_s", "gateway_s", "forwarded_s"} <= set(run)
+        assert {"gateway_growth_mib", "forwarding_growth_mib", "serving_growth_mib"} <= set(run)
+
+
+@pytest.mark.timeout(160)
 def test_discovery_reports_cold_lookups_swarms_and_record_size(smoke_results: tuple[dict, str]) -> None:
     raw = smoke_results[0]["scenarios"]["discovery"]["raw"]
     cold = raw["cold_and_cached"]
