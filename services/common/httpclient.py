@@ -16,7 +16,6 @@ import os
 import socket
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Self
 from urllib.parse import urlsplit
 
 import httptools
@@ -125,12 +124,6 @@ class Response:
         if not self._released:
             self._released = True
             self._connection.finish(reusable)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.release()
 
     # --- fed by the connection ---
 
