@@ -30,6 +30,7 @@ from services.common.rpc import router_pb2, router_pb2_grpc
 from services.common.statefile import StateError, write_atomically
 from services.nebula import cli as nebula_cli
 from services.nebula import supervise
+from services.router.announcer import ANNOUNCE_DEADLINE_S
 
 log = logging.getLogger("meshworker")
 SUPERVISORD_CONF = Path(__file__).resolve().parent.parent / "supervisord.conf"
@@ -192,7 +193,7 @@ def drain(cfg: Config) -> int:
     async def call() -> list[str]:
         async with grpcclient.channel(cfg, "router") as channel:
             reply = await router_pb2_grpc.RouterStub(channel).Drain(
-                router_pb2.DrainRequest(), timeout=grpcclient.DEADLINE_S * 3)
+                router_pb2.DrainRequest(), timeout=ANNOUNCE_DEADLINE_S + grpcclient.DEADLINE_S)
             return list(reply.withdrawn)
     try:
         withdrawn = asyncio.run(call())

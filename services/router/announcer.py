@@ -4,6 +4,10 @@ Healthy services are announced, and re-announced at about half the record TTL (w
 jitter, so nodes started together do not republish together); a service that turns
 unhealthy is withdrawn at once. When the dht process comes back after a crash it has
 lost its records, so a SERVING transition on its health stream triggers a full announce.
+
+All services go to the dht at once: an announce crawls to and stores on the closest
+peers, and each peer that is down costs it the dht's RPC timeout, so announcing one
+after another could let the last records expire before they were republished.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.grpcclient import DEADLINE_S
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+# A crawl and a store, each waiting up to the dht's 1 s RPC timeout for peers that are down.
+ANNOUNCE_DEADLINE_S = 10.0
 
 
 class Announcer:
@@ -71,19 +76,28 @@ class Announcer:
             delay = self._republish_delay() if await self._sync() else RETRY_S
 
     async def _sync(self) -> bool:
-        try:
-            for service in sorted(self._withdrawn):
-                await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=DEADLINE_S)
+        withdrawn, healthy = sorted(self._withdrawn), sorted(self._healthy)
+        results = await asyncio.gather(*(self._withdraw(s) for s in withdrawn),
+                                       *(self._announce(s) for s in healthy), return_exceptions=True)
+        for service, result in zip(withdrawn, results, strict=False):
+            if result is None:
                 self._withdrawn.discard(service)
-            for service in sorted(self._healthy):
-                request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
-                                                  idempotent=self._idempotent.get(service, False),
-                                                  model=self._model_of(service))
-                await self._dht.Announce(request, timeout=DEADLINE_S)
-        except grpc.aio.AioRpcError as err:
-            log.warning("DHT not reachable (%s); retrying in %.0f s", err.code().name, RETRY_S)
-            return False
-        return True
+        failures = [r for r in results if r is not None]
+        for failure in failures:
+            if not isinstance(failure, grpc.aio.AioRpcError):
+                raise failure
+        if failures:
+            log.warning("DHT not reachable (%s); retrying in %.0f s", failures[0].code().name, RETRY_S)
+        return not failures
+
+    async def _withdraw(self, service: str) -> None:
+        await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=ANNOUNCE_DEADLINE_S)
+
+    async def _announce(self, service: str) -> None:
+        request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
+                                          idempotent=self._idempotent.get(service, False),
+                                          model=self._model_of(service))
+        await self._dht.Announce(request, timeout=ANNOUNCE_DEADLINE_S)
 
     async def _watch_dht(self) -> None:
         health = health_pb2_grpc.HealthStub(self._channel)
