@@ -162,9 +162,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.DrainResponse(withdrawn=withdrawn)
 
     async def refresh_forever(self) -> None:
-        """Keep cached routes ahead of their records' expiry, off the request path."""
+        """Keep cached routes ahead of their records' expiry, off the request path, and drop
+        a provider from the pushed table the moment its record expires (not up to a tick
+        later, while the gateway would still forward to it)."""
         while True:
-            await asyncio.sleep(REFRESH_TICK_S)
+            await asyncio.sleep(min(REFRESH_TICK_S, max(0.0, self.cache.next_expiry() - time.time())))
             now = time.time()
             changed = self.cache.prune(now)
             for service in self.cache.due_for_refresh(now):

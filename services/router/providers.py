@@ -81,6 +81,10 @@ class ProviderCache:
         self.negative = {s: until for s, until in self.negative.items() if until > now}
         return changed
 
+    def next_expiry(self) -> float:
+        """When the first cached provider's record expires (inf with none cached)."""
+        return min((p.expires_at for e in self.entries.values() for p in e.providers), default=float("inf"))
+
     def due_for_refresh(self, now: float, min_age_s: float = 1.0) -> list[str]:
         return [s for s, e in self.entries.items()
                 if now - e.fetched_at >= min_age_s and any(p.refresh_due(now) for p in e.providers)]

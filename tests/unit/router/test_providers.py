@@ -51,6 +51,17 @@ def test_get_is_bounded_by_each_records_expiry():
     assert cache.get("svc", T0 + 60) is None
 
 
+def test_next_expiry_is_the_first_cached_records_and_moves_on_once_pruned():
+    cache = ProviderCache()
+    assert cache.next_expiry() == float("inf")
+    cache.put("svc", [provider("a", ttl_s=10), provider("b", ttl_s=60)], T0)
+    cache.put("other", [provider("c", ttl_s=30)], T0)
+
+    assert cache.next_expiry() == T0 + 10
+    assert cache.prune(T0 + 10)
+    assert cache.next_expiry() == T0 + 30
+
+
 def test_put_keeps_only_live_providers():
     cache = ProviderCache()
 
