@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
+from grpc_loopback import serving
 
 from services.common.rpc import router_pb2, router_pb2_grpc
 from services.gateway import control
@@ -28,17 +28,11 @@ class OutcomeSink(router_pb2_grpc.RouterServicer):
 @pytest.fixture
 async def link_and_sink():
     sink = OutcomeSink()
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(sink, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    link = RouterLink(channel)
-    sender = asyncio.create_task(link.send_outcomes())
-    yield link, sink
-    sender.cancel()
-    await channel.close()
-    await server.stop(None)
+    async with serving(router_pb2_grpc.add_RouterServicer_to_server, sink) as channel:
+        link = RouterLink(channel)
+        sender = asyncio.create_task(link.send_outcomes())
+        yield link, sink
+        sender.cancel()
 
 
 def success(n: int) -> router_pb2.Outcome:

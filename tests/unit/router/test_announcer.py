@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
+from grpc_loopback import serving
 
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 from services.router.announcer import Announcer
@@ -38,14 +38,8 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
 @pytest.fixture
 async def dht_and_announcer():
     dht = RecordingDht()
-    server = grpc.aio.server()
-    dht_pb2_grpc.add_DhtServicer_to_server(dht, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield dht, Announcer(channel, 60, {}, model_of=lambda service: "")
-    await channel.close()
-    await server.stop(None)
+    async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
+        yield dht, Announcer(channel, 60, {}, model_of=lambda service: "")
 
 
 async def test_services_are_announced_together_not_one_after_another(dht_and_announcer):
