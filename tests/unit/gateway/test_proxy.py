@@ -15,16 +15,6 @@ from services.gateway import proxy
 from services.gateway.errors import GatewayError
 
 
-def test_upstream_sockets_give_up_on_a_silent_peer():
-    with socket.socket() as sock:
-        client.set_dead_peer_options(sock)
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == client.KEEPALIVE_IDLE_S
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == client.KEEPALIVE_INTERVAL_S
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == client.KEEPALIVE_PROBES
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == client.USER_TIMEOUT_MS
-
-
 def route_to(upstream: str, idempotent: bool = False) -> router_pb2.Route:
     return router_pb2.Route(service="echo", upstream=upstream, timeout_seconds=5, idempotent=idempotent)
 
@@ -44,7 +34,15 @@ async def refusal(upstream: str, idempotent: bool = False,
 @contextlib.asynccontextmanager
 async def backend(handler) -> AsyncIterator[str]:
     """A scripted loopback backend running `handler(reader, writer, server)` per connection."""
-    server = await asyncio.start_server(lambda r, w: handler(r, w, server), "127.0.0.1", 0)
+    async def run(reader, writer):
+        try:
+            await handler(reader, writer, server)
+        except (ConnectionError, asyncio.IncompleteReadError):  # the client went first
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
@@ -73,6 +71,21 @@ async def resets_everything(reader, writer, server):
     """Still accepting but resetting every request, as a dying process may for a moment."""
     await reader.readuntil(b"\r\n\r\n")
     writer.transport.abort()
+
+
+async def test_upstream_sockets_give_up_on_a_silent_peer():
+    async with backend(resets_everything) as url:
+        pool = client.Pool(url, connect_timeout=5)
+        connection = await pool.connect()  # the pool's own socket, not one set up here
+        sock = connection.transport.get_extra_info("socket")
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == client.KEEPALIVE_IDLE_S
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == client.KEEPALIVE_INTERVAL_S
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == client.KEEPALIVE_PROBES
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == client.USER_TIMEOUT_MS
+        finally:
+            connection.abort()
 
 
 @pytest.fixture
