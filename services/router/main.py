@@ -164,20 +164,31 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def refresh_forever(self) -> None:
         """Keep cached routes ahead of their records' expiry, off the request path, and drop
         a provider from the pushed table the moment its record expires (not up to a tick
-        later, while the gateway would still forward to it)."""
-        while True:
-            await asyncio.sleep(min(REFRESH_TICK_S, max(0.0, self.cache.next_expiry() - time.time())))
-            now = time.time()
-            changed = self.cache.prune(now)
-            for service in self.cache.due_for_refresh(now):
-                try:
-                    self.cache.put(service, await self.lookup(service), now)
-                except grpc.aio.AioRpcError:
-                    continue
-                self.refreshes.inc()
-                changed = True
-            if changed:
-                self.publish()
+        later, while the gateway would still forward to it). Lookups run beside the loop: one
+        that waits on a dead peer must not hold back the drop of that peer's expired record."""
+        refreshing: dict[str, asyncio.Task] = {}
+        try:
+            while True:
+                await asyncio.sleep(min(REFRESH_TICK_S, max(0.0, self.cache.next_expiry() - time.time())))
+                now = time.time()
+                if self.cache.prune(now):
+                    self.publish()
+                for service in self.cache.due_for_refresh(now):
+                    if service not in refreshing:
+                        refreshing[service] = asyncio.create_task(self.refresh(service))
+                        refreshing[service].add_done_callback(lambda _, s=service: refreshing.pop(s))
+        finally:
+            for task in list(refreshing.values()):
+                task.cancel()
+
+    async def refresh(self, service: str) -> None:
+        try:
+            providers = await self.lookup(service)
+        except grpc.aio.AioRpcError:
+            return
+        self.cache.put(service, providers, time.time())
+        self.refreshes.inc()
+        self.publish()
 
 
 async def serve(cfg: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import ServiceConfig, load
 from services.common.rpc import dht_pb2, router_pb2
+from services.router import main as router_main
 from services.router.main import RouterServicer
 from services.router.providers import Latencies, Provider
 from services.router.routes import FORWARD_TIMEOUT_S, choose, forwarded_route, local_route
@@ -258,3 +260,34 @@ async def test_failed_forward_invalidates_the_route_and_puts_that_provider_last(
     await router.Resolve(router_pb2.ResolveRequest(service="llm"), None)
     route = router.route("llm", time.time())
     assert [e.worker_id for e in route.endpoints] == ["b", "a"]  # a failed: still there, but last
+
+
+class StalledDht:
+    """A Dht stub whose FindProviders never answers: a lookup stuck on a dead peer."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def FindProviders(self, request, timeout):
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+async def test_an_expired_provider_leaves_the_table_while_a_refresh_lookup_hangs(tmp_path, monkeypatch):
+    monkeypatch.setattr(router_main, "REFRESH_TICK_S", 0.1)
+    dht = StalledDht()
+    router = servicer(tmp_path, services=(), dht=dht)
+    now = time.time()
+    # a is due for a refresh (little life left) and expires in 0.3 s; b lives on.
+    router.cache.put("llm", [Provider("a", "http://a:8000", now - 10, now + 0.3),
+                             Provider("b", "http://b:8000", now - 10, now + 60)], now - 2)
+    version = router.version
+    refresher = asyncio.create_task(router.refresh_forever())
+    try:
+        await asyncio.sleep(0.6)
+        assert dht.calls == 1  # the refresh started, and is still waiting
+        assert [e.worker_id for e in router.table().routes[0].endpoints] == ["b"]
+        assert router.version > version  # a newer table went out to the gateway
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
