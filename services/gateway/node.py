@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from importlib.metadata import version
 
 import grpc
@@ -80,8 +81,13 @@ class Gateway:
         return self.last_routing
 
     async def route(self, service: str) -> tuple[router_pb2.Route, bool]:
-        """The route for a service and whether it came from the pushed table (no gRPC call)."""
+        """The route for a service and whether it came from the pushed table (no gRPC call).
+
+        A forwarded route whose providers' records have all expired is asked of the router
+        again: it looks them up afresh, and its newer table may not have reached us yet."""
         route = self.router.routes.get(service)
+        if route is not None and route.kind == router_pb2.ROUTE_KIND_FORWARDED and not live_endpoints(route):
+            route = None
         from_table = route is not None
         if route is None:
             try:
@@ -99,3 +105,9 @@ class Gateway:
     async def close(self) -> None:
         self.upstreams.close()
         await asyncio.gather(*(c.close() for c in self.channels.values()))
+
+
+def live_endpoints(route: router_pb2.Route) -> list[router_pb2.Endpoint]:
+    """The providers of a forwarded route whose records have not expired."""
+    now = time.time()
+    return [e for e in route.endpoints if e.expires_at > now]

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from services.common.rpc import router_pb2
 from services.gateway import forwarding, metrics, paths, proxy
 from services.gateway.errors import GatewayError, StreamTooLarge, bad_request, unavailable
-from services.gateway.node import Gateway
+from services.gateway.node import Gateway, live_endpoints
 
 ROUTE_LABELS = {router_pb2.ROUTE_KIND_LOCAL: "local", router_pb2.ROUTE_KIND_FORWARDED: "forwarded"}
 # Failures that happen before a request reaches any backend: a peer marks its answer with
@@ -90,8 +90,9 @@ async def request_body(gw: Gateway, request: Request, envelope: bool) -> bytes |
 
 async def forward(gw: Gateway, request: Request, route: router_pb2.Route, body: bytes | proxy.LimitedBody,
                   outcome: router_pb2.Outcome) -> Response:
-    """Send the request to the best peer; move on to the next when one cannot be reached
-    (or, for idempotent services with a replayable body, when one fails after sending)."""
+    """Send the request to the best peer whose record is live; move on to the next when one
+    cannot be reached (or, for idempotent services with a replayable body, when one fails
+    after sending)."""
     target = request.scope["raw_path"].decode("latin-1")
     query = request.scope["query_string"]
     signed = forwarding.sign(gw.identity, gw.trust, gw.cfg.worker_id, request.method,
@@ -99,11 +100,12 @@ async def forward(gw: Gateway, request: Request, route: router_pb2.Route, body: 
                              body if isinstance(body, bytes) else None, time.time())
     headers = {**proxy.forward_headers(request), **signed}
     replayable = route.idempotent and isinstance(body, bytes)
-    for position, endpoint in enumerate(route.endpoints):
+    endpoints = live_endpoints(route)
+    for position, endpoint in enumerate(endpoints):
         outcome.worker_id = endpoint.worker_id
         hop = router_pb2.Route(service=route.service, upstream=endpoint.url,
                                timeout_seconds=route.timeout_seconds, idempotent=route.idempotent)
-        last = position == len(route.endpoints) - 1
+        last = position == len(endpoints) - 1
         try:
             upstream = await proxy.send(hop, gw.upstreams, request.method, target, query, headers, body)
         except GatewayError as err:

@@ -29,7 +29,7 @@ def forwarded_route(service: str, providers: list[Provider], latencies: Latencie
         service=service, kind=router_pb2.ROUTE_KIND_FORWARDED, healthy=True,
         idempotent=all(p.idempotent for p in ordered), timeout_seconds=FORWARD_TIMEOUT_S,
         worker_id=ordered[0].worker_id,
-        endpoints=[router_pb2.Endpoint(worker_id=p.worker_id, url=p.url) for p in ordered])
+        endpoints=[router_pb2.Endpoint(worker_id=p.worker_id, url=p.url, expires_at=p.expires_at) for p in ordered])
 
 
 def choose(service: str, local: tuple[ServiceConfig, bool] | None, remote: list[Provider] | None,

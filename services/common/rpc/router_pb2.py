@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\xe4\x01\n\x05Route\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x10\n\x08upstream\x18\x03 \x01(\t\x12\x13\n\x0binvoke_path\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12*\n\tendpoints\x18\t \x03(\x0b\x32\x17.meshworker.v1.Endpoint\"*\n\x08\x45ndpoint\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\x14\n\x12WatchRoutesRequest\"C\n\nRouteTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x06routes\x18\x02 \x03(\x0b\x32\x14.meshworker.v1.Route\"\xab\x01\n\x07Outcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x05 \x01(\x01\x12\x12\n\nfrom_table\x18\x06 \x01(\x08\x12\x16\n\x0e\x66\x61iled_workers\x18\x07 \x03(\t\"@\n\x14ReportOutcomeRequest\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.meshworker.v1.Outcome\"\x17\n\x15ReportOutcomeResponse\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\xae\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12 \n\x18smoothed_latency_seconds\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"\xc6\x01\n\x0cRoutingStats\x12\x16\n\x0elocal_requests\x18\x01 \x01(\x04\x12\x1a\n\x12\x66orwarded_requests\x18\x02 \x01(\x04\x12\x12\n\ncache_hits\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x04 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x05 \x01(\x04\x12\x17\n\x0f\x66\x61iled_requests\x18\x06 \x01(\x04\x12\x12\n\ncache_size\x18\x07 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x08 \x01(\x01*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xc1\x04\n\x06Router\x12>\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x14.meshworker.v1.Route\x12M\n\x0bWatchRoutes\x12!.meshworker.v1.WatchRoutesRequest\x1a\x19.meshworker.v1.RouteTable0\x01\x12Z\n\rReportOutcome\x12#.meshworker.v1.ReportOutcomeRequest\x1a$.meshworker.v1.ReportOutcomeResponse\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12G\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1b.meshworker.v1.RoutingStats\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\xe4\x01\n\x05Route\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x10\n\x08upstream\x18\x03 \x01(\t\x12\x13\n\x0binvoke_path\x18\x04 \x01(\t\x12\x0f\n\x07healthy\x18\x05 \x01(\x08\x12\x12\n\nidempotent\x18\x06 \x01(\x08\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12*\n\tendpoints\x18\t \x03(\x0b\x32\x17.meshworker.v1.Endpoint\">\n\x08\x45ndpoint\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"\x14\n\x12WatchRoutesRequest\"C\n\nRouteTable\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x06routes\x18\x02 \x03(\x0b\x32\x14.meshworker.v1.Route\"\xab\x01\n\x07Outcome\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\x11\n\tworker_id\x18\x04 \x01(\t\x12\x17\n\x0flatency_seconds\x18\x05 \x01(\x01\x12\x12\n\nfrom_table\x18\x06 \x01(\x08\x12\x16\n\x0e\x66\x61iled_workers\x18\x07 \x03(\t\"@\n\x14ReportOutcomeRequest\x12(\n\x08outcomes\x18\x01 \x03(\x0b\x32\x16.meshworker.v1.Outcome\"\x17\n\x15ReportOutcomeResponse\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\xae\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12 \n\x18smoothed_latency_seconds\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"\xc6\x01\n\x0cRoutingStats\x12\x16\n\x0elocal_requests\x18\x01 \x01(\x04\x12\x1a\n\x12\x66orwarded_requests\x18\x02 \x01(\x04\x12\x12\n\ncache_hits\x18\x03 \x01(\x04\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x04 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x05 \x01(\x04\x12\x17\n\x0f\x66\x61iled_requests\x18\x06 \x01(\x04\x12\x12\n\ncache_size\x18\x07 \x01(\x04\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x08 \x01(\x01*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xc1\x04\n\x06Router\x12>\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x14.meshworker.v1.Route\x12M\n\x0bWatchRoutes\x12!.meshworker.v1.WatchRoutesRequest\x1a\x19.meshworker.v1.RouteTable0\x01\x12Z\n\rReportOutcome\x12#.meshworker.v1.ReportOutcomeRequest\x1a$.meshworker.v1.ReportOutcomeResponse\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12G\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1b.meshworker.v1.RoutingStats\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.common.rpc.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTEKIND']._serialized_start=1606
-  _globals['_ROUTEKIND']._serialized_end=1686
+  _globals['_ROUTEKIND']._serialized_start=1626
+  _globals['_ROUTEKIND']._serialized_end=1706
   _globals['_DRAINREQUEST']._serialized_start=51
   _globals['_DRAINREQUEST']._serialized_end=65
   _globals['_DRAINRESPONSE']._serialized_start=67
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTE']._serialized_start=139
   _globals['_ROUTE']._serialized_end=367
   _globals['_ENDPOINT']._serialized_start=369
-  _globals['_ENDPOINT']._serialized_end=411
-  _globals['_WATCHROUTESREQUEST']._serialized_start=413
-  _globals['_WATCHROUTESREQUEST']._serialized_end=433
-  _globals['_ROUTETABLE']._serialized_start=435
-  _globals['_ROUTETABLE']._serialized_end=502
-  _globals['_OUTCOME']._serialized_start=505
-  _globals['_OUTCOME']._serialized_end=676
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=678
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=742
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=744
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=767
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=769
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=795
-  _globals['_LOCALSERVICE']._serialized_start=798
-  _globals['_LOCALSERVICE']._serialized_end=958
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=960
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=1034
-  _globals['_ROUTERSTATSREQUEST']._serialized_start=1036
-  _globals['_ROUTERSTATSREQUEST']._serialized_end=1056
-  _globals['_MESHSERVICESREQUEST']._serialized_start=1058
-  _globals['_MESHSERVICESREQUEST']._serialized_end=1079
-  _globals['_PROVIDERVIEW']._serialized_start=1082
-  _globals['_PROVIDERVIEW']._serialized_end=1256
-  _globals['_SERVICEVIEW']._serialized_start=1258
-  _globals['_SERVICEVIEW']._serialized_end=1333
-  _globals['_MESHSERVICESRESPONSE']._serialized_start=1335
-  _globals['_MESHSERVICESRESPONSE']._serialized_end=1403
-  _globals['_ROUTINGSTATS']._serialized_start=1406
-  _globals['_ROUTINGSTATS']._serialized_end=1604
-  _globals['_ROUTER']._serialized_start=1689
-  _globals['_ROUTER']._serialized_end=2266
+  _globals['_ENDPOINT']._serialized_end=431
+  _globals['_WATCHROUTESREQUEST']._serialized_start=433
+  _globals['_WATCHROUTESREQUEST']._serialized_end=453
+  _globals['_ROUTETABLE']._serialized_start=455
+  _globals['_ROUTETABLE']._serialized_end=522
+  _globals['_OUTCOME']._serialized_start=525
+  _globals['_OUTCOME']._serialized_end=696
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=698
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=762
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=764
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=787
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=789
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=815
+  _globals['_LOCALSERVICE']._serialized_start=818
+  _globals['_LOCALSERVICE']._serialized_end=978
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=980
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=1054
+  _globals['_ROUTERSTATSREQUEST']._serialized_start=1056
+  _globals['_ROUTERSTATSREQUEST']._serialized_end=1076
+  _globals['_MESHSERVICESREQUEST']._serialized_start=1078
+  _globals['_MESHSERVICESREQUEST']._serialized_end=1099
+  _globals['_PROVIDERVIEW']._serialized_start=1102
+  _globals['_PROVIDERVIEW']._serialized_end=1276
+  _globals['_SERVICEVIEW']._serialized_start=1278
+  _globals['_SERVICEVIEW']._serialized_end=1353
+  _globals['_MESHSERVICESRESPONSE']._serialized_start=1355
+  _globals['_MESHSERVICESRESPONSE']._serialized_end=1423
+  _globals['_ROUTINGSTATS']._serialized_start=1426
+  _globals['_ROUTINGSTATS']._serialized_end=1624
+  _globals['_ROUTER']._serialized_start=1709
+  _globals['_ROUTER']._serialized_end=2286
 # @@protoc_insertion_point(module_scope)

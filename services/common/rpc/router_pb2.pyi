@@ -55,12 +55,14 @@ class Route(_message.Message):
     def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream: _Optional[str] = ..., invoke_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., idempotent: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., worker_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("worker_id", "url")
+    __slots__ = ("worker_id", "url", "expires_at")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     url: str
-    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+    expires_at: float
+    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class WatchRoutesRequest(_message.Message):
     __slots__ = ()

@@ -73,8 +73,8 @@ def test_forwarded_route_orders_endpoints_by_latency():
 
     route = forwarded_route("llm", [provider("a"), provider("b"), provider("c")], latencies, random.Random(1))
 
-    assert [(e.worker_id, e.url) for e in route.endpoints] == [
-        ("b", "http://b:8000"), ("c", "http://c:8000"), ("a", "http://a:8000")]
+    assert [(e.worker_id, e.url, e.expires_at) for e in route.endpoints] == [
+        ("b", "http://b:8000", T0 + 60), ("c", "http://c:8000", T0 + 60), ("a", "http://a:8000", T0 + 60)]
     assert route.worker_id == "b"
     assert (route.service, route.kind, route.healthy) == ("llm", router_pb2.ROUTE_KIND_FORWARDED, True)
     assert route.timeout_seconds == FORWARD_TIMEOUT_S
