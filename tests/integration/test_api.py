@@ -33,10 +33,10 @@ class ControlledBackend(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def answer(self, status: int, payload) -> None:
+    def answer(self, status: int, payload, content_type: str = "application/json") -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -65,8 +65,10 @@ class ControlledBackend(BaseHTTPRequestHandler):
         if body is None:
             self.close_connection = True
             return
-        self.answer(200, {"echo": json.loads(body) if self.path == "/" else None, "size": len(body),
-                          "path": self.path})
+        echo = json.loads(body) if self.path == "/" else None
+        # {"content_type": ...} asks for an answer that says it is of that type.
+        self.answer(200, {"echo": echo, "size": len(body), "path": self.path},
+                    echo.get("content_type", "application/json") if isinstance(echo, dict) else "application/json")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,17 @@ def test_ocr_reads_rendered_text_and_counts_one_local_request(node):
     routing = node.get("/stats").json()["routing"]
     assert routing["local_requests"] == before["local_requests"] + 1
     assert routing["failed_requests"] == before["failed_requests"]
+
+
+@pytest.mark.parametrize("content_type, status", [
+    ("application/json; charset=utf-8", 200), ("application/problem+json", 200), ("text/plain", 502)])
+def test_the_envelope_wraps_answers_that_declare_json(node, content_type, status):
+    reply = node.post_json("/service/echo", {"content_type": content_type})
+    assert reply.status == status
+    if status == 200:
+        assert reply.json()["data"]["echo"] == {"content_type": content_type}
+    else:
+        assert reply.json()["error"]["code"] == "bad_gateway" and "did not answer JSON" in reply.json()["error"]["message"]
 
 
 def test_ocr_multipart_upload_through_the_path_route(node):
