@@ -152,7 +152,8 @@ def check_ca_proof(ca_public_key: bytes, public_key: bytes, blob: bytes) -> CaPr
 
 
 def proof_kind(proof: bytes) -> str:
-    """Which kind a proof is ("ca", "secret" or "none"): for logs, never for trust."""
+    """Which kind a proof is ("ca", "secret" or "none"): for logs and for choosing how to
+    sign our own requests, never for trusting another's."""
     if len(proof) == SECRET_PROOF_BYTES:
         return "secret"
     return "ca" if CaProof.decode(proof) is not None else "none"

@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from services.common.identity import SECRET_PROOF_BYTES, MeshTrust, NodeIdentity, b64, unb64, verify
+from services.common.identity import MeshTrust, NodeIdentity, b64, proof_kind, unb64, verify
 
 HOP = "x-mesh-hop"
 FROM, KEY, PROOF = "x-mesh-from", "x-mesh-key", "x-mesh-proof"
@@ -46,7 +46,7 @@ def sign(identity: NodeIdentity, trust: MeshTrust, worker_id: str, method: str, 
     proof is asked each time: it becomes the CA's within seconds of a join while the gateway
     runs (the trust re-reads the overlay)."""
     proof = trust.proof(identity.public_key)
-    if len(proof) == SECRET_PROOF_BYTES:
+    if proof_kind(proof) == "secret":
         return sign_with_mac(trust, worker_id, method, target, body, now)
     return sign_with_key(identity, proof, worker_id, method, target, body, now)
 
