@@ -91,8 +91,14 @@ class Response:
             await self._waiter
 
     async def read(self) -> bytes:
-        """The whole body; the connection goes back to the pool."""
-        parts = [chunk async for chunk in self.chunks()]
+        """The whole body; the connection goes back to the pool. A read that fails or is given
+        up (our caller's client went away) closes it: a half-read answer cannot be reused, and
+        left open it would hold the upstream until its read timeout."""
+        try:
+            parts = [chunk async for chunk in self.chunks()]
+        except BaseException:
+            self.close()
+            raise
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:

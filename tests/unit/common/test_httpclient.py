@@ -235,6 +235,24 @@ async def test_an_abandoned_answer_closes_the_connection(pools):
         await asyncio.wait_for(closed.wait(), 5)
 
 
+async def test_a_read_given_up_midway_closes_the_connection(pools):
+    eof = asyncio.Event()
+
+    async def half_then_wait(reader, writer):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
+        await writer.drain()
+        if await reader.read() == b"":  # the client closed its side
+            eof.set()
+
+    async with Scripted(half_then_wait) as server:
+        reply = await pools.get(server.url).request("GET", "/", {}, b"", timeout=30)
+        reading = asyncio.create_task(reply.read())
+        await asyncio.sleep(0.05)
+        reading.cancel()  # as when the gateway's own client goes away
+        await asyncio.wait_for(eof.wait(), 2)  # at once, not when the read timeout fires
+
+
 async def test_a_slow_reader_pauses_the_upstream_instead_of_buffering_it(pools):
     size = 8 * 1024 * 1024
 
