@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from http_loopback import Scripted
 
 from services.common import httpclient as client
 from services.common.rpc import router_pb2
@@ -33,20 +33,10 @@ async def refusal(upstream: str, idempotent: bool = False,
 
 @contextlib.asynccontextmanager
 async def backend(handler) -> AsyncIterator[str]:
-    """A scripted loopback backend running `handler(reader, writer, server)` per connection."""
-    async def run(reader, writer):
-        try:
-            await handler(reader, writer, server)
-        except (ConnectionError, asyncio.IncompleteReadError):  # the client went first
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    """A scripted loopback backend running `handler(reader, writer, listener)` per connection:
+    the handler may stop the listener, as a backend that dies does."""
+    async with Scripted(lambda reader, writer: handler(reader, writer, scripted.server)) as scripted:
+        yield scripted.url
 
 
 async def dies_on_first_request(reader, writer, server):
