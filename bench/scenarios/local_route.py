@@ -5,9 +5,9 @@ One connection: p50/p99 of sequential keep-alive requests. 16 connections: wrk's
 requests/s, and the CPU time wrk, the backend and the gateway spend per request meanwhile:
 from those, the CPU a gateway may spend per request for the throughput target to be
 reachable at all on this machine (all CPUs busy at the target rate, wrk and the backend
-costing what they cost directly). Each run measures all three routes back to back, in a rotating order, and the
-ratios are taken within a run before the median, so a noisy neighbour slowing one run
-moves every route of that run alike.
+costing what they cost directly). Each run measures all three routes back to back, in a
+rotating order, and the ratios are taken within a run before the median, so a noisy
+neighbour slowing one run moves every route of that run alike.
 """
 
 from __future__ import annotations
