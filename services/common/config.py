@@ -64,6 +64,7 @@ class Config:
     config_path: Path | None = None
     gateway_host: str = "0.0.0.0"
     gateway_port: int = 8000
+    peer_port: int = 8443  # Envoy's mTLS listener for peers' forwarded requests
     dht_host: str = "0.0.0.0"
     dht_port: int = 8468
     dht_seeds: tuple[tuple[str, int], ...] = ()
@@ -92,8 +93,19 @@ class Config:
 
     @property
     def gateway_address_file(self) -> Path:
-        """Written by the gateway once bound: the real port when gateway_port is 0."""
+        """Written by the router once Envoy's listeners are bound: the real ports when
+        gateway_port or peer_port is 0."""
         return self.runtime_dir / "gateway.json"
+
+    @property
+    def api_socket(self) -> Path:
+        """The api's HTTP server (behind Envoy): /health, /stats, /metrics, /mesh/*, the envelope."""
+        return self.runtime_dir / "api.sock"
+
+    @property
+    def envoy_admin_socket(self) -> Path:
+        """Envoy's admin interface: a unix socket of mode 0600, never a TCP port."""
+        return self.runtime_dir / "envoy-admin.sock"
 
 
 def _as_int(key: str, value: Any, low: int = 0, high: int = 65535) -> int:
@@ -149,6 +161,7 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "worker_id": lambda k, v: str(v),
     "gateway_host": lambda k, v: str(v),
     "gateway_port": _as_int,
+    "peer_port": _as_int,
     "dht_host": lambda k, v: str(v),
     "dht_port": _as_int,
     "dht_seeds": lambda k, v: tuple(_as_host_port(k, s) for s in _as_list(k, v)),

@@ -16,6 +16,26 @@ ROUTE_KIND_NONE: RouteKind
 ROUTE_KIND_LOCAL: RouteKind
 ROUTE_KIND_FORWARDED: RouteKind
 
+class GatewayRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GatewayStatus(_message.Message):
+    __slots__ = ("connected", "version", "acked_version", "last_nack", "client_port", "peer_port")
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAST_NACK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
+    PEER_PORT_FIELD_NUMBER: _ClassVar[int]
+    connected: bool
+    version: int
+    acked_version: int
+    last_nack: str
+    client_port: int
+    peer_port: int
+    def __init__(self, connected: _Optional[bool] = ..., version: _Optional[int] = ..., acked_version: _Optional[int] = ..., last_nack: _Optional[str] = ..., client_port: _Optional[int] = ..., peer_port: _Optional[int] = ...) -> None: ...
+
 class DrainRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -32,77 +52,15 @@ class ResolveRequest(_message.Message):
     service: str
     def __init__(self, service: _Optional[str] = ...) -> None: ...
 
-class Route(_message.Message):
-    __slots__ = ("service", "kind", "upstream", "invoke_path", "healthy", "idempotent", "timeout_seconds", "worker_id", "endpoints")
+class Resolution(_message.Message):
+    __slots__ = ("service", "kind", "healthy")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
-    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
-    INVOKE_PATH_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
-    IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
-    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
-    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     service: str
     kind: RouteKind
-    upstream: str
-    invoke_path: str
     healthy: bool
-    idempotent: bool
-    timeout_seconds: float
-    worker_id: str
-    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., upstream: _Optional[str] = ..., invoke_path: _Optional[str] = ..., healthy: _Optional[bool] = ..., idempotent: _Optional[bool] = ..., timeout_seconds: _Optional[float] = ..., worker_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
-
-class Endpoint(_message.Message):
-    __slots__ = ("worker_id", "url", "expires_at")
-    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
-    URL_FIELD_NUMBER: _ClassVar[int]
-    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
-    worker_id: str
-    url: str
-    expires_at: float
-    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[float] = ...) -> None: ...
-
-class WatchRoutesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class RouteTable(_message.Message):
-    __slots__ = ("version", "routes")
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    ROUTES_FIELD_NUMBER: _ClassVar[int]
-    version: int
-    routes: _containers.RepeatedCompositeFieldContainer[Route]
-    def __init__(self, version: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Route, _Mapping]]] = ...) -> None: ...
-
-class Outcome(_message.Message):
-    __slots__ = ("service", "kind", "success", "worker_id", "latency_seconds", "from_table", "failed_workers")
-    SERVICE_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    SUCCESS_FIELD_NUMBER: _ClassVar[int]
-    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
-    LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    FROM_TABLE_FIELD_NUMBER: _ClassVar[int]
-    FAILED_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    service: str
-    kind: RouteKind
-    success: bool
-    worker_id: str
-    latency_seconds: float
-    from_table: bool
-    failed_workers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., success: _Optional[bool] = ..., worker_id: _Optional[str] = ..., latency_seconds: _Optional[float] = ..., from_table: _Optional[bool] = ..., failed_workers: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("outcomes",)
-    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
-    outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ...) -> None: ...
-
-class ReportOutcomeResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    def __init__(self, service: _Optional[str] = ..., kind: _Optional[_Union[RouteKind, str]] = ..., healthy: _Optional[bool] = ...) -> None: ...
 
 class ListLocalServicesRequest(_message.Message):
     __slots__ = ()
@@ -176,22 +134,14 @@ class MeshServicesResponse(_message.Message):
     services: _containers.RepeatedCompositeFieldContainer[ServiceView]
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceView, _Mapping]]] = ...) -> None: ...
 
-class RoutingStats(_message.Message):
-    __slots__ = ("local_requests", "forwarded_requests", "cache_hits", "cache_misses", "dht_lookups", "failed_requests", "cache_size", "cache_hit_rate")
-    LOCAL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    FORWARDED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
-    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+class RouterCounters(_message.Message):
+    __slots__ = ("cache_misses", "dht_lookups", "misses_found", "cache_size")
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     DHT_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
-    FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FOUND_FIELD_NUMBER: _ClassVar[int]
     CACHE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    CACHE_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
-    local_requests: int
-    forwarded_requests: int
-    cache_hits: int
     cache_misses: int
     dht_lookups: int
-    failed_requests: int
+    misses_found: int
     cache_size: int
-    cache_hit_rate: float
-    def __init__(self, local_requests: _Optional[int] = ..., forwarded_requests: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., dht_lookups: _Optional[int] = ..., failed_requests: _Optional[int] = ..., cache_size: _Optional[int] = ..., cache_hit_rate: _Optional[float] = ...) -> None: ...
+    def __init__(self, cache_misses: _Optional[int] = ..., dht_lookups: _Optional[int] = ..., misses_found: _Optional[int] = ..., cache_size: _Optional[int] = ...) -> None: ...

@@ -38,17 +38,7 @@ class RouterStub:
         self.Resolve = channel.unary_unary(
                 '/meshworker.v1.Router/Resolve',
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveRequest.SerializeToString,
-                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.Route.FromString,
-                _registered_method=True)
-        self.WatchRoutes = channel.unary_stream(
-                '/meshworker.v1.Router/WatchRoutes',
-                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.WatchRoutesRequest.SerializeToString,
-                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RouteTable.FromString,
-                _registered_method=True)
-        self.ReportOutcome = channel.unary_unary(
-                '/meshworker.v1.Router/ReportOutcome',
-                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
-                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeResponse.FromString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.Resolution.FromString,
                 _registered_method=True)
         self.ListLocalServices = channel.unary_unary(
                 '/meshworker.v1.Router/ListLocalServices',
@@ -58,7 +48,7 @@ class RouterStub:
         self.Stats = channel.unary_unary(
                 '/meshworker.v1.Router/Stats',
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.SerializeToString,
-                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.FromString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RouterCounters.FromString,
                 _registered_method=True)
         self.MeshServices = channel.unary_unary(
                 '/meshworker.v1.Router/MeshServices',
@@ -70,6 +60,11 @@ class RouterStub:
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.Gateway = channel.unary_unary(
+                '/meshworker.v1.Router/Gateway',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -77,21 +72,8 @@ class RouterServicer:
     """
 
     def Resolve(self, request, context):
-        """Resolve returns the route for one service, looking it up when not yet known.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def WatchRoutes(self, request, context):
-        """WatchRoutes sends the whole route table now and again after every change.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReportOutcome(self, request, context):
-        """ReportOutcome records how requests went; the gateway sends these in batches.
+        """Resolve looks a service up when it is not yet known (a cache miss and a DHT lookup),
+        pushes its clusters and routes to Envoy, and says where its requests go.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,7 +87,7 @@ class RouterServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Stats(self, request, context):
-        """Stats returns the routing counters (the seed's `routing` object).
+        """Stats returns the routing counters only the router keeps (the api adds Envoy's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,23 +107,20 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Gateway(self, request, context):
+        """Gateway says whether Envoy holds the router's configuration (its ADS stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Resolve': grpc.unary_unary_rpc_method_handler(
                     servicer.Resolve,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveRequest.FromString,
-                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.Route.SerializeToString,
-            ),
-            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchRoutes,
-                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.WatchRoutesRequest.FromString,
-                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.RouteTable.SerializeToString,
-            ),
-            'ReportOutcome': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReportOutcome,
-                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeRequest.FromString,
-                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeResponse.SerializeToString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.Resolution.SerializeToString,
             ),
             'ListLocalServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLocalServices,
@@ -151,7 +130,7 @@ def add_RouterServicer_to_server(servicer, server):
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.FromString,
-                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.SerializeToString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.RouterCounters.SerializeToString,
             ),
             'MeshServices': grpc.unary_unary_rpc_method_handler(
                     servicer.MeshServices,
@@ -162,6 +141,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.SerializeToString,
+            ),
+            'Gateway': grpc.unary_unary_rpc_method_handler(
+                    servicer.Gateway,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -191,61 +175,7 @@ class Router:
             target,
             '/meshworker.v1.Router/Resolve',
             services_dot_common_dot_rpc_dot_router__pb2.ResolveRequest.SerializeToString,
-            services_dot_common_dot_rpc_dot_router__pb2.Route.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def WatchRoutes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/meshworker.v1.Router/WatchRoutes',
-            services_dot_common_dot_rpc_dot_router__pb2.WatchRoutesRequest.SerializeToString,
-            services_dot_common_dot_rpc_dot_router__pb2.RouteTable.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReportOutcome(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/meshworker.v1.Router/ReportOutcome',
-            services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeRequest.SerializeToString,
-            services_dot_common_dot_rpc_dot_router__pb2.ReportOutcomeResponse.FromString,
+            services_dot_common_dot_rpc_dot_router__pb2.Resolution.FromString,
             options,
             channel_credentials,
             insecure,
@@ -299,7 +229,7 @@ class Router:
             target,
             '/meshworker.v1.Router/Stats',
             services_dot_common_dot_rpc_dot_router__pb2.RouterStatsRequest.SerializeToString,
-            services_dot_common_dot_rpc_dot_router__pb2.RoutingStats.FromString,
+            services_dot_common_dot_rpc_dot_router__pb2.RouterCounters.FromString,
             options,
             channel_credentials,
             insecure,
@@ -354,6 +284,33 @@ class Router:
             '/meshworker.v1.Router/Drain',
             services_dot_common_dot_rpc_dot_router__pb2.DrainRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_router__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Gateway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/Gateway',
+            services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.FromString,
             options,
             channel_credentials,
             insecure,
