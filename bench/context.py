@@ -1,7 +1,7 @@
 """What a scenario gets: the run settings, progress output, and processes it can share.
 
-The backend, nginx, the node and the two-node mesh are started on first use and stopped
-once, at the end, by the ExitStack the harness closes in its `finally`.
+The backend, the baseline proxies, the node and the two-node mesh are started on first use
+and stopped once, at the end, by the ExitStack the harness closes in its `finally`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from bench import procs
 from bench.mesh import Mesh
-from bench.targets import SERVICE, Backend, Hosted, Nginx, Node
+from bench.proxies import Envoy, HAProxy, Nginx
+from bench.targets import SERVICE, Backend, Hosted, Node, ServerProcess
 
 COLD_SERVICE = "bench-cold-{}"  # same backend, names the forwarding node has never asked for
+PROXIES = {"nginx": Nginx, "haproxy": HAProxy, "envoy": Envoy}  # the baselines, by route name
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class Context:
         self.workdir = procs.make_tmpdir()
         stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         self._backend: Backend | None = None
-        self._nginx: Nginx | None = None
+        self._proxies: dict[str, ServerProcess] = {}
         self._node: Node | None = None
         self._mesh: Mesh | None = None
         self._started = time.monotonic()
@@ -85,12 +87,13 @@ class Context:
             self._backend = self.stack.enter_context(Backend(self.workdir))
         return self._backend
 
-    def nginx(self) -> Nginx:
-        if self._nginx is None:
+    def proxy(self, name: str) -> ServerProcess:
+        """A baseline proxy in front of the backend: one of PROXIES."""
+        if name not in self._proxies:
             backend_port = self.backend().port
-            self.progress("starting nginx in front of the backend")
-            self._nginx = self.stack.enter_context(Nginx(self.workdir, backend_port))
-        return self._nginx
+            self.progress(f"starting {name} in front of the backend")
+            self._proxies[name] = self.stack.enter_context(PROXIES[name](self.workdir, backend_port))
+        return self._proxies[name]
 
     def node(self) -> Node:
         if self._node is None:

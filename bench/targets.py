@@ -1,4 +1,5 @@
-"""What the scenarios call: the small backend, nginx in front of it, a meshworker node.
+"""What the scenarios call: the small backend and a meshworker node (bench.proxies: the
+baseline proxies in front of the backend).
 
 Each is a context manager that starts its process(es) on enter, waits until they answer
 (polling with a deadline, never a fixed sleep), and stops them on exit.
@@ -10,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -78,70 +78,6 @@ class Backend(ServerProcess):
         with stopped_on_failure(self):
             self.port = int(procs.read_first_line(self.proc, READY_DEADLINE_S))
             self.wait_healthy("backend")
-        return self
-
-
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/nginx-body;
-    proxy_temp_path {dir}/nginx-proxy;
-    fastcgi_temp_path {dir}/nginx-fastcgi;
-    uwsgi_temp_path {dir}/nginx-uwsgi;
-    scgi_temp_path {dir}/nginx-scgi;
-    upstream backend {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        # Default 1000: nginx would close our one measured connection mid-sample, and
-        # uvicorn (direct, gateway) sets no such limit.
-        keepalive_requests 1000000;
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
-"""
-
-
-class Nginx(ServerProcess):
-    """Debian's nginx as the reverse proxy a user would otherwise put in front of a backend.
-
-    nginx refuses `listen ...:0`, and wrk speaks TCP only, so a unix socket would leave nginx
-    out of the throughput test. Instead we bind the TCP socket on port 0 here and hand it to
-    nginx through the NGINX environment variable: the mechanism nginx's own binary upgrade
-    uses to pass listening sockets to a new master ("using inherited sockets from ..." in its
-    log). No port is probed and released, so nothing can race us for it.
-    """
-
-    def __init__(self, workdir: Path, upstream_port: int):
-        self.workdir, self.upstream_port = workdir, upstream_port
-
-    def __enter__(self) -> Self:
-        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-        if binary is None:
-            raise RuntimeError("nginx not found: apt-get install nginx-light")
-        with socket.create_server(("127.0.0.1", 0), backlog=2048) as sock:
-            self.port = sock.getsockname()[1]
-            conf = self.workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port,
-                                              upstream_port=self.upstream_port))
-            argv = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
-                    "-c", str(conf)]
-            self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
-                                    env=dict(os.environ, NGINX=f"{sock.fileno()};"))
-        with stopped_on_failure(self):
-            self.wait_healthy("nginx")
         return self
 
 

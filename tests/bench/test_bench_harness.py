@@ -54,6 +54,17 @@ def test_smoke_run_writes_every_scenario(smoke_results: tuple[dict, str]) -> Non
 
 
 @pytest.mark.timeout(160)
+def test_local_route_measures_every_baseline_and_its_cpu(smoke_results: tuple[dict, str]) -> None:
+    raw = smoke_results[0]["scenarios"]["local_route"]["raw"]
+    assert set(raw["urls"]) == {"direct", "nginx", "haproxy", "envoy", "gateway"}
+    for run in raw["runs"]:
+        for proxy in ("nginx", "haproxy", "envoy", "gateway"):
+            assert run[proxy]["proxy_cpu_us"] > 0, f"no CPU counted for {proxy} under load"
+    metrics = {row["metric"] for row in smoke_results[0]["scenarios"]["local_route"]["rows"]}
+    assert "added p50 over bare Envoy's added p50, 1 connection (ms)" in metrics
+
+
+@pytest.mark.timeout(160)
 def test_forwarded_route_reports_routes_and_lookup_counters(smoke_results: tuple[dict, str]) -> None:
     raw = smoke_results[0]["scenarios"]["forwarded_route"]["raw"]
     assert set(raw["urls"]) == {"direct", "local", "forwarded"}

