@@ -1,0 +1,35 @@
+"""The one error shape of the HTTP API: {"error": {"code", "message"}} with the right status."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class ApiError(Exception):
+    """A condition we can name; becomes its HTTP status, never a 500."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return JSONResponse({"error": {"code": self.code, "message": self.message}},
+                            status_code=self.status, headers=headers)
+
+
+def bad_request(code: str, message: str) -> ApiError:
+    return ApiError(400, code, message)
+
+
+def no_such_service(service: str) -> ApiError:
+    return ApiError(404, "no_such_service", f"no node of the mesh hosts service {service!r}")
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+
+
+def unavailable(code: str, message: str) -> ApiError:
+    """503 with Retry-After: the condition is expected to pass within a second or so."""
+    return ApiError(503, code, message, retry_after=1)
