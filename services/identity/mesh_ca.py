@@ -199,7 +199,7 @@ def load_or_create_node_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
     path = Path(state_dir) / NODE_KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        create_once(path, _key_pem(ec.generate_private_key(ec.SECP256R1())))
+        create_once(path, key_pem(ec.generate_private_key(ec.SECP256R1())))
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError:
@@ -209,7 +209,7 @@ def load_or_create_node_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -217,7 +217,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def credentials(ca: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_pem: bytes) -> TlsCredentials:
     """Envoy's inputs from a CA certificate, this node's key and its certificate by that CA."""
     cert = x509.load_pem_x509_certificate(cert_pem)
-    return TlsCredentials(certificate_chain_pem=cert_pem, private_key_pem=_key_pem(key),
+    return TlsCredentials(certificate_chain_pem=cert_pem, private_key_pem=key_pem(key),
                           trusted_ca_pem=ca.public_bytes(serialization.Encoding.PEM),
                           mesh_id=mesh_id_of(ca.public_key()), spiffe_id=_uri_of(cert_pem) or "",
                           not_after=cert.not_valid_after_utc.timestamp())
