@@ -38,7 +38,7 @@ def server(cfg: Config, started_at: float) -> uvicorn.Server:
     # proxy_headers off: Envoy is the edge, and a client's X-Forwarded-For says nothing
     # uvicorn should take as the client. The loop is the caller's (uvloop, see cli.py).
     return uvicorn.Server(uvicorn.Config(
-        create_app(cfg, started_at), loop="none", http="httptools", lifespan="on", access_log=False,
+        create_app(cfg, started_at), loop="none", http="httptools", ws="none", lifespan="on", access_log=False,
         log_config=None, proxy_headers=False, timeout_graceful_shutdown=10))
 
 

@@ -70,7 +70,7 @@ def backend_app() -> web.Application:
         return web.Response(body=b'{"detail":"model exploded"}', status=500, content_type="application/problem+json")
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(1)  # past the service's 0.3 s timeout; teardown waits for it
         return web.json_response({})
 
     app = web.Application()
@@ -103,6 +103,10 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 
     async def ListLocalServices(self, request, context):
         return router_pb2.ListLocalServicesResponse(services=self.local)
+
+    async def MeshServices(self, request, context):
+        provider = router_pb2.ProviderView(worker_id="w2", url="https://10.0.0.2:8443", healthy=True)
+        return router_pb2.MeshServicesResponse(services=[router_pb2.ServiceView(name="llm", providers=[provider])])
 
     @staticmethod
     def add_to_server(servicer: FakeRouter, server: grpc.aio.Server) -> None:
