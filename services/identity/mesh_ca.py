@@ -161,11 +161,12 @@ def _leaf_san(uri: str, worker_id: str) -> x509.SubjectAlternativeName:
 
 
 def issue_node_certificate(ca: MeshCa, node_public_key: ec.EllipticCurvePublicKey, worker_id: str,
-                           now: float, lifetime_s: int = DEFAULT_LIFETIME_S) -> bytes:
-    """A node's certificate (PEM), for serving and for connecting (serverAuth+clientAuth)."""
+                           now: float, lifetime_s: float = DEFAULT_LIFETIME_S) -> bytes:
+    """A node's certificate (PEM), for serving and for connecting (serverAuth+clientAuth),
+    valid until now + lifetime_s (to the nearest second: X.509 has no finer)."""
     uri = spiffe_id(ca.mesh_id, worker_id)
     start = datetime.datetime.fromtimestamp(now - CLOCK_SKEW_S, datetime.UTC)
-    end = datetime.datetime.fromtimestamp(now + lifetime_s, datetime.UTC)
+    end = datetime.datetime.fromtimestamp(round(now + lifetime_s), datetime.UTC)
     ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, worker_id)]))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.identity import b64, sign_ca_proof, unb64
+from services.identity import overlay
+from services.identity.mesh_ca import issue_node_certificate
 from services.nebula import allocation, membership, pki, records, tokens
 from services.nebula.state import EnrollmentError, NebulaPaths, locked
 
@@ -23,7 +25,8 @@ log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # a host name: no '/', no '..' prefix
 HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:\d{1,5}$")
 IDENTITY_KEY = re.compile(r"^[A-Za-z0-9_-]{43}$")  # 32 bytes, base64url without padding
-REQUEST_KEYS = frozenset({"token", "name", "public_key", "lighthouse", "advertise", "identity_key"})
+REQUEST_KEYS = frozenset({"token", "name", "public_key", "lighthouse", "advertise", "identity_key",
+                          "tls_public_key"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class JoinRequest:
     lighthouse: bool = False
     advertise: tuple[str, ...] = ()  # a lighthouse's underlay host:port for nebula
     identity_key: bytes | None = None  # the node's ed25519 key (records, forwarding) to certify
+    tls_public_key: str | None = None  # the node's P-256 key (Envoy's mTLS), PEM, to certify
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,18 @@ def check_identity_key(value: Any) -> bytes | None:
     return raw
 
 
+def check_tls_public_key(value: Any) -> str | None:
+    """The joiner's TLS public key (PEM), None when it sent none (an older meshworker)."""
+    if value is None:
+        return None
+    try:
+        overlay.parse_public_key(value if isinstance(value, str) else "")
+    except ValueError as err:
+        raise EnrollmentError("bad_tls_public_key", f"tls_public_key must be the node's ECDSA P-256 "
+                              f"public key in PEM: {err}") from None
+    return value
+
+
 def parse_join_request(doc: Any) -> JoinRequest:
     """Validate a join request's JSON; EnrollmentError for anything unexpected."""
     if not isinstance(doc, dict) or not {"token", "name", "public_key"} <= doc.keys():
@@ -82,7 +98,8 @@ def parse_join_request(doc: Any) -> JoinRequest:
     return JoinRequest(token=doc["token"], name=check_name(doc["name"]),
                        public_key=pki.check_public_key(doc["public_key"]),
                        lighthouse=lighthouse, advertise=tuple(advertise),
-                       identity_key=check_identity_key(doc.get("identity_key")))
+                       identity_key=check_identity_key(doc.get("identity_key")),
+                       tls_public_key=check_tls_public_key(doc.get("tls_public_key")))
 
 
 def nebula_cert_signer(paths: NebulaPaths) -> Signer:
@@ -124,6 +141,7 @@ def enroll(paths: NebulaPaths, request: JoinRequest, now: float, signer: Signer)
                   *([tokens.LIGHTHOUSE_GROUP] if request.lighthouse else [])]
         cert = signer(request.name, f"{ip}/{member.prefix_len}", groups, request.public_key)
         proof = identity_proof(paths, request, cert)
+        tls = node_tls(paths, request, cert, now)
         allocation.save(paths.allocations, allocation.assign(
             table, ip, request.name, cert.fingerprint, cert.expires_unix, request.lighthouse))
         tokens.save(paths.tokens, tokens.consume(store, token_id))
@@ -131,7 +149,7 @@ def enroll(paths: NebulaPaths, request: JoinRequest, now: float, signer: Signer)
     log.info("enrolled %s as %s (groups %s, token %s)", request.name, ip, ",".join(groups), token_id)
     reply = {"certificate": cert.pem, "ca": paths.ca_crt.read_text(), "record": signed,
              "overlay_ip": ip, "network": member.network, "groups": groups}
-    return reply | ({"identity_proof": b64(proof)} if proof else {})
+    return reply | ({"identity_proof": b64(proof)} if proof else {}) | tls
 
 
 def identity_proof(paths: NebulaPaths, request: JoinRequest, cert: SignedCert) -> bytes | None:
@@ -141,6 +159,17 @@ def identity_proof(paths: NebulaPaths, request: JoinRequest, cert: SignedCert) -
         return None
     return sign_ca_proof(records.ca_signing_key(paths.ca_key.read_text()), request.identity_key,
                          request.name, cert.fingerprint, cert.expires_unix)
+
+
+def node_tls(paths: NebulaPaths, request: JoinRequest, cert: SignedCert, now: float) -> dict[str, str]:
+    """The joiner's mesh TLS certificate and the CA's, for as long as its Nebula certificate
+    (nothing when it sent no TLS key, or this mesh was made before it had a TLS CA)."""
+    if request.tls_public_key is None or not paths.mesh_tls_ca_key.exists():
+        return {}
+    ca = overlay.load_mesh_ca(paths.mesh_tls_ca_crt.read_bytes(), paths.mesh_tls_ca_key.read_bytes())
+    leaf = issue_node_certificate(ca, overlay.parse_public_key(request.tls_public_key), request.name, now,
+                                  cert.expires_unix - now)
+    return {"tls_certificate": leaf.decode(), "tls_ca": ca.certificate_pem.decode()}
 
 
 def _record_with_lighthouse(paths: NebulaPaths, member: membership.Membership, ip: str,

@@ -14,7 +14,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from services.common.identity import NodeIdentity, b64, check_ca_proof, sign_ca_proof, unb64
+from services.identity import overlay
+from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key
 from services.nebula import allocation, client, membership, pki, records, tls, tokens
 from services.nebula.authority import check_name
 from services.nebula.membership import Membership
@@ -86,6 +90,7 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     write_atomically(tmp.identity_proof, sign_ca_proof(
         records.ca_signing_key(tmp.ca_key.read_text()), identity.public_key, opts.name, host.fingerprint,
         host.not_after), 0o644)
+    _make_mesh_tls_ca(tmp, Path(state_dir), opts.name, now, host.not_after)
     tls_crt, tls_key = tls.self_signed(f"meshworker enrollment {opts.name}", list(opts.advertise))
     write_atomically(tmp.tls_crt, tls_crt, 0o644)
     write_atomically(tmp.tls_key, tls_key)
@@ -104,6 +109,17 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     _move_into_place(tmp, final)
     log.info("created mesh %s: CA %s, this node %s at %s", network, ca.fingerprint, opts.name, ip)
     return member
+
+
+def _make_mesh_tls_ca(tmp: NebulaPaths, state_dir: Path, name: str, now: float, not_after: int) -> None:
+    """The mesh TLS CA (Envoy's mTLS between nodes), and the CA holder's own certificate
+    from it, valid as long as its Nebula certificate."""
+    ca = overlay.new_mesh_ca()
+    write_atomically(tmp.mesh_tls_ca_key, overlay.ca_key_pem(ca))
+    write_atomically(tmp.mesh_tls_ca_crt, ca.certificate_pem, 0o644)
+    key = load_or_create_node_key(state_dir)
+    write_atomically(tmp.node_tls_crt, issue_node_certificate(ca, key.public_key(), name, now, not_after - now),
+                     0o644)
 
 
 @dataclass(frozen=True)
@@ -162,6 +178,20 @@ def _check_identity_proof(reply: dict, ca: pki.CertInfo, cert: pki.CertInfo, key
     return blob
 
 
+def _check_tls(reply: dict, key: ec.EllipticCurvePublicKey, name: str) -> tuple[bytes, bytes] | None:
+    """The mesh TLS CA's certificate and this node's, refused unless it is for this key and name."""
+    if "tls_certificate" not in reply:
+        log.warning("the lighthouse issued no mesh TLS certificate (it runs an older meshworker): "
+                    "peers trust this node's TLS only through a shared mesh secret")
+        return None
+    try:
+        ca_pem, cert_pem = reply["tls_ca"].encode(), reply["tls_certificate"].encode()
+        overlay.check_node_certificate(ca_pem, cert_pem, key, name)
+    except (KeyError, AttributeError, ValueError) as err:
+        raise client.JoinError(f"the lighthouse's mesh TLS certificate is unusable: {err}") from None
+    return ca_pem, cert_pem
+
+
 def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
     """Key pair here, CA check, then only the public keys, token and name go to the lighthouse."""
     final = NebulaPaths.of(state_dir)
@@ -172,8 +202,9 @@ def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
     pub = tmp.root / "host.pub"
     pki.keygen(tmp.host_key, pub)
     identity = NodeIdentity.load_or_create(Path(state_dir))
+    tls_key = load_or_create_node_key(Path(state_dir))
     request = {"token": opts.token, "name": opts.name, "public_key": pub.read_text(),
-               "identity_key": b64(identity.public_key)}
+               "identity_key": b64(identity.public_key), "tls_public_key": overlay.public_key_pem(tls_key)}
     if opts.lighthouse:
         request |= {"lighthouse": True, "advertise": list(opts.advertise)}
     _, status, reply = client.first_answering([address], opts.tls_sha256, "POST", "/v1/join", request)
@@ -183,9 +214,13 @@ def join_mesh(state_dir: Path, opts: JoinOptions) -> Membership:
         raise EnrollmentError(code, f"the lighthouse refused: {client.refusal(status, reply)}", status)
     cert, record = _check_reply(reply, ca, pki.pem_body(pub.read_text(), pki.X25519_PUBLIC, 32).hex())
     proof = _check_identity_proof(reply, ca, cert, identity.public_key)
+    tls = _check_tls(reply, tls_key.public_key(), opts.name)
     write_atomically(tmp.host_crt, reply["certificate"], 0o644)
     if proof is not None:
         write_atomically(tmp.identity_proof, proof, 0o644)
+    if tls is not None:
+        write_atomically(tmp.mesh_tls_ca_crt, tls[0], 0o644)
+        write_atomically(tmp.node_tls_crt, tls[1], 0o644)
     membership.save_record(tmp, reply["record"])
     member = Membership(name=opts.name, network=reply["network"], overlay_ip=cert.overlay_ip,
                         ca_fingerprint=ca.fingerprint, ca_public_key=ca.public_key,

@@ -6,11 +6,14 @@ CA's fingerprint from GET /v1/ca before it sends its token. POST /v1/join takes 
 public keys, the token and a name; private keys never cross the network. With the joiner's
 identity key (ed25519, base64url) the reply carries the CA's proof of that key
 ("identity_proof", base64url; see services.common.identity.CaProof), which makes the
-joiner's provider records and forwarded requests trusted by every member.
+joiner's provider records and forwarded requests trusted by every member. With its TLS
+public key (P-256, PEM) the reply carries its certificate of the mesh TLS CA and that CA's
+certificate ("tls_certificate", "tls_ca"; see services.identity.overlay), for Envoy's mTLS.
 
   GET  /v1/ca      {"ca": PEM, "ca_fingerprint": hex}
   GET  /v1/record  {"record": signed mesh record}         (members poll this)
-  POST /v1/join    {"token", "name", "public_key"[, "identity_key", "lighthouse", "advertise"]}
+  POST /v1/join    {"token", "name", "public_key"[, "identity_key", "tls_public_key", "lighthouse",
+                    "advertise"]}
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 
 from services.common.identity import CA_PROOF_FILE, MESH_FILE, OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError, write_atomically
+from services.identity.overlay import NODE_CERT_FILE, TLS_CA_CERT_FILE, TLS_CA_KEY_FILE
 
 STATE_VERSION = 1
 
@@ -50,10 +51,15 @@ class NebulaPaths:
     record = property(lambda self: self.root / RECORD_FILE)
     identity_proof = property(lambda self: self.root / CA_PROOF_FILE)
     config = property(lambda self: self.root / "config.yml")
+    # The mesh TLS CA (Envoy's mTLS between nodes) and this node's certificate from it, read
+    # by services.identity.overlay; the CA's key only on the CA holder.
+    mesh_tls_ca_crt = property(lambda self: self.root / TLS_CA_CERT_FILE)
+    node_tls_crt = property(lambda self: self.root / NODE_CERT_FILE)
     authority = property(lambda self: self.root / "authority")
     ca_key = property(lambda self: self.authority / "ca.key")
     tls_crt = property(lambda self: self.authority / "tls.crt")
     tls_key = property(lambda self: self.authority / "tls.key")
+    mesh_tls_ca_key = property(lambda self: self.authority / TLS_CA_KEY_FILE)
     tokens = property(lambda self: self.authority / "tokens.json")
     allocations = property(lambda self: self.authority / "allocations.json")
     lock = property(lambda self: self.authority / "lock")

@@ -11,9 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
 from services.common import config, identity
+from services.identity import overlay
+from services.identity.mesh_ca import NODE_KEY_FILE, spiffe_id
 from services.nebula import (
     authority,
     bootstrap,
@@ -118,6 +122,7 @@ def test_a_joiner_that_sends_no_identity_key_gets_no_proof(endpoint, tmp_path):
     status, doc = endpoint.post({"token": token(endpoint), "name": "old", "public_key": (tmp_path / "k.pub").read_text()})
 
     assert status == 200 and "certificate" in doc and "identity_proof" not in doc
+    assert "tls_certificate" not in doc
 
 
 @pytest.mark.parametrize("key", ["A" * 42, "A" * 44, "A" * 42 + "B", "A" * 42 + "=", "+" * 43, 32, ["A" * 43]])
@@ -129,6 +134,42 @@ def test_an_identity_key_that_is_not_32_bytes_of_base64url_is_refused(endpoint, 
 
     assert status == 400 and doc["error"]["code"] == "bad_identity_key"
     assert endpoint.app.paths.allocations.read_text() == table
+
+
+def test_join_gets_a_mesh_tls_certificate_for_its_own_key(endpoint, tmp_path):
+    bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint)))
+    joiner = overlay.overlay_mode_credentials(tmp_path / "n2")
+    holder = overlay.overlay_mode_credentials(endpoint.app.paths.root.parent)
+    paths = NebulaPaths.of(tmp_path / "n2")
+
+    assert joiner.trusted_ca_pem == holder.trusted_ca_pem and joiner.mesh_id == holder.mesh_id
+    assert (joiner.spiffe_id, holder.spiffe_id) == (spiffe_id(joiner.mesh_id, "node2"), spiffe_id(joiner.mesh_id, "lh"))
+    assert joiner.private_key_pem == (tmp_path / "n2" / NODE_KEY_FILE).read_bytes()
+    assert joiner.not_after == pki.cert_info(paths.host_crt).not_after
+    assert endpoint.app.paths.mesh_tls_ca_key.stat().st_mode & 0o777 == 0o600
+    assert not paths.mesh_tls_ca_key.exists()
+
+
+@pytest.mark.parametrize("key", ["garbage", 5, ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()])
+def test_a_tls_public_key_that_is_no_p256_key_is_refused(endpoint, tmp_path, key):
+    pki.keygen(tmp_path / "k", tmp_path / "k.pub")
+    table = endpoint.app.paths.allocations.read_text()
+    status, doc = endpoint.post({"token": token(endpoint), "name": "n2", "public_key": (tmp_path / "k.pub").read_text(),
+                                 "tls_public_key": key})
+
+    assert status == 400 and doc["error"]["code"] == "bad_tls_public_key"
+    assert endpoint.app.paths.allocations.read_text() == table
+
+
+def test_a_tls_certificate_for_another_name_stops_the_joiner(endpoint, tmp_path, monkeypatch):
+    real = authority.node_tls
+    monkeypatch.setattr(authority, "node_tls",
+                        lambda paths, request, cert, now: real(paths, replace(request, name="other"), cert, now))
+
+    with pytest.raises(client.JoinError, match="mesh TLS certificate is unusable"):
+        bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint)))
+    assert not NebulaPaths.of(tmp_path / "n2").root.exists()
 
 
 def test_a_proof_for_another_key_stops_the_joiner(endpoint, tmp_path, monkeypatch):
