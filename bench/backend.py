@@ -1,4 +1,4 @@
-"""The small backend every scenario calls: directly, through nginx and through the gateway.
+"""The small backend every scenario calls: directly, through the baseline proxies and the gateway.
 
 Run as its own process (`python -m bench.backend`). It binds its own socket on port 0 and
 prints the port as stdout line 1, so the harness learns it without probe-then-bind.
