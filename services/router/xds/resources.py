@@ -1,0 +1,63 @@
+"""One MeshView → one Snapshot: every resource of every xDS type, under one version."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from services.identity.mesh_ca import spiffe_prefix
+from services.router.xds import clusters, listeners, routes
+from services.router.xds.typed import TYPES, Secret, make
+from services.router.xds.view import MeshView
+
+LISTENER = TYPES + "envoy.config.listener.v3.Listener"
+ROUTE = TYPES + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = TYPES + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = TYPES + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = TYPES + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# Make before break (Envoy's xDS protocol docs): secrets and clusters before the
+# endpoints, listeners and routes that refer to them.
+PUSH_ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: int
+    resources: dict[str, dict[str, Message]]  # type URL -> resource name -> resource
+
+    def of(self, type_url: str, names: list[str] | None = None) -> list[Message]:
+        """The resources of one type; only the named ones when Envoy asked for names."""
+        found = self.resources.get(type_url, {})
+        return [r for n, r in found.items() if not names or n in names]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def secrets(view: MeshView) -> list[Secret]:
+    if view.tls is None:
+        return []
+    tls = view.tls
+    return [
+        make(Secret, {"name": clusters.NODE_CERT, "tls_certificate": {
+            "certificate_chain": {"inline_bytes": _b64(tls.certificate_chain_pem)},
+            "private_key": {"inline_bytes": _b64(tls.private_key_pem)}}}),
+        make(Secret, {"name": clusters.MESH_CA, "validation_context": {
+            "trusted_ca": {"inline_bytes": _b64(tls.trusted_ca_pem)},
+            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.mesh_id)}}]}}),
+    ]
+
+
+def build(view: MeshView, version: int) -> Snapshot:
+    by_type: dict[str, list[Message]] = {
+        LISTENER: listeners.listeners(view),
+        ROUTE: [routes.client_routes(view)] + ([routes.peer_routes(view)] if view.tls else []),
+        CLUSTER: clusters.clusters(view),
+        ENDPOINT: clusters.endpoints(view),
+        SECRET: secrets(view),
+    }
+    names = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name", SECRET: "name"}
+    return Snapshot(version, {t: {getattr(r, names[t]): r for r in found} for t, found in by_type.items()})

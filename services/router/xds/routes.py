@@ -1,0 +1,187 @@
+"""Route configurations: `client` for :8000, `peer` for the mTLS listener.
+
+`client` sends each known service to its cluster, answers names known to be nowhere
+with a 404 of its own (no Python on their path either), and hands any other
+`/service/<name>` to the api, which asks the router to look the name up and answers 307
+to the same URL: Envoy follows that redirect internally (internal_redirect_policy), so
+the first request for a new service reaches its provider with one lookup.
+
+`peer` routes only to this node's own backends: a forwarded request is never forwarded
+again, by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.router.xds import clusters
+from services.router.xds.typed import RouteConfiguration, make, typed
+from services.router.xds.view import LocalService, MeshView
+
+CLIENT, PEER = "client", "peer"
+WORKER, ROUTE = "x-mesh-worker", "x-mesh-route"
+# Headers only peers may set: dropped from what a client sends to :8000.
+SERVICE, ENVELOPE = "x-mesh-service", "x-mesh-envelope"
+PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE)
+# A service without a timeout of ours (remote only): its peer applies the backend's own.
+REMOTE_TIMEOUT_S = 300.0
+SAFE_RETRIES = "connect-failure,reset-before-request"  # nothing reached a backend yet
+IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
+
+
+def header(key: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": action}
+
+
+def error(status: int, code: str, message: str) -> dict[str, Any]:
+    """A route that answers our JSON error shape itself."""
+    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
+    return {"direct_response": {"status": status, "body": {"inline_string": body}},
+            "response_headers_to_add": [header("content-type", "application/json")]}
+
+
+def too_large(view: MeshView) -> dict[str, Any]:
+    """A declared Content-Length over the limit is refused before any byte moves on."""
+    return {"match": {"prefix": "/", "headers": [{"name": "content-length", "range_match": {
+        "start": view.max_body_bytes + 1, "end": 2**62}}]},
+        **error(413, "body_too_large", f"request body exceeds the limit of {view.max_body_bytes} bytes")}
+
+
+def retry_policy(idempotent: bool) -> dict[str, Any]:
+    """Retry on another host when nothing reached a backend; after that only for
+    idempotent services (a repeated POST to an LLM would bill twice)."""
+    return {"retry_on": IDEMPOTENT_RETRIES if idempotent else SAFE_RETRIES, "num_retries": 2,
+            "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": typed(
+                "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")}],
+            "host_selection_retry_max_attempts": 3}
+
+
+def forward(cluster: str, timeout_s: float, idempotent: bool, rewrite: bool, route_kind: str | None,
+            extra_headers: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """A route to a cluster. `route_kind` None: either may answer (the aggregate cluster);
+    a peer's answer then names itself and the route, and the virtual host fills in ours."""
+    action: dict[str, Any] = {"cluster": cluster, "timeout": f"{timeout_s:.3f}s",
+                              "retry_policy": retry_policy(idempotent)}
+    if rewrite:  # /service/<name>/<path> reaches the backend as /<path>
+        action["regex_rewrite"] = {"pattern": {"regex": r"^/service/[^/]+(/.*)$"}, "substitution": r"\1"}
+    return {"route": action, "request_headers_to_add": list(extra_headers),
+            "response_headers_to_add": [header(ROUTE, route_kind)] if route_kind else []}
+
+
+def auth(svc: LocalService) -> tuple[dict[str, Any], ...]:
+    return tuple(header(k, v) for k, v in svc.config.auth_headers.items())
+
+
+def naming(name: str, envelope: bool = False) -> tuple[dict[str, Any], ...]:
+    """What tells a peer which of its services a forwarded request is for: the path of a
+    transparent request was already rewritten here (one rewrite serves both halves of
+    the aggregate cluster)."""
+    return (header(SERVICE, name),) + ((header(ENVELOPE, "1"),) if envelope else ())
+
+
+def exact(name: str) -> dict[str, Any]:
+    return {"path": f"/service/{name}"}
+
+
+def below(name: str) -> dict[str, Any]:
+    return {"prefix": f"/service/{name}/"}
+
+
+def post(match: dict[str, Any]) -> dict[str, Any]:
+    return match | {"headers": [*match.get("headers", []), {"name": ":method", "string_match": {"exact": "POST"}}]}
+
+
+def named(match: dict[str, Any], *headers: str) -> dict[str, Any]:
+    return match | {"headers": [*match.get("headers", []), *({"name": h, "present_match": True} for h in headers)]}
+
+
+def envelope_only_post(name: str) -> dict[str, Any]:
+    return {"match": exact(name), **error(405, "method_not_allowed",
+                                          "use POST /service/{type}, or /service/{type}/{path} for the backend's API")}
+
+
+def to_api(match: dict[str, Any], route_kind: str = "local") -> dict[str, Any]:
+    return {"match": match, "route": {"cluster": clusters.API, "timeout": "0s"},
+            "response_headers_to_add": [header(ROUTE, route_kind)]}
+
+
+def forwarded_envelope(name: str, timeout_s: float, idempotent: bool) -> dict[str, Any]:
+    return {"match": post(exact(name)), **forward(clusters.remote_name(name), timeout_s, idempotent, False,
+                                                  "forwarded", naming(name, envelope=True))}
+
+
+def local_routes(view: MeshView, svc: LocalService) -> list[dict[str, Any]]:
+    """A service this node hosts: the envelope by the api here while the backend is
+    healthy, else by a peer's; the backend's own API by its cluster (local first)."""
+    name, remote = svc.name, view.tls is not None and view.remote_of(svc.name) is not None
+    envelope = to_api(post(exact(name))) if svc.healthy or not remote else forwarded_envelope(
+        name, svc.config.timeout_s, svc.config.idempotent)
+    only_local = not remote
+    return [envelope, envelope_only_post(name), {"match": below(name), **forward(
+        clusters.target(view, name), svc.config.timeout_s, svc.config.idempotent, True,
+        "local" if only_local else None, auth(svc) + (() if only_local else naming(name)))}]
+
+
+def remote_routes(view: MeshView) -> list[dict[str, Any]]:
+    """Services only peers host."""
+    local = {s.name for s in view.local}
+    found = []
+    for remote in view.remote:
+        if remote.name in local or view.tls is None:
+            continue
+        found += [forwarded_envelope(remote.name, REMOTE_TIMEOUT_S, remote.idempotent),
+                  envelope_only_post(remote.name),
+                  {"match": below(remote.name), **forward(clusters.remote_name(remote.name), REMOTE_TIMEOUT_S,
+                                                          remote.idempotent, True, "forwarded",
+                                                          naming(remote.name))}]
+    return found
+
+
+def nowhere_routes(view: MeshView) -> list[dict[str, Any]]:
+    found = []
+    for name in view.nowhere:
+        message = f"no node of the mesh hosts service {name!r}"
+        found += [{"match": m, **error(404, "no_such_service", message)} for m in (exact(name), below(name))]
+    return found
+
+
+def lookup_route() -> dict[str, Any]:
+    """Any other service name: the api looks it up and redirects back here once."""
+    route = to_api({"prefix": "/service/"})
+    route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1,
+                                                  "redirect_response_codes": [307]}
+    return route
+
+
+def client_routes(view: MeshView) -> RouteConfiguration:
+    routes = [too_large(view)]
+    for svc in view.local:
+        routes += local_routes(view, svc)
+    routes += remote_routes(view) + nowhere_routes(view) + [lookup_route(), to_api({"prefix": "/"})]
+    return make(RouteConfiguration, {
+        # Our own removals first, then the routes' additions (the default order is the reverse).
+        "name": CLIENT, "request_headers_to_remove": list(PEER_ONLY_HEADERS),
+        "most_specific_header_mutations_wins": True,
+        "virtual_hosts": [{"name": CLIENT, "domains": ["*"], "routes": routes,
+                           "response_headers_to_add": [header(WORKER, view.worker_id, "ADD_IF_ABSENT"),
+                                                       header(ROUTE, "local", "ADD_IF_ABSENT")]}],
+    })
+
+
+def peer_routes(view: MeshView) -> RouteConfiguration:
+    """Forwarded requests name their service in a header; only local backends serve."""
+    routes = [too_large(view)]
+    for svc in view.local:
+        service_header = {"name": SERVICE, "string_match": {"exact": svc.name}}
+        envelope = named(post(exact(svc.name)), ENVELOPE)
+        routes += [to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"),
+            {"match": {"prefix": "/", "headers": [service_header]}, **forward(
+                clusters.local_name(svc.name), svc.config.timeout_s, svc.config.idempotent, False, "forwarded",
+                auth(svc))}]
+    routes.append({"match": {"prefix": "/"}, **error(
+        404, "not_hosted_here", f"{view.worker_id} does not host this service itself")})
+    return make(RouteConfiguration, {
+        "name": PEER, "virtual_hosts": [{"name": PEER, "domains": ["*"], "routes": routes,
+                                         "response_headers_to_add": [header(WORKER, view.worker_id)]}],
+    })

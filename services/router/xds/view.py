@@ -1,0 +1,73 @@
+"""What the router knows of the mesh, as the xDS translation takes it: plain frozen values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from services.common.config import ServiceConfig
+from services.identity.mesh_ca import TlsCredentials
+
+
+@dataclass(frozen=True)
+class LocalService:
+    """A backend of this node, with the router's (damped) view of its health."""
+
+    config: ServiceConfig
+    healthy: bool
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One provider of a remote service: its worker id and its mTLS peer listener."""
+
+    worker_id: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, worker_id: str, url: str) -> Peer | None:
+        """The peer behind an advertised `https://host:port`; None for anything else."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            return None
+        if parts.scheme != "https" or not parts.hostname or not port:
+            return None
+        return cls(worker_id, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class RemoteService:
+    """A service other nodes provide, as the router's cache holds it (never empty)."""
+
+    name: str
+    peers: tuple[Peer, ...]
+    idempotent: bool
+
+
+@dataclass(frozen=True)
+class MeshView:
+    """Everything one configuration of this node's Envoy is made from."""
+
+    worker_id: str
+    listen_host: str
+    client_port: int
+    peer_port: int
+    api_socket: str
+    max_body_bytes: int
+    health_interval_s: float
+    health_fail_threshold: int
+    health_ok_threshold: int
+    local: tuple[LocalService, ...] = ()
+    remote: tuple[RemoteService, ...] = ()
+    nowhere: tuple[str, ...] = ()  # names a recent lookup found no provider of
+    tls: TlsCredentials | None = None  # None: no peer listener, and no forwarding
+
+    def remote_of(self, name: str) -> RemoteService | None:
+        return next((r for r in self.remote if r.name == name), None)

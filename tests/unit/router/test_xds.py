@@ -1,0 +1,154 @@
+"""The pure translation: which routes, clusters and secrets a mesh view becomes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from google.protobuf import json_format
+
+from services.router.xds import clusters, resources
+from services.router.xds.view import LocalService, MeshView, Peer
+from tests.unit.router.xds_fixtures import view
+
+
+def as_dict(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def client_routes(v: MeshView) -> list[dict]:
+    config = as_dict(resources.build(v, 1).resources[resources.ROUTE]["client"])
+    return config["virtual_hosts"][0]["routes"]
+
+
+def peer_routes(v: MeshView) -> list[dict]:
+    config = as_dict(resources.build(v, 1).resources[resources.ROUTE]["peer"])
+    return config["virtual_hosts"][0]["routes"]
+
+
+def matching(routes: list[dict], path: str | None = None, prefix: str | None = None) -> list[dict]:
+    return [r for r in routes if (path and r["match"].get("path") == path)
+            or (prefix and r["match"].get("prefix") == prefix)]
+
+
+def post_route(routes: list[dict], name: str) -> dict:
+    return next(r for r in matching(routes, path=f"/service/{name}")
+                if any(h["name"] == ":method" for h in r["match"].get("headers", [])))
+
+
+def test_a_healthy_local_service_is_wrapped_by_the_api_here(tmp_path):
+    routes = client_routes(view(tmp_path))
+    assert post_route(routes, "echo")["route"]["cluster"] == clusters.API
+    below = matching(routes, prefix="/service/echo/")[0]["route"]
+    assert below["cluster"] == "service:echo"  # local first, then the peers (aggregate)
+    assert below["regex_rewrite"]["substitution"] == r"\1"
+
+
+def test_an_unhealthy_local_service_with_providers_is_wrapped_by_a_peer(tmp_path):
+    v = view(tmp_path)
+    v = dataclasses.replace(v, local=(LocalService(v.local[0].config, False), v.local[1]))
+    envelope = post_route(client_routes(v), "echo")
+    assert envelope["route"]["cluster"] == "remote:echo"
+    assert {h["header"]["key"] for h in envelope["request_headers_to_add"]} == {"x-mesh-service", "x-mesh-envelope"}
+
+
+def test_an_unhealthy_local_service_without_providers_stays_local(tmp_path):
+    routes = client_routes(view(tmp_path))
+    assert post_route(routes, "web")["route"]["cluster"] == clusters.API  # the api answers 503
+    assert matching(routes, prefix="/service/web/")[0]["route"]["cluster"] == "local:web"
+
+
+def test_a_remote_only_service_goes_to_its_peers_with_its_name(tmp_path):
+    routes = client_routes(view(tmp_path))
+    below = matching(routes, prefix="/service/ocr/")[0]
+    assert below["route"]["cluster"] == "remote:ocr"
+    assert {"key": "x-mesh-service", "value": "ocr"} in [h["header"] for h in below["request_headers_to_add"]]
+    assert not any(c.name == "local:ocr" for c in clusters.clusters(view(tmp_path)))
+
+
+def test_retries_after_sending_only_for_idempotent_services(tmp_path):
+    routes = client_routes(view(tmp_path))
+    echo = matching(routes, prefix="/service/echo/")[0]["route"]["retry_policy"]["retry_on"]
+    ocr = matching(routes, prefix="/service/ocr/")[0]["route"]["retry_policy"]["retry_on"]
+    assert "5xx" in echo.split(",") and "reset" in echo.split(",")
+    assert ocr.split(",") == ["connect-failure", "reset-before-request"]
+
+
+def test_the_service_timeout_is_the_route_timeout(tmp_path):
+    assert matching(client_routes(view(tmp_path)), prefix="/service/web/")[0]["route"]["timeout"] == "5s"
+
+
+def test_a_name_found_nowhere_is_answered_by_envoy_itself(tmp_path):
+    routes = client_routes(view(tmp_path))
+    for route in matching(routes, path="/service/nope") + matching(routes, prefix="/service/nope/"):
+        assert route["direct_response"]["status"] == 404
+        body = json.loads(route["direct_response"]["body"]["inline_string"])
+        assert body["error"]["code"] == "no_such_service"
+
+
+def test_an_unknown_name_goes_to_the_api_which_may_redirect_once(tmp_path):
+    routes = client_routes(view(tmp_path))
+    lookup = matching(routes, prefix="/service/")[0]["route"]
+    assert lookup["cluster"] == clusters.API
+    assert lookup["internal_redirect_policy"] == {"max_internal_redirects": 1, "redirect_response_codes": [307]}
+    assert routes.index(matching(routes, prefix="/service/")[0]) > routes.index(matching(
+        routes, prefix="/service/ocr/")[0])
+
+
+def test_a_declared_body_over_the_limit_is_refused_first(tmp_path):
+    first = client_routes(view(tmp_path))[0]
+    assert first["direct_response"]["status"] == 413
+    assert first["match"]["headers"][0]["range_match"]["start"] == "1001"
+
+
+def test_clients_cannot_set_peer_headers(tmp_path):
+    config = as_dict(resources.build(view(tmp_path), 1).resources[resources.ROUTE]["client"])
+    assert {"x-mesh-service", "x-mesh-envelope", "x-mesh-worker", "x-mesh-route"} <= set(
+        config["request_headers_to_remove"])
+    assert config["most_specific_header_mutations_wins"] is True  # removals before the routes' additions
+
+
+def test_the_peer_listener_routes_only_to_local_backends(tmp_path):
+    routes = peer_routes(view(tmp_path))
+    targets = {r["route"]["cluster"] for r in routes if "route" in r}
+    assert targets == {"api", "local:echo", "local:web"}
+    assert routes[-1]["direct_response"]["status"] == 404  # anything else: not hosted here
+
+
+def test_local_backends_get_their_api_key_and_peers_do_not(tmp_path):
+    routes = client_routes(view(tmp_path))
+    added = [h["header"] for h in matching(routes, prefix="/service/echo/")[0]["request_headers_to_add"]]
+    assert {"key": "authorization", "value": "Bearer k1"} in added
+    remote = [h["header"] for h in matching(routes, prefix="/service/ocr/")[0]["request_headers_to_add"]]
+    assert not any(h["key"] == "authorization" for h in remote)
+
+
+def test_without_credentials_there_is_no_peer_listener_and_no_forwarding(tmp_path):
+    snapshot = resources.build(view(tmp_path, tls=None), 1)
+    assert list(snapshot.resources[resources.LISTENER]) == ["client"]
+    assert not snapshot.resources[resources.ENDPOINT] and not snapshot.resources[resources.SECRET]
+    assert not any(n.startswith(("remote:", "service:")) for n in snapshot.resources[resources.CLUSTER])
+
+
+def test_remote_endpoints_name_their_workers(tmp_path):
+    assignment = as_dict(resources.build(view(tmp_path), 1).resources[resources.ENDPOINT]["remote:ocr"])
+    hosts = [e["endpoint"] for e in assignment["endpoints"][0]["lb_endpoints"]]
+    assert [(h["hostname"], h["address"]["socket_address"]["address"]) for h in hosts] == [
+        ("node2", "10.0.0.2"), ("node3", "10.0.0.3")]
+
+
+def test_a_local_backend_by_host_name_is_resolved_by_envoy(tmp_path):
+    web = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "local:web"))
+    assert web["type"] == "STRICT_DNS"
+    assert web["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "localhost", "port_value": 9000}}
+
+
+def test_peer_urls_other_than_https_are_not_peers():
+    assert Peer.from_url("n2", "https://10.0.0.2:8443") == Peer("n2", "10.0.0.2", 8443)
+    assert Peer.from_url("n2", "http://10.0.0.2:8000") is None
+    assert Peer.from_url("n2", "https://10.0.0.2") is None
+
+
+def test_each_version_is_the_snapshot_version(tmp_path):
+    assert resources.build(view(tmp_path), 7).version == 7

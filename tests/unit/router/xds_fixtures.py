@@ -1,0 +1,25 @@
+"""Mesh views for the xDS tests: one node hosting services, peers hosting others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.config import ServiceConfig
+from services.identity.mesh_ca import secret_mode_credentials
+from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
+
+SECRET = "a mesh secret of the xds tests"
+
+
+def view(tmp_path: Path, **changes) -> MeshView:
+    tls = secret_mode_credentials(SECRET, tmp_path, "node1", 1_700_000_000.0)
+    shape = {
+        "worker_id": "node1", "listen_host": "127.0.0.1", "client_port": 18000, "peer_port": 18443,
+        "api_socket": str(tmp_path / "api.sock"), "max_body_bytes": 1000, "health_interval_s": 1.0,
+        "health_fail_threshold": 3, "health_ok_threshold": 2,
+        "local": (LocalService(ServiceConfig("echo", "unix:/tmp/echo.sock", idempotent=True, api_key="k1"), True),
+               LocalService(ServiceConfig("web", "http://localhost:9000", timeout_s=5.0), False)),
+        "remote": (RemoteService("echo", (Peer("node2", "10.0.0.2", 8443),), True),
+                RemoteService("ocr", (Peer("node2", "10.0.0.2", 8443), Peer("node3", "10.0.0.3", 8443)), False)),
+        "nowhere": ("nope",), "tls": tls}
+    return MeshView(**(shape | changes))
