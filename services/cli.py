@@ -106,16 +106,18 @@ def run_component(cfg: Config, component: str) -> int:
     # /metrics concatenates every component: `_created` series would only add noise there.
     disable_created_metrics()
     if component == "gateway":
-        from services.gateway import main as gateway
-        # uvloop: the gateway is the data path, and it roughly doubles what one core proxies.
-        uvloop.run(gateway.serve(cfg, node_started_at(cfg)))
+        from services.gateway.main import exec_envoy
+        exec_envoy(cfg)  # returns only if the exec failed, which raises
+    if component == "api":
+        from services.api.main import serve as serve_api
+        uvloop.run(serve_api(cfg, node_started_at(cfg)))
         return 0
     if component.startswith("svc-") and cfg.service(component[4:]) is not None:
         return run_backend(cfg, component[4:])
     servers = {"nebula-agent": "services.nebula.main", "dht": "services.dht.main",
                "router": "services.router.main"}
     if component not in servers:
-        known = [*servers, "gateway", *(s.program for s in cfg.services if s.command)]
+        known = [*servers, "gateway", "api", *(s.program for s in cfg.services if s.command)]
         print(f"unknown component {component!r}; expected one of: {', '.join(known)}", file=sys.stderr)
         return 2
     module = __import__(servers[component], fromlist=["serve"])
@@ -174,9 +176,8 @@ def services(cfg: Config) -> int:
         for p in view["providers"]:
             rows.append([view["name"], p["worker_id"], "local" if p["local"] else "remote",
                          "healthy" if p["healthy"] else "unhealthy", p["url"],
-                         f"{p['record_age_seconds']:.0f} s" if not p["local"] else "-",
-                         f"{p['smoothed_latency_seconds'] * 1000:.1f} ms" if p["smoothed_latency_seconds"] else "-"])
-    print_table(["SERVICE", "WORKER", "WHERE", "HEALTH", "URL", "RECORD AGE", "LATENCY"], rows)
+                         f"{p['record_age_seconds']:.0f} s" if not p["local"] else "-"])
+    print_table(["SERVICE", "WORKER", "WHERE", "HEALTH", "URL", "RECORD AGE"], rows)
     return 0
 
 

@@ -15,10 +15,10 @@ import aiohttp
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.api.backends import base_url
 from services.api.errors import ApiError, bad_request, body_too_large, unavailable
 from services.api.node import ApiNode
 from services.common.config import ServiceConfig
+from services.common.upstream import base_url
 
 CONNECT_TIMEOUT_S = 5.0
 

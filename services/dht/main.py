@@ -117,12 +117,12 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
 
 
 def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
-    """How peers reach this node's gateway: over the overlay when it is up; else the
-    configured URL, else the address this host uses toward its first seed (a connected UDP
-    socket sends nothing); with the port the gateway really bound (None until it has)."""
-    port = gateway_port(cfg)
+    """How peers reach this node's mTLS peer listener: over the overlay when it is up; else
+    the configured URL, else the address this host uses toward its first seed (a connected
+    UDP socket sends nothing); with the port Envoy really bound (None until it has)."""
+    port = peer_port(cfg)
     if overlay.ip and port:
-        return f"http://{overlay.ip}:{port}"
+        return f"https://{overlay.ip}:{port}"
     if cfg.advertise_url:
         return cfg.advertise_url
     if not port:
@@ -135,15 +135,15 @@ def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
                 host = probe.getsockname()[0]
             except OSError:
                 pass
-    return f"http://{host}:{port}"
+    return f"https://{host}:{port}"
 
 
-def gateway_port(cfg: Config) -> int:
-    """The gateway's bound port; 0 while a gateway configured for port 0 has not bound."""
+def peer_port(cfg: Config) -> int:
+    """The peer listener's bound port; 0 while one configured for port 0 has not bound."""
     try:
-        return json.loads(cfg.gateway_address_file.read_text())["port"]
+        return json.loads(cfg.gateway_address_file.read_text())["peer_port"]
     except (OSError, ValueError, KeyError):
-        return cfg.gateway_port
+        return cfg.peer_port
 
 
 async def start_on_known_port(cfg: Config, node: DhtNode, saved: state.DhtState,

@@ -14,8 +14,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import aiohttp
+
+from services.common import upstream
 from services.common.config import ServiceConfig
-from services.common.httpclient import Pool, UpstreamError
 from services.router.health import HealthDamper
 
 log = logging.getLogger(__name__)
@@ -39,44 +41,44 @@ class BackendInfo:
             self.rss_bytes = int(described.get("rss_bytes") or self.rss_bytes)
 
 
-async def probe(pool: Pool, path: str, info: BackendInfo, timeout_s: float,
-                headers: dict[str, str] | None = None) -> tuple[bool, str, int]:
+async def probe(svc: ServiceConfig, session: aiohttp.ClientSession, path: str, info: BackendInfo,
+                timeout_s: float) -> tuple[bool, str, int]:
     """(passed, why not, HTTP status or 0 when no answer)."""
+    url = upstream.base_url(svc.upstream) + path
     try:
-        async with asyncio.timeout(timeout_s):
-            reply = await pool.request("GET", path, headers or {}, b"", timeout_s)
+        async with asyncio.timeout(timeout_s), session.get(url, headers=svc.auth_headers) as reply:
             info.update(await reply.read())
     except TimeoutError:
         return False, f"health check failed: no answer within {timeout_s:g} s", 0
-    except UpstreamError as err:
-        return False, f"health check failed: the backend {err}", 0
+    except aiohttp.ClientError as err:
+        return False, f"health check failed: the backend is not reachable ({err})", 0
     if reply.status < 300:
         return True, "", reply.status
     return False, f"health check answered HTTP {reply.status}", reply.status
 
 
-async def check_once(pool: Pool, paths: list[str], info: BackendInfo, timeout_s: float,
-                     headers: dict[str, str] | None = None) -> tuple[bool, str]:
+async def check_once(svc: ServiceConfig, session: aiohttp.ClientSession, paths: list[str], info: BackendInfo,
+                     timeout_s: float) -> tuple[bool, str]:
     """Probe the health path; while it is not settled, a 404 moves on to the next candidate."""
-    ok, error, status = await probe(pool, paths[0], info, timeout_s, headers)
+    ok, error, status = await probe(svc, session, paths[0], info, timeout_s)
     if status == 404 and len(paths) > 1:
         paths.pop(0)
-        ok, error, _ = await probe(pool, paths[0], info, timeout_s, headers)
+        ok, error, _ = await probe(svc, session, paths[0], info, timeout_s)
     return ok, error
 
 
 async def check_forever(svc: ServiceConfig, damper: HealthDamper, info: BackendInfo, interval_s: float,
                         on_change: Callable[[str, bool], None]) -> None:
     timeout_s = max(interval_s, 1.0)
-    pool = Pool(svc.upstream, connect_timeout=timeout_s)
+    session = upstream.session(svc.upstream)
     paths = [svc.health_path] if svc.health_path else list(DEFAULT_HEALTH_PATHS)
     try:
         while True:
-            ok, error = await check_once(pool, paths, info, timeout_s, svc.auth_headers)
+            ok, error = await check_once(svc, session, paths, info, timeout_s)
             if damper.observe(ok, error):
                 log.info("service %s is now %s%s", svc.name,
                          "healthy" if damper.healthy else "unhealthy", "" if ok else f" ({error})")
                 on_change(svc.name, damper.healthy)
             await asyncio.sleep(interval_s)
     finally:
-        pool.close()
+        await session.close()

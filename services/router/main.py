@@ -1,29 +1,46 @@
-"""The router process: local services and their health, remote providers, routes, counters."""
+"""The router process: the node's brain and Envoy's control plane.
+
+It knows the local services and their health, caches remote providers found in the
+DHT, announces this node's services, and turns all of that into Envoy's configuration
+(services/router/xds), served over ADS on its own gRPC server. Envoy makes every
+per-request decision from that configuration: no request waits on the router unless
+its service was never seen before (Resolve).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
-import random
+import socket
 import time
+from urllib.parse import urlsplit
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common import grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import routes
+from services.identity import overlay
+from services.router import gateway_file, trust
+from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
 from services.router.health import HealthDamper
 from services.router.mesh_view import mesh_services
-from services.router.providers import Latencies, Provider, ProviderCache
-from services.router.stats import RoutingCounters
+from services.router.providers import Provider, ProviderCache
+from services.router.stats import RouterCounters
+from services.router.xds import clusters, resources
+from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
 
 log = logging.getLogger(__name__)
 REFRESH_TICK_S = 1.0
+APPLY_DEADLINE_S = 2.0  # how long a first request waits for Envoy to take its new route
+RENEW_CHECK_S = 60.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -35,107 +52,90 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.health = {s.name: HealthDamper(cfg.health_fail_threshold, cfg.health_ok_threshold)
                        for s in cfg.services}
         self.backends = {s.name: BackendInfo() for s in cfg.services}
-        self.counters = RoutingCounters()
+        self.counters = RouterCounters()
         self.cache = ProviderCache()
-        self.latencies = Latencies()
-        self.rng = random.Random()
+        self.tls = trust.credentials(cfg, time.time())
         self.version = 1
-        self._changed = asyncio.Event()
-        self._first_choice: dict[str, str] = {}  # service -> first endpoint in the pushed table
-        self.outcomes = Counter("meshworker_router_outcomes", "Request outcomes reported by the gateway",
-                                ["route", "result"], registry=registry)
-        self.refreshes = Counter("meshworker_router_cache_refreshes", "DHT lookups that refreshed a cached "
-                                 "route before its records expired", registry=registry)
-        Gauge("meshworker_router_cache_size", "Services with cached remote providers",
-              registry=registry).set_function(lambda: len(self.cache))
-        healthy = Gauge("meshworker_router_service_healthy",
-                        "1 when a local service passes its health checks", ["service"], registry=registry)
-        memory = Gauge("meshworker_router_backend_resident_memory_bytes",
-                       "Resident memory of a local backend, as it reports it", ["service"], registry=registry)
-        load = Gauge("meshworker_router_backend_load_seconds", "Seconds a local backend took to load its "
-                     "model", ["service"], registry=registry)
-        for name, damper in self.health.items():
-            healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
-            memory.labels(name).set_function(lambda b=self.backends[name]: b.rss_bytes)
-            load.labels(name).set_function(lambda b=self.backends[name]: b.load_seconds)
+        self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
+                              registry=registry)
+        rejections = Counter("meshworker_router_config_rejections", "Configurations Envoy refused (NACK); "
+                             "it keeps its last good one", registry=registry)
+        self.ads = AdsServer(resources.build(self.view(time.time()), self.version), on_nack=rejections.inc)
+        self.gateway_ports = (0, 0)
+        self.changed = asyncio.Event()  # set when the view changed outside a request
+        register_gauges(self, registry)
 
-    def route(self, service: str, now: float) -> router_pb2.Route:
-        svc = self.cfg.service(service)
-        local = (svc, self.health[service].healthy) if svc else None
-        return routes.choose(service, local, self.cache.get(service, now), self.cfg.worker_id,
-                             self.latencies, self.rng, now)
+    def view(self, now: float) -> MeshView:
+        cfg = self.cfg
+        remote = []
+        for name, entry in sorted(self.cache.entries.items()):
+            live = [p for p in entry.providers if p.expires_at > now]
+            peers = tuple(peer for p in live if (peer := Peer.from_url(p.worker_id, p.url)) is not None)
+            if peers:
+                remote.append(RemoteService(name, peers, all(p.idempotent for p in live)))
+        return MeshView(
+            worker_id=cfg.worker_id, listen_host=cfg.gateway_host, client_port=cfg.gateway_port,
+            peer_port=cfg.peer_port, api_socket=str(cfg.api_socket), max_body_bytes=cfg.max_body_bytes,
+            health_interval_s=cfg.health_interval_s, health_fail_threshold=cfg.health_fail_threshold,
+            health_ok_threshold=cfg.health_ok_threshold,
+            local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
+            remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls)
 
-    def table(self) -> router_pb2.RouteTable:
-        now = time.time()
-        names = dict.fromkeys([*(s.name for s in self.cfg.services), *self.cache.entries])
-        table = router_pb2.RouteTable(version=self.version, routes=[self.route(n, now) for n in names])
-        self._first_choice = {r.service: r.worker_id for r in table.routes}
-        return table
-
-    def preference_changed(self, services: set[str]) -> bool:
-        """Whether new latencies put another provider first for one of these services."""
-        now = time.time()
-        return any(self.route(s, now).worker_id != self._first_choice.get(s) for s in services
-                   if s in self.cache.entries)
-
-    def publish(self) -> None:
-        """Wake every WatchRoutes stream: each waits on the event that was current when it sent."""
+    async def publish(self) -> int:
+        """Hand Envoy a new configuration; its version."""
         self.version += 1
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.pushes.inc()
+        await self.ads.publish(resources.build(self.view(time.time()), self.version))
+        return self.version
+
+    async def publish_forever(self) -> None:
+        """Health changes arrive in bursts (a backend restarting): one push for each burst."""
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            await self.publish()
 
     async def lookup(self, service: str) -> list[Provider]:
         reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=service),
                                              timeout=grpcclient.DEADLINE_S)
-        return [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model, r.model)
-                for r in reply.providers if r.worker_id != self.cfg.worker_id]
+        found = [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model, r.model)
+                 for r in reply.providers if r.worker_id != self.cfg.worker_id]
+        return [p for p in await asyncio.gather(*(addressed(p) for p in found)) if p is not None]
+
+    def resolution(self, service: str, now: float) -> router_pb2.Resolution:
+        svc = self.cfg.service(service)
+        if svc is not None and self.health[service].healthy:
+            return router_pb2.Resolution(service=service, kind=router_pb2.ROUTE_KIND_LOCAL, healthy=True)
+        if self.cache.get(service, now):
+            return router_pb2.Resolution(service=service, kind=router_pb2.ROUTE_KIND_FORWARDED, healthy=True)
+        kind = router_pb2.ROUTE_KIND_LOCAL if svc is not None else router_pb2.ROUTE_KIND_NONE
+        return router_pb2.Resolution(service=service, kind=kind)
 
     async def Resolve(self, request, context):
-        now = time.time()
-        svc = self.cfg.service(request.service)
-        if svc is not None and self.health[svc.name].healthy:
-            return self.route(request.service, now)
-        if self.cache.get(request.service, now) is not None:
-            self.counters.cache_hits += 1
-            return self.route(request.service, now)
+        """A request for a service Envoy has no route for: look it up once (the seed's
+        cache miss and DHT lookup), push the route, and answer when Envoy holds it."""
+        service, now = request.service, time.time()
+        known = self.resolution(service, now)
+        if known.healthy or self.cache.get(service, now) is not None:
+            return known
         self.counters.cache_misses += 1
         self.counters.dht_lookups += 1
         try:
-            providers = await self.lookup(request.service)
+            providers = await self.lookup(service)
         except grpc.aio.AioRpcError as err:
-            if svc is not None:
-                return self.route(request.service, now)
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the DHT is not answering: {err.code().name}")
-        self.cache.put(request.service, providers, now)
-        self.publish()
-        return self.route(request.service, now)
+        self.cache.put(service, providers, time.time())
+        self.counters.misses_found += bool(providers)
+        await self.applied(await self.publish(), service)
+        return self.resolution(service, time.time())
 
-    async def WatchRoutes(self, request, context):
-        while True:
-            changed = self._changed
-            yield self.table()
-            await changed.wait()
-
-    async def ReportOutcome(self, request, context):
-        dropped = False
-        observed: set[str] = set()
-        for outcome in request.outcomes:
-            self.counters.record(outcome)
-            self.outcomes.labels(router_pb2.RouteKind.Name(outcome.kind).removeprefix("ROUTE_KIND_").lower(),
-                                 "success" if outcome.success else "failure").inc()
-            if outcome.success and outcome.worker_id:
-                self.latencies.observe(outcome.worker_id, outcome.latency_seconds)
-                observed.add(outcome.service)
-            failed = [*outcome.failed_workers]
-            if outcome.kind == router_pb2.ROUTE_KIND_FORWARDED and not outcome.success:
-                failed.append(outcome.worker_id)
-            for worker in failed:
-                self.latencies.penalize(worker, time.time())
-            if failed:
-                dropped |= self.cache.invalidate(outcome.service)
-        if dropped or self.preference_changed(observed):
-            self.publish()
-        return router_pb2.ReportOutcomeResponse()
+    async def applied(self, version: int, service: str) -> bool:
+        """Wait until Envoy took the routes of `version` and the endpoints of `service`."""
+        def holds(applied: Applied) -> bool:
+            return applied.holds(version, resources.ROUTE) and applied.holds(version, resources.CLUSTER) and (
+                not self.cache.get(service, time.time())
+                or applied.holds(version, resources.ENDPOINT, clusters.remote_name(service)))
+        return await self.ads.wait_until(holds, APPLY_DEADLINE_S)
 
     async def ListLocalServices(self, request, context):
         return router_pb2.ListLocalServicesResponse(services=[
@@ -153,6 +153,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def MeshServices(self, request, context):
         return await mesh_services(self)
 
+    async def Gateway(self, request, context):
+        applied = self.ads.applied
+        return router_pb2.GatewayStatus(connected=applied.connected, version=self.version,
+                                        acked_version=applied.version(), last_nack=applied.last_nack,
+                                        client_port=self.gateway_ports[0], peer_port=self.gateway_ports[1])
+
     async def Drain(self, request, context):
         try:
             withdrawn = await self.announcer.drain()
@@ -163,16 +169,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def refresh_forever(self) -> None:
         """Keep cached routes ahead of their records' expiry, off the request path, and drop
-        a provider from the pushed table the moment its record expires (not up to a tick
-        later, while the gateway would still forward to it). Lookups run beside the loop: one
-        that waits on a dead peer must not hold back the drop of that peer's expired record."""
+        a provider from Envoy's endpoints the moment its record expires. Lookups run beside
+        the loop: one that waits on a dead peer must not hold back the drop of that peer's
+        expired record."""
         refreshing: dict[str, asyncio.Task] = {}
         try:
             while True:
                 await asyncio.sleep(min(REFRESH_TICK_S, max(0.0, self.cache.next_expiry() - time.time())))
                 now = time.time()
                 if self.cache.prune(now):
-                    self.publish()
+                    await self.publish()
                 for service in self.cache.due_for_refresh(now):
                     if service not in refreshing:
                         refreshing[service] = asyncio.create_task(self.refresh(service))
@@ -187,8 +193,56 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except grpc.aio.AioRpcError:
             return
         self.cache.put(service, providers, time.time())
-        self.refreshes.inc()
-        self.publish()
+        await self.publish()
+
+    async def renew_forever(self) -> None:
+        """A fresh certificate before the old one runs out; a joined overlay's once it is there."""
+        while True:
+            await asyncio.sleep(RENEW_CHECK_S)
+            now = time.time()
+            fresh = trust.credentials(self.cfg, now) if trust.needs_renewal(self.cfg, self.tls, now) else None
+            joined = overlay.overlay_mode_credentials(self.cfg.state_dir)
+            if joined is not None and joined != self.tls:
+                fresh = joined
+            if fresh is not None:
+                self.tls = fresh
+                self.changed.set()
+
+
+async def addressed(provider: Provider) -> Provider | None:
+    """The provider with its advertised host name resolved: Envoy's EDS takes addresses.
+    None (and a warning naming it) when the name does not resolve here."""
+    parts = urlsplit(provider.url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return provider
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, parts.port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        log.warning("provider %s advertises %s, whose host does not resolve here (%s): not used",
+                    provider.worker_id, provider.url, err)
+        return None
+    address = infos[0][4][0]
+    netloc = f"[{address}]:{parts.port}" if ":" in address else f"{address}:{parts.port}"
+    return dataclasses.replace(provider, url=parts._replace(netloc=netloc).geturl())
+
+
+def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> None:
+    Gauge("meshworker_router_cache_size", "Services with cached remote providers",
+          registry=registry).set_function(lambda: len(router.cache))
+    healthy = Gauge("meshworker_router_service_healthy",
+                    "1 when a local service passes its health checks", ["service"], registry=registry)
+    memory = Gauge("meshworker_router_backend_resident_memory_bytes",
+                   "Resident memory of a local backend, as it reports it", ["service"], registry=registry)
+    load = Gauge("meshworker_router_backend_load_seconds", "Seconds a local backend took to load its "
+                 "model", ["service"], registry=registry)
+    for name, damper in router.health.items():
+        healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
+        memory.labels(name).set_function(lambda b=router.backends[name]: b.rss_bytes)
+        load.labels(name).set_function(lambda b=router.backends[name]: b.load_seconds)
 
 
 async def serve(cfg: Config) -> None:
@@ -200,14 +254,18 @@ async def serve(cfg: Config) -> None:
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
                router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
+    server.add(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, servicer.ads,
+               ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name)
 
     def on_health_change(service: str, healthy: bool) -> None:
         announcer.set_health(service, healthy)
-        servicer.publish()
+        servicer.changed.set()
 
     await server.start()
     async with asyncio.TaskGroup() as tasks:
-        background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever())] + [
+        background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
+                      tasks.create_task(servicer.renew_forever()), tasks.create_task(servicer.publish_forever()),
+                      tasks.create_task(gateway_file.keep_written(cfg, servicer))] + [
             tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
                                             cfg.health_interval_s, on_health_change))
             for svc in cfg.services]
@@ -216,3 +274,4 @@ async def serve(cfg: Config) -> None:
         for task in background:
             task.cancel()
     await dht.close()
+

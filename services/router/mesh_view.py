@@ -29,9 +29,7 @@ async def remote_views(router, service: str, now: float) -> list[router_pb2.Prov
         except grpc.aio.AioRpcError:
             providers = []
     return [router_pb2.ProviderView(worker_id=p.worker_id, url=p.url, healthy=True, model=p.model,
-                                    gpu_model=p.gpu_model,
-                                    record_age_seconds=max(0.0, now - p.issued_at),
-                                    smoothed_latency_seconds=router.latencies.smoothed.get(p.worker_id, 0.0))
+                                    gpu_model=p.gpu_model, record_age_seconds=max(0.0, now - p.issued_at))
             for p in providers]
 
 
@@ -45,7 +43,6 @@ async def mesh_services(router) -> router_pb2.MeshServicesResponse:
             providers.insert(0, router_pb2.ProviderView(
                 worker_id=router.cfg.worker_id, url=svc.upstream, local=True,
                 model=router.backends[name].model,
-                healthy=router.health[name].healthy,
-                smoothed_latency_seconds=router.latencies.smoothed.get(router.cfg.worker_id, 0.0)))
+                healthy=router.health[name].healthy))
         views.append(router_pb2.ServiceView(name=name, providers=providers))
     return router_pb2.MeshServicesResponse(services=views)

@@ -12,7 +12,7 @@ from services.common.config import load
 from services.common.identity import NodeIdentity, mesh_trust
 from services.dht.main import DhtServicer
 from services.dht.node import DhtNode, Signer
-from services.gateway.metrics import GatewayMetrics
+from services.api.metrics import ApiMetrics
 from services.nebula.main import NebulaAgentServicer
 from services.router.main import RouterServicer
 
@@ -30,15 +30,15 @@ async def registries(tmp_path) -> AsyncIterator[dict[str, CollectorRegistry]]:
     signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
     node = DhtNode(cfg.worker_id, lambda: "http://node:8000", 60, signer)
     await node.start("127.0.0.1", 0, [])
-    gateway = GatewayMetrics()
-    gateway.observe("vision-ocr", "local", 200, 0.01)
-    gateway.component_up.labels("router").set(1)
+    api = ApiMetrics()
+    api.observe("vision-ocr", 200, 0.01)
+    api.component_up.labels("router").set(1)
     dht, router, nebula = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
     DhtServicer(node, dht)
     # The dht stub is only called when a route is resolved; constructing needs none.
-    RouterServicer(cfg, router, object()).outcomes.labels("local", "success").inc()
+    RouterServicer(cfg, router, object()).pushes.inc()
     NebulaAgentServicer(cfg, nebula)
-    yield {"gateway": gateway.registry, "dht": dht, "router": router, "nebula-agent": nebula}
+    yield {"api": api.registry, "dht": dht, "router": router, "nebula-agent": nebula}
     node.stop()
 
 
@@ -69,10 +69,10 @@ def test_units_are_base_units(families):
     assert offending == []
 
 
-def test_gateway_latency_histogram_in_seconds(families):
+def test_envelope_latency_histogram_in_seconds(families):
     by_name = {f.name: f for f in families}
 
-    assert by_name["meshworker_gateway_request_duration_seconds"].type == "histogram"
+    assert by_name["meshworker_api_envelope_duration_seconds"].type == "histogram"
 
 
 def test_label_names_are_bounded(families):

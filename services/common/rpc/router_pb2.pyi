@@ -101,13 +101,12 @@ class MeshServicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProviderView(_message.Message):
-    __slots__ = ("worker_id", "url", "local", "healthy", "record_age_seconds", "smoothed_latency_seconds", "model", "gpu_model")
+    __slots__ = ("worker_id", "url", "local", "healthy", "record_age_seconds", "model", "gpu_model")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     LOCAL_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     RECORD_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    SMOOTHED_LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
@@ -115,10 +114,9 @@ class ProviderView(_message.Message):
     local: bool
     healthy: bool
     record_age_seconds: float
-    smoothed_latency_seconds: float
     model: str
     gpu_model: str
-    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ..., local: _Optional[bool] = ..., healthy: _Optional[bool] = ..., record_age_seconds: _Optional[float] = ..., smoothed_latency_seconds: _Optional[float] = ..., model: _Optional[str] = ..., gpu_model: _Optional[str] = ...) -> None: ...
+    def __init__(self, worker_id: _Optional[str] = ..., url: _Optional[str] = ..., local: _Optional[bool] = ..., healthy: _Optional[bool] = ..., record_age_seconds: _Optional[float] = ..., model: _Optional[str] = ..., gpu_model: _Optional[str] = ...) -> None: ...
 
 class ServiceView(_message.Message):
     __slots__ = ("name", "providers")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from services.common.httpclient import Pool
+from services.common import upstream
+from services.common.config import ServiceConfig
 from services.router.checker import DEFAULT_HEALTH_PATHS, BackendInfo, check_once
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,33 +29,27 @@ async def server():
 
 
 async def test_without_a_health_path_falls_back_to_root_and_keeps_it(server):
-    pool = Pool(server, connect_timeout=5)
+    svc = ServiceConfig("tiny", server)
     paths, info = list(DEFAULT_HEALTH_PATHS), BackendInfo()
-    try:
-        assert await check_once(pool, paths, info, 5) == (True, "")
+    async with upstream.session(server) as session:
+        assert await check_once(svc, session, paths, info, 5) == (True, "")
         assert paths == ["/"]
-        assert await check_once(pool, paths, info, 5) == (True, "")
-    finally:
-        pool.close()
+        assert await check_once(svc, session, paths, info, 5) == (True, "")
     assert (info.model, info.load_seconds, info.rss_bytes) == ("tiny", 1.5, 1234)
 
 
 async def test_a_configured_health_path_that_is_missing_fails(server):
-    pool = Pool(server, connect_timeout=5)
-    try:
-        ok, error = await check_once(pool, ["/health"], BackendInfo(), 5)
-    finally:
-        pool.close()
+    async with upstream.session(server) as session:
+        ok, error = await check_once(ServiceConfig("tiny", server), session, ["/health"], BackendInfo(), 5)
     assert not ok and "404" in error
 
 
 async def test_an_unreachable_backend_fails_with_the_reason():
-    pool = Pool("http://127.0.0.1:9", connect_timeout=2)
-    try:
-        ok, error = await check_once(pool, ["/health"], BackendInfo(), 2)
-    finally:
-        pool.close()
-    assert (ok, error) == (False, "health check failed: the backend refused the connection: Connection refused")
+    svc = ServiceConfig("gone", "http://127.0.0.1:9")
+    async with upstream.session(svc.upstream) as session:
+        ok, error = await check_once(svc, session, ["/health"], BackendInfo(), 2)
+    assert not ok and error.startswith("health check failed: the backend is not reachable")
+    assert "127.0.0.1:9" in error
 
 
 def test_backend_info_ignores_answers_that_describe_nothing():

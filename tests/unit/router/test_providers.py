@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-
 import pytest
 
 from services.router.providers import (
     NEGATIVE_TTL_S,
-    PENALTY_S,
-    Latencies,
     Provider,
     ProviderCache,
-    preference_order,
 )
 
 T0 = 1_000.0
@@ -102,30 +96,6 @@ def test_finding_providers_clears_the_negative_entry():
     assert cache.negative == {}
 
 
-def test_invalidate_forgets_the_service_so_the_next_request_looks_it_up():
-    cache = ProviderCache()
-    cache.put("svc", [provider("a"), provider("b")], T0)
-
-    assert cache.invalidate("svc") is True
-
-    assert cache.get("svc", T0) is None  # not negative: the next request looks it up again
-    assert len(cache) == 0
-    assert cache.invalidate("svc") is False
-
-
-def test_a_penalized_provider_is_tried_last_until_its_penalty_ends_or_it_answers():
-    latencies, rng = Latencies(), random.Random(1)
-    providers = [provider("a"), provider("b")]
-    latencies.observe("a", 0.001)
-    latencies.observe("b", 0.500)
-    latencies.penalize("a", T0)
-
-    assert workers(preference_order(providers, latencies, rng, now=T0 + 1)) == ["b", "a"]
-    assert workers(preference_order(providers, latencies, rng, now=T0 + PENALTY_S + 1)) == ["a", "b"]
-    latencies.observe("a", 0.001)  # it answered again
-    assert workers(preference_order(providers, latencies, rng, now=T0 + 1)) == ["a", "b"]
-
-
 def test_prune_forgets_expired_providers_and_says_so():
     cache = ProviderCache()
     cache.put("one", [provider("a", ttl_s=10), provider("b", ttl_s=60)], T0)
@@ -146,14 +116,19 @@ def test_prune_without_expiry_changes_nothing():
     assert workers(cache.get("svc", T0 + 1)) == ["a"]
 
 
-def test_prune_drops_expired_negative_entries_without_a_route_change():
+def test_prune_drops_expired_negative_entries_as_a_route_change():
+    """Envoy answers a name found nowhere itself: that answer must go when the entry does."""
     cache = ProviderCache()
     cache.put("nobody", [], T0)
     cache.put("still", [], T0 + 3)
+    assert cache.nowhere(T0 + 1) == ["nobody", "still"]
+    assert cache.next_expiry() == T0 + NEGATIVE_TTL_S
 
-    assert cache.prune(T0 + NEGATIVE_TTL_S) is False
+    assert cache.prune(T0 + NEGATIVE_TTL_S) is True
 
     assert cache.negative == {"still": T0 + 3 + NEGATIVE_TTL_S}
+    assert cache.nowhere(T0 + NEGATIVE_TTL_S) == ["still"]
+    assert cache.prune(T0 + NEGATIVE_TTL_S + 1) is False
 
 
 def test_due_for_refresh_before_the_records_expire():
@@ -185,77 +160,3 @@ def test_provider_refresh_due():
 
     assert not p.refresh_due(T0 + 75)
     assert p.refresh_due(T0 + 75.1)
-
-
-# --- Latencies ----------------------------------------------------------------------------------
-
-def test_first_sample_is_the_latency():
-    latencies = Latencies()
-
-    latencies.observe("a", 0.2)
-
-    assert latencies.smoothed == {"a": 0.2}
-
-
-def test_later_samples_are_smoothed():
-    latencies = Latencies()
-
-    for sample in (1.0, 2.0, 2.0):
-        latencies.observe("a", sample)
-
-    assert latencies.smoothed["a"] == pytest.approx(1.0 + 0.3 * 1.0 + 0.3 * (2.0 - 1.3))
-
-
-def test_latencies_are_per_worker():
-    latencies = Latencies()
-
-    latencies.observe("a", 1.0)
-    latencies.observe("b", 3.0)
-    latencies.observe("a", 2.0)
-
-    assert latencies.smoothed == pytest.approx({"a": 1.3, "b": 3.0})
-
-
-# --- preference_order ---------------------------------------------------------------------------
-
-def test_lowest_smoothed_latency_first():
-    latencies = Latencies({"a": 0.3, "b": 0.1, "c": 0.2})
-
-    ordered = preference_order([provider("a"), provider("b"), provider("c")], latencies, random.Random(1))
-
-    assert workers(ordered) == ["b", "c", "a"]
-
-
-def test_a_provider_never_measured_counts_as_zero():
-    latencies = Latencies({"a": 0.01, "b": 0.02})
-
-    ordered = preference_order([provider("a"), provider("b"), provider("new")], latencies, random.Random(1))
-
-    assert workers(ordered) == ["new", "a", "b"]
-
-
-def test_ties_are_spread_at_random():
-    latencies = Latencies({"a": 0.1, "b": 0.1, "slow": 0.5})
-    rng = random.Random(42)
-    providers = [provider("a"), provider("b"), provider("slow")]
-
-    firsts = Counter(preference_order(providers, latencies, rng)[0].worker_id for _ in range(400))
-    lasts = {preference_order(providers, latencies, rng)[-1].worker_id for _ in range(50)}
-
-    assert set(firsts) == {"a", "b"}
-    assert min(firsts.values()) > 120
-    assert lasts == {"slow"}
-
-
-def test_order_is_reproducible_with_the_same_seed():
-    providers = [provider(w) for w in "abcdef"]
-
-    first = preference_order(providers, Latencies(), random.Random(7))
-    again = preference_order(providers, Latencies(), random.Random(7))
-
-    assert workers(first) == workers(again)
-    assert sorted(workers(first)) == list("abcdef")
-
-
-def test_preference_order_of_no_providers_is_empty():
-    assert preference_order([], Latencies(), random.Random(1)) == []

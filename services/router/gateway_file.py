@@ -1,0 +1,45 @@
+"""gateway.json: the ports Envoy's listeners are bound to, for the CLI, the dht and tests.
+
+With gateway_port or peer_port 0 (tests, several nodes on one host) only Envoy knows
+the real ports; each time a (re)started Envoy has taken its listeners, they are read
+from its admin interface and written here atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from services.common.config import Config
+from services.common.envoy_admin import EnvoyAdmin
+from services.common.statefile import write_atomically
+from services.router.xds import resources, routes
+
+log = logging.getLogger(__name__)
+RETRY_S = 0.2
+
+
+def ports_of(listeners: dict) -> dict[str, int]:
+    """Listener name -> bound port, from Envoy's `GET /listeners?format=json`."""
+    return {status["name"]: status["local_address"]["socket_address"]["port_value"]
+            for status in listeners.get("listener_statuses", [])
+            if "socket_address" in status.get("local_address", {})}
+
+
+async def keep_written(cfg: Config, router) -> None:
+    admin = EnvoyAdmin(cfg.envoy_admin_socket)
+    try:
+        while True:
+            await router.ads.wait_until(lambda a: a.connected and a.holds(1, resources.LISTENER), None)
+            ports = ports_of(await admin.listeners() or {})
+            if routes.CLIENT not in ports:
+                await asyncio.sleep(RETRY_S)
+                continue
+            router.gateway_ports = (ports[routes.CLIENT], ports.get(routes.PEER, 0))
+            write_atomically(cfg.gateway_address_file, json.dumps({
+                "host": cfg.gateway_host, "port": ports[routes.CLIENT], "peer_port": ports.get(routes.PEER, 0)}))
+            log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, *router.gateway_ports)
+            await router.ads.wait_until(lambda a: not a.connected, None)
+    finally:
+        await admin.close()

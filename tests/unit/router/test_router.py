@@ -1,0 +1,174 @@
+"""The router's servicer without Envoy: lookups, the seed's counters, the view it pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.common.config import ServiceConfig, load
+from services.common.rpc import dht_pb2, router_pb2
+from services.router import main as router_main
+from services.router.main import RouterServicer
+from services.router.providers import Provider
+from services.router.xds import resources
+
+OCR = ServiceConfig(name="vision-ocr", upstream="unix:/run/svc-vision-ocr.sock", invoke_path="/ocr",
+                    idempotent=True, timeout_s=12.5)
+LLM = ServiceConfig(name="llm", upstream="http://127.0.0.1:9000")
+
+
+class FakeDht:
+    """A Dht stub (a test double) whose FindProviders answers from a fixed list and counts calls."""
+
+    def __init__(self, *workers: str):
+        self.workers = workers
+        self.calls = 0
+
+    async def FindProviders(self, request, timeout):
+        self.calls += 1
+        now = time.time()
+        return dht_pb2.FindProvidersResponse(providers=[
+            dht_pb2.ProviderRecord(service=request.service, worker_id=w, url=f"https://10.0.0.{i + 1}:8443",
+                                   issued_at=now, expires_at=now + 60) for i, w in enumerate(self.workers)])
+
+
+class StalledDht:
+    """A Dht stub whose FindProviders never answers: a lookup stuck on a dead peer."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def FindProviders(self, request, timeout):
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+@pytest.fixture(autouse=True)
+def no_envoy(monkeypatch):
+    """No Envoy acknowledges here: Resolve waits only briefly for it."""
+    monkeypatch.setattr(router_main, "APPLY_DEADLINE_S", 0.01)
+
+
+def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None) -> RouterServicer:
+    cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
+    cfg = dataclasses.replace(cfg, worker_id="box-1", services=services)
+    return RouterServicer(cfg, CollectorRegistry(), dht or object())
+
+
+async def resolve(router: RouterServicer, service: str) -> router_pb2.Resolution:
+    return await router.Resolve(router_pb2.ResolveRequest(service=service), None)
+
+
+async def test_a_first_request_is_one_miss_one_lookup_and_pushes_the_peers(tmp_path):
+    dht = FakeDht("a", "box-1")  # this node's own record is never a forwarding target
+    router = servicer(tmp_path, services=(), dht=dht)
+    version = router.version
+
+    found = await resolve(router, "llm")
+
+    assert (found.kind, found.healthy) == (router_pb2.ROUTE_KIND_FORWARDED, True)
+    assert dht.calls == 1
+    assert (router.counters.cache_misses, router.counters.dht_lookups, router.counters.misses_found) == (1, 1, 1)
+    assert router.version == version + 1
+    assignment = router.ads.snapshot.resources[resources.ENDPOINT]["remote:llm"]
+    assert [e.endpoint.hostname for e in assignment.endpoints[0].lb_endpoints] == ["a"]
+
+
+async def test_a_cached_service_costs_no_lookup(tmp_path):
+    dht = FakeDht("a")
+    router = servicer(tmp_path, services=(), dht=dht)
+
+    await resolve(router, "llm")
+    await resolve(router, "llm")
+
+    assert dht.calls == 1
+    assert (router.counters.cache_misses, router.counters.dht_lookups) == (1, 1)
+
+
+async def test_a_service_nowhere_is_remembered_and_answered_by_envoy(tmp_path):
+    dht = FakeDht()
+    router = servicer(tmp_path, services=(), dht=dht)
+
+    assert (await resolve(router, "nope")).kind == router_pb2.ROUTE_KIND_NONE
+    assert (await resolve(router, "nope")).kind == router_pb2.ROUTE_KIND_NONE
+
+    assert dht.calls == 1
+    assert router.counters.misses_found == 0
+    client = router.ads.snapshot.resources[resources.ROUTE]["client"]
+    assert any(r.match.path == "/service/nope" and r.direct_response.status == 404
+               for r in client.virtual_hosts[0].routes)
+
+
+async def test_a_healthy_local_service_counts_nothing(tmp_path):
+    dht = FakeDht("a")
+    router = servicer(tmp_path, dht=dht)
+    router.health["llm"].observe(True)
+    router.health["llm"].observe(True)
+
+    found = await resolve(router, "llm")
+
+    assert (found.kind, found.healthy) == (router_pb2.ROUTE_KIND_LOCAL, True)
+    assert dht.calls == 0 and router.counters.cache_misses == 0
+
+
+async def test_an_unhealthy_local_service_with_nobody_else_is_local_and_unhealthy(tmp_path):
+    router = servicer(tmp_path, dht=FakeDht())
+
+    found = await resolve(router, "llm")
+
+    assert (found.kind, found.healthy) == (router_pb2.ROUTE_KIND_LOCAL, False)
+
+
+async def test_a_dht_that_does_not_answer_is_unavailable(tmp_path):
+    class Down:
+        async def FindProviders(self, request, timeout):
+            import grpc
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "down")
+
+    class Context:
+        async def abort(self, code, message):
+            raise RuntimeError(f"{code.name}: {message}")
+
+    router = servicer(tmp_path, services=(), dht=Down())
+    with pytest.raises(RuntimeError, match="UNAVAILABLE: the DHT is not answering"):
+        await router.Resolve(router_pb2.ResolveRequest(service="llm"), Context())
+
+
+async def test_an_expired_provider_leaves_envoys_endpoints_while_a_refresh_lookup_hangs(tmp_path, monkeypatch):
+    monkeypatch.setattr(router_main, "REFRESH_TICK_S", 0.1)
+    dht = StalledDht()
+    router = servicer(tmp_path, services=(), dht=dht)
+    now = time.time()
+    # a is due for a refresh (little life left) and expires in 0.3 s; b lives on.
+    router.cache.put("llm", [Provider("a", "https://10.0.0.1:8443", now - 10, now + 0.3),
+                             Provider("b", "https://10.0.0.2:8443", now - 10, now + 60)], now - 2)
+    version = router.version
+    refresher = asyncio.create_task(router.refresh_forever())
+    try:
+        await asyncio.sleep(0.6)
+        assert dht.calls == 1  # the refresh started, and is still waiting
+        assert router.version > version  # a newer configuration went out to Envoy
+        assignment = router.ads.snapshot.resources[resources.ENDPOINT]["remote:llm"]
+        assert [e.endpoint.hostname for e in assignment.endpoints[0].lb_endpoints] == ["b"]
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+
+
+async def test_a_provider_advertised_by_host_name_is_resolved_or_left_out():
+    named = Provider("a", "https://localhost:8443", 0, 1e12)
+    assert (await router_main.addressed(named)).url == "https://127.0.0.1:8443"
+    assert await router_main.addressed(Provider("b", "https://no-such-host.invalid:8443", 0, 1e12)) is None
+    numeric = Provider("c", "https://10.1.2.3:8443", 0, 1e12)
+    assert await router_main.addressed(numeric) is numeric
+
+
+def test_the_stats_rpc_counts_only_lookups(tmp_path):
+    router = servicer(tmp_path, services=())
+    router.counters.cache_misses, router.counters.dht_lookups, router.counters.misses_found = 3, 3, 2
+    stats = asyncio.run(router.Stats(router_pb2.RouterStatsRequest(), None))
+    assert stats == router_pb2.RouterCounters(cache_misses=3, dht_lookups=3, misses_found=2, cache_size=0)
