@@ -31,7 +31,7 @@ class NodeFactory:
         inside `host`'s network namespace when one is given."""
         # Unix socket paths are limited to 107 bytes: keep the state directory short.
         state_dir = Path(tempfile.mkdtemp(prefix="mw-", dir="/tmp"))
-        node_env = {**os.environ, "MESHWORKER_STATE_DIR": str(state_dir), "MESHWORKER_GATEWAY_PORT": "0",
+        node_env = {**os.environ, "MESHWORKER_STATE_DIR": str(state_dir), "MESHWORKER_GATEWAY_PORT": "0", "MESHWORKER_PEER_PORT": "0",
                     "MESHWORKER_DHT_PORT": "0", "MESHWORKER_RUNTIME_DIR": str(state_dir / "run"),
                     "MESHWORKER_WORKER_ID": f"node{len(self.nodes) + 1}", **env}
         if config_toml is not None:

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 import grpc
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -139,6 +140,12 @@ async def service(request: Request) -> Response:
     return await resolve(node, request, name)
 
 
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404 and 405 in our error shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    return ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}").response()
+
+
 def create_app(cfg: Config, started_at: float,
                channels: Mapping[str, grpc.aio.Channel] | None = None) -> Starlette:
     """`channels` replaces the channel to a component (tests); the others come from cfg."""
@@ -150,7 +157,7 @@ def create_app(cfg: Config, started_at: float,
         finally:
             await app.state.node.close()
 
-    return Starlette(routes=[
+    return Starlette(exception_handlers={HTTPException: http_error}, routes=[
         Route("/health", health),
         Route("/stats", stats),
         Route("/metrics", metrics_endpoint),

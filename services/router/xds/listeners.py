@@ -16,31 +16,58 @@ from services.router.xds.view import MeshView
 # A client has this long to send its request headers (slowloris), and an idle keep-alive
 # connection is closed after IDLE_TIMEOUT.
 REQUEST_HEADERS_TIMEOUT, IDLE_TIMEOUT = "10s", "300s"
-# Answers Envoy makes itself when a provider fails (no healthy host, connect failure,
-# overflow, timeout, reset): in our JSON error shape, naming Envoy's reason, with a
-# Retry-After. Our own direct responses carry no such flag and stay as they are.
-PROVIDER_FAILURES = ("UH", "UF", "UO", "URX", "NC", "UT", "UC", "UPE", "OM")
+# Answers Envoy makes itself, in our JSON error shape: a provider that fails (by the
+# response flag Envoy sets: no healthy host, connect failure, reset, overflow, timeout),
+# and a body over the limit (our own 413 route, or the buffer filter's for a chunked
+# one). Routes are named after their service, so a message can name it.
+FAILURES = (
+    (("UT",), "backend_timeout", "%ROUTE_NAME% did not answer within its timeout"),
+    (("UH", "UF", "URX", "UC", "UPE", "NC"), "backend_unavailable",
+     "no provider of %ROUTE_NAME% could serve the request (%RESPONSE_CODE_DETAILS%)"),
+    (("UO", "OM"), "overloaded", "%ROUTE_NAME% is at its limit of requests in flight"),
+)
 
 
-def provider_failure_json() -> dict[str, Any]:
-    return {"mappers": [{
-        "filter": {"response_flag_filter": {"flags": list(PROVIDER_FAILURES)}},
-        "headers_to_add": [{"header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
-        "body_format_override": {"json_format": {"error": {
-            "code": "%RESPONSE_CODE_DETAILS%", "message": "%LOCAL_REPLY_BODY%"}},
-            "content_type": "application/json"},
-    }]}
+def json_error(code: str, message: str) -> dict[str, Any]:
+    return {"json_format": {"error": {"code": code, "message": message}}, "content_type": "application/json"}
 
 
-def http_manager(name: str, trusted_client: bool) -> dict[str, Any]:
+def local_replies(max_body_bytes: int) -> dict[str, Any]:
+    mappers = [{
+        "filter": {"response_flag_filter": {"flags": list(flags)}},
+        "headers_to_add": [{"header": {"key": "retry-after", "value": "1"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "body_format_override": json_error(code, message),
+    } for flags, code, message in FAILURES]
+    mappers += [{"filter": status_is(413), "body_format_override": json_error(
+                    "body_too_large", f"request body exceeds the limit of {max_body_bytes} bytes")},
+                # A request Envoy refuses itself (an encoded slash, a NUL, a bad header).
+                {"filter": status_is(400), "body_format_override": json_error(
+                    "bad_request", "Envoy refused the request: %RESPONSE_CODE_DETAILS%")}]
+    return {"mappers": mappers}
+
+
+def status_is(status: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+        "default_value": status, "runtime_key": f"meshworker.local_reply_{status}"}}}}
+
+
+def http_manager(view: MeshView, name: str, trusted_client: bool) -> dict[str, Any]:
     shape: dict[str, Any] = {
         "stat_prefix": name, "codec_type": "AUTO",
         "rds": {"route_config_name": name, "config_source": ADS},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": typed(
-            "envoy.extensions.filters.http.router.v3.Router", {"suppress_envoy_headers": True})}],
+        # Off unless a route turns it on: only a body of unknown length is held (routes.py).
+        "http_filters": [{"name": routes.BUFFER_FILTER, "disabled": True, "typed_config": typed(
+            "envoy.extensions.filters.http.buffer.v3.Buffer", {"max_request_bytes": view.max_body_bytes})},
+            {"name": "envoy.filters.http.router", "typed_config": typed(
+                "envoy.extensions.filters.http.router.v3.Router", {"suppress_envoy_headers": True})}],
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
         "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
-        "local_reply_config": provider_failure_json(),
+        "local_reply_config": local_replies(view.max_body_bytes),
+        # One path for one resource: dot segments resolved and slashes merged before
+        # routing, and an encoded slash (which would name another service) refused.
+        "normalize_path": True, "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
     }
     if trusted_client:  # the address the client connected from is the one logged and forwarded
         shape["use_remote_address"] = True
@@ -54,7 +81,7 @@ def bound(host: str, port: int) -> dict[str, Any]:
 
 def client_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.CLIENT, "address": bound(view.listen_host, view.client_port),
-                           "filter_chains": [{"filters": [http_manager(routes.CLIENT, True)]}]})
+                           "filter_chains": [{"filters": [http_manager(view, routes.CLIENT, True)]}]})
 
 
 def downstream_mtls() -> dict[str, Any]:
@@ -67,7 +94,7 @@ def downstream_mtls() -> dict[str, Any]:
 
 def peer_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.PEER, "address": bound(view.listen_host, view.peer_port),
-                           "filter_chains": [{"filters": [http_manager(routes.PEER, False)],
+                           "filter_chains": [{"filters": [http_manager(view, routes.PEER, False)],
                                               "transport_socket": downstream_mtls()}]})
 
 

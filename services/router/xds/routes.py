@@ -27,6 +27,7 @@ PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE)
 # A service without a timeout of ours (remote only): its peer applies the backend's own.
 REMOTE_TIMEOUT_S = 300.0
 SAFE_RETRIES = "connect-failure,reset-before-request"  # nothing reached a backend yet
+BUFFER_FILTER = "envoy.filters.http.buffer"
 IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
 
 
@@ -41,11 +42,26 @@ def error(status: int, code: str, message: str) -> dict[str, Any]:
             "response_headers_to_add": [header("content-type", "application/json")]}
 
 
-def too_large(view: MeshView) -> dict[str, Any]:
-    """A declared Content-Length over the limit is refused before any byte moves on."""
-    return {"match": {"prefix": "/", "headers": [{"name": "content-length", "range_match": {
-        "start": view.max_body_bytes + 1, "end": 2**62}}]},
-        **error(413, "body_too_large", f"request body exceeds the limit of {view.max_body_bytes} bytes")}
+def refusals(view: MeshView) -> list[dict[str, Any]]:
+    """Before any route: a declared Content-Length over the limit is refused before any
+    byte moves on. (Paths Envoy cannot normalize, with a NUL or an encoded slash, never
+    get this far: listeners.py.)"""
+    return [{"match": {"prefix": "/", "headers": [{"name": "content-length", "range_match": {
+                "start": view.max_body_bytes + 1, "end": 2**62}}]},
+             **error(413, "body_too_large", f"request body exceeds the limit of {view.max_body_bytes} bytes")}]
+
+
+def held_if_chunked(route: dict[str, Any], view: MeshView) -> list[dict[str, Any]]:
+    """A body of unknown length (chunked: no Content-Length) is held until it ends, so one
+    that grows past the limit is refused with 413 and never reaches a backend half sent;
+    a declared length was checked up front and streams (a 10 MiB upload costs no 10 MiB
+    here). A request without a body passes the buffer at once."""
+    chunked = {**route, "match": {**route["match"], "headers": [
+        *route["match"].get("headers", []), {"name": "content-length", "present_match": False}]},
+        "typed_per_filter_config": {BUFFER_FILTER: typed(
+            "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+            {"buffer": {"max_request_bytes": view.max_body_bytes}})}}
+    return [chunked, route]
 
 
 def retry_policy(idempotent: bool) -> dict[str, Any]:
@@ -111,6 +127,13 @@ def forwarded_envelope(name: str, timeout_s: float, idempotent: bool) -> dict[st
                                                   "forwarded", naming(name, envelope=True))}
 
 
+def service_routes(view: MeshView, name: str, envelope: dict[str, Any], below_route: dict[str, Any]
+                   ) -> list[dict[str, Any]]:
+    """One service's routes, each named after it (Envoy's error messages name the route)."""
+    found = [envelope, envelope_only_post(name), *held_if_chunked(below_route, view)]
+    return [{"name": name, **route} for route in found]
+
+
 def local_routes(view: MeshView, svc: LocalService) -> list[dict[str, Any]]:
     """A service this node hosts: the envelope by the api here while the backend is
     healthy, else by a peer's; the backend's own API by its cluster (local first)."""
@@ -118,9 +141,9 @@ def local_routes(view: MeshView, svc: LocalService) -> list[dict[str, Any]]:
     envelope = to_api(post(exact(name))) if svc.healthy or not remote else forwarded_envelope(
         name, svc.config.timeout_s, svc.config.idempotent)
     only_local = not remote
-    return [envelope, envelope_only_post(name), {"match": below(name), **forward(
+    return service_routes(view, name, envelope, {"match": below(name), **forward(
         clusters.target(view, name), svc.config.timeout_s, svc.config.idempotent, True,
-        "local" if only_local else None, auth(svc) + (() if only_local else naming(name)))}]
+        "local" if only_local else None, auth(svc) + (() if only_local else naming(name)))})
 
 
 def remote_routes(view: MeshView) -> list[dict[str, Any]]:
@@ -130,11 +153,10 @@ def remote_routes(view: MeshView) -> list[dict[str, Any]]:
     for remote in view.remote:
         if remote.name in local or view.tls is None:
             continue
-        found += [forwarded_envelope(remote.name, REMOTE_TIMEOUT_S, remote.idempotent),
-                  envelope_only_post(remote.name),
-                  {"match": below(remote.name), **forward(clusters.remote_name(remote.name), REMOTE_TIMEOUT_S,
-                                                          remote.idempotent, True, "forwarded",
-                                                          naming(remote.name))}]
+        found += service_routes(
+            view, remote.name, forwarded_envelope(remote.name, REMOTE_TIMEOUT_S, remote.idempotent),
+            {"match": below(remote.name), **forward(clusters.remote_name(remote.name), REMOTE_TIMEOUT_S,
+                                                    remote.idempotent, True, "forwarded", naming(remote.name))})
     return found
 
 
@@ -155,7 +177,7 @@ def lookup_route() -> dict[str, Any]:
 
 
 def client_routes(view: MeshView) -> RouteConfiguration:
-    routes = [too_large(view)]
+    routes = refusals(view)
     for svc in view.local:
         routes += local_routes(view, svc)
     routes += remote_routes(view) + nowhere_routes(view) + [lookup_route(), to_api({"prefix": "/"})]
@@ -171,14 +193,15 @@ def client_routes(view: MeshView) -> RouteConfiguration:
 
 def peer_routes(view: MeshView) -> RouteConfiguration:
     """Forwarded requests name their service in a header; only local backends serve."""
-    routes = [too_large(view)]
+    routes = refusals(view)
     for svc in view.local:
         service_header = {"name": SERVICE, "string_match": {"exact": svc.name}}
         envelope = named(post(exact(svc.name)), ENVELOPE)
-        routes += [to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"),
-            {"match": {"prefix": "/", "headers": [service_header]}, **forward(
-                clusters.local_name(svc.name), svc.config.timeout_s, svc.config.idempotent, False, "forwarded",
-                auth(svc))}]
+        routes += [{"name": svc.name, **route} for route in [
+            to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"),
+            *held_if_chunked({"match": {"prefix": "/", "headers": [service_header]}, **forward(
+                clusters.local_name(svc.name), svc.config.timeout_s, svc.config.idempotent, False,
+                "forwarded", auth(svc))}, view)]]
     routes.append({"match": {"prefix": "/"}, **error(
         404, "not_hosted_here", f"{view.worker_id} does not host this service itself")})
     return make(RouteConfiguration, {
