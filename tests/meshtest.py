@@ -130,7 +130,7 @@ class Node:
         def healthy():
             assert self.proc.poll() is None, f"meshworker up exited:\n{self.log_path.read_text()[-3000:]}"
             h = self.health()
-            return h if h and h["status"] == "healthy" else None
+            return h if h and h.get("status") == "healthy" else None
         return wait_for(healthy, timeout, "the node to report healthy")
 
     def supervisorctl(self, *args: str) -> str:
