@@ -52,7 +52,8 @@ async def post(node: ApiNode, service: ServiceConfig, body: bytes) -> tuple[int,
                                 headers=headers, timeout=timeout) as resp:
             return resp.status, resp.headers.get("content-type"), await resp.read()
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
-        raise unavailable("backend_unavailable", f"{service.name} backend is not accepting connections") from None
+        raise unavailable("backend_unavailable", f"{service.name} backend is not accepting connections",
+                          unserved=True) from None
     except TimeoutError:
         raise ApiError(504, "backend_timeout",
                        f"{service.name} backend did not answer within {service.timeout_s:g} s") from None

@@ -5,15 +5,24 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 
+# Says that no backend saw the request, so the forwarding node may try another provider
+# even for a service that is not idempotent (Envoy retries on it: retriable_headers).
+UNSERVED = "x-mesh-unserved"
+
+
 class ApiError(Exception):
     """A condition we can name; becomes its HTTP status, never a 500."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
+                 unserved: bool = False):
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+        self.unserved = unserved
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        if self.unserved:
+            headers[UNSERVED] = "1"
         return JSONResponse({"error": {"code": self.code, "message": self.message}},
                             status_code=self.status, headers=headers)
 
@@ -30,6 +39,6 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
-def unavailable(code: str, message: str) -> ApiError:
+def unavailable(code: str, message: str, unserved: bool = False) -> ApiError:
     """503 with Retry-After: the condition is expected to pass within a second or so."""
-    return ApiError(503, code, message, retry_after=1)
+    return ApiError(503, code, message, retry_after=1, unserved=unserved)

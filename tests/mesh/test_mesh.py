@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from netns import Lab
 
 from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
-from services.gateway import forwarding
+from services.identity.mesh_ca import TlsCredentials, secret_mode_credentials
 
 pytestmark = pytest.mark.timeout(300)
 SECRET = "mesh-test-secret-0123456789"
@@ -48,13 +49,13 @@ def lab():
 @pytest.fixture(scope="module")
 def mesh(lab, start_module_node):
     a, b, c = (lab.add_host(n) for n in "abc")
-    common = {"MESHWORKER_MESH_SECRET": SECRET, "MESHWORKER_GATEWAY_PORT": "8000",
+    common = {"MESHWORKER_MESH_SECRET": SECRET, "MESHWORKER_GATEWAY_PORT": "8000", "MESHWORKER_PEER_PORT": "8443",
               "MESHWORKER_DHT_PORT": "8468", "MESHWORKER_ANNOUNCE_TTL_S": str(TTL_S),
               "MESHWORKER_HEALTH_INTERVAL_S": "0.5"}
 
     def start(host, name, config, seeds):
         return start_module_node(config, host=host, MESHWORKER_WORKER_ID=name, MESHWORKER_DHT_SEEDS=seeds,
-                                 MESHWORKER_ADVERTISE_URL=f"http://{host.address}:8000", **common)
+                                 MESHWORKER_ADVERTISE_URL=f"https://{host.address}:8443", **common)
 
     nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin"]\n' + backend("twin", 9101), "")}
     seed = f"{a.address}:8468"
@@ -138,7 +139,7 @@ def test_mesh_views_list_services_and_peers(mesh):
     llm = services["llm-inference"]["providers"]
     assert [p["worker_id"] for p in llm] == ["a"] and "SmolLM2" in llm[0]["model"]  # from A's signed record
     ocr = services["vision-ocr"]["providers"]
-    assert [p["worker_id"] for p in ocr] == ["a"] and ocr[0]["url"] == "http://10.77.0.11:8000"
+    assert [p["worker_id"] for p in ocr] == ["a"] and ocr[0]["url"] == "https://10.77.0.11:8443"
     assert 0 <= ocr[0]["record_age_seconds"] < TTL_S
     peers = mesh["c"].get("/mesh/peers").json()["peers"]
     assert {p["address"].split(":")[0] for p in peers} == {"10.77.0.11", "10.77.0.12"}
@@ -194,23 +195,44 @@ def test_forged_and_expired_records_are_ignored(mesh, lab, tmp_path):
         assert providers(node, "echo") == ["b"]
 
 
-def test_forwarding_requires_a_member_signature_and_no_replay(mesh, tmp_path):
-    a = mesh["a"]
-    body = json.dumps({"n": 7}).encode()
-    forged = {forwarding.HOP: "1", forwarding.FROM: "mallory", "Content-Type": "application/json"}
-    assert a.request("POST", "/service/twin", body, forged).status == 403
-    identity = NodeIdentity.load_or_create(tmp_path / "member")
-    signed = forwarding.sign(identity, MeshTrust(SECRET), "tester", "POST", "/service/twin", body, time.time())
-    headers = {**signed, "Content-Type": "application/json"}
-    assert a.request("POST", "/service/twin", body, headers).status == 200
-    replay = a.request("POST", "/service/twin", body, headers)
-    assert replay.status == 403 and "replay" in replay.json()["error"]["message"]
-    tampered = a.request("POST", "/service/twin", json.dumps({"n": 8}).encode(),
-                         {**forwarding.sign(identity, MeshTrust(SECRET), "tester", "POST", "/service/twin", body,
-                                            time.time()),
-                          "Content-Type": "application/json"})
-    assert tampered.status == 403
-    assert a.post_json("/service/twin", {"n": 9}).status == 200  # client requests are unaffected
+def peer_request(credentials: TlsCredentials | None, tmp_path: Path, headers: dict[str, str]) -> int | str:
+    """POST /service/twin to A's peer listener with a client certificate (or none): the
+    status, or the TLS error that refused the connection."""
+    context = ssl.create_default_context(cadata=secret_mode_credentials(
+        SECRET, tmp_path / "verifier", "verifier", time.time()).trusted_ca_pem.decode())
+    context.check_hostname = False  # peers are checked by their SPIFFE id, not a host name
+    if credentials is not None:
+        (tmp_path / "cert.pem").write_bytes(credentials.certificate_chain_pem)
+        (tmp_path / "key.pem").write_bytes(credentials.private_key_pem)
+        context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    conn = http.client.HTTPSConnection("10.77.0.11", 8443, context=context, timeout=10)
+    try:
+        conn.request("POST", "/service/twin", b'{"n": 7}', {"Content-Type": "application/json", **headers})
+        return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError) as err:
+        return type(err).__name__
+    finally:
+        conn.close()
+
+
+def test_the_peer_listener_takes_only_certificates_of_this_mesh(mesh, tmp_path):
+    c = mesh["c"]
+    naming = {"X-Mesh-Service": "twin", "X-Mesh-Envelope": "1"}
+    member = secret_mode_credentials(SECRET, tmp_path / "member", "tester", time.time())
+    outsider = secret_mode_credentials("another-mesh-secret-000", tmp_path / "outsider", "tester", time.time())
+    assert c.host.call(peer_request, member, tmp_path, naming) == 200
+    assert c.host.call(peer_request, None, tmp_path, naming) != 200
+    assert c.host.call(peer_request, outsider, tmp_path, naming) != 200
+    # A request that names no service of A is not forwarded on: it is not hosted there.
+    assert c.host.call(peer_request, member, tmp_path, {"X-Mesh-Service": "echo"}) == 404
+
+
+def test_clients_cannot_pose_as_peers(mesh):
+    """Headers only peers set are dropped on :8000: they cannot pick a service or route."""
+    b = mesh["b"]
+    reply = b.request("GET", "/service/echo/whoami", headers={"X-Mesh-Service": "twin", "X-Mesh-Route": "x"})
+    assert reply.status == 200 and reply.json()["name"] == "echo"
+    assert reply.headers["X-Mesh-Route"] == "local"
 
 
 def issued_at_by(node, service: str, worker: str) -> float:

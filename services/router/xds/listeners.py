@@ -36,7 +36,9 @@ def local_replies(max_body_bytes: int) -> dict[str, Any]:
     mappers = [{
         "filter": {"response_flag_filter": {"flags": list(flags)}},
         "headers_to_add": [{"header": {"key": "retry-after", "value": "1"},
-                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}] + (
+            [{"header": {"key": routes.UNSERVED, "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+            if code == "backend_unavailable" else []),
         "body_format_override": json_error(code, message),
     } for flags, code, message in FAILURES]
     mappers += [{"filter": status_is(413), "body_format_override": json_error(

@@ -26,7 +26,9 @@ SERVICE, ENVELOPE = "x-mesh-service", "x-mesh-envelope"
 PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE)
 # A service without a timeout of ours (remote only): its peer applies the backend's own.
 REMOTE_TIMEOUT_S = 300.0
-SAFE_RETRIES = "connect-failure,reset-before-request"  # nothing reached a backend yet
+# Nothing reached a backend yet: the connection failed, or a peer said so (UNSERVED).
+SAFE_RETRIES = "connect-failure,reset-before-request,retriable-headers"
+UNSERVED = "x-mesh-unserved"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
 
@@ -68,6 +70,7 @@ def retry_policy(idempotent: bool) -> dict[str, Any]:
     """Retry on another host when nothing reached a backend; after that only for
     idempotent services (a repeated POST to an LLM would bill twice)."""
     return {"retry_on": IDEMPOTENT_RETRIES if idempotent else SAFE_RETRIES, "num_retries": 2,
+            "retriable_headers": [{"name": UNSERVED, "present_match": True}],
             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": typed(
                 "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")}],
             "host_selection_retry_max_attempts": 3}
@@ -187,7 +190,8 @@ def client_routes(view: MeshView) -> RouteConfiguration:
         "most_specific_header_mutations_wins": True,
         "virtual_hosts": [{"name": CLIENT, "domains": ["*"], "routes": routes,
                            "response_headers_to_add": [header(WORKER, view.worker_id, "ADD_IF_ABSENT"),
-                                                       header(ROUTE, "local", "ADD_IF_ABSENT")]}],
+                                                       header(ROUTE, "local", "ADD_IF_ABSENT")],
+                           "response_headers_to_remove": [UNSERVED]}],
     })
 
 

@@ -48,6 +48,7 @@ async def test_a_backend_not_listening_is_503_with_retry_after(start_api):
     async with api.client.post("/service/down", json={}) as resp:
         assert await error_of(resp) == (503, "backend_unavailable")
         assert resp.headers["retry-after"] == "1"
+        assert resp.headers["x-mesh-unserved"] == "1"  # a forwarding node may try another provider
 
 
 async def test_a_backend_slower_than_its_timeout_is_504(start_api):

@@ -71,7 +71,9 @@ def test_retries_after_sending_only_for_idempotent_services(tmp_path):
     echo = matching(routes, prefix="/service/echo/")[0]["route"]["retry_policy"]["retry_on"]
     ocr = matching(routes, prefix="/service/ocr/")[0]["route"]["retry_policy"]["retry_on"]
     assert "5xx" in echo.split(",") and "reset" in echo.split(",")
-    assert ocr.split(",") == ["connect-failure", "reset-before-request"]
+    assert ocr.split(",") == ["connect-failure", "reset-before-request", "retriable-headers"]
+    unserved = matching(routes, prefix="/service/ocr/")[0]["route"]["retry_policy"]["retriable_headers"]
+    assert unserved == [{"name": "x-mesh-unserved", "present_match": True}]
 
 
 def test_the_service_timeout_is_the_route_timeout(tmp_path):
