@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -65,6 +67,29 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def peer_post(address: str, port: int, trusted_ca_pem: bytes, credentials, workdir: Path, path: str,
+              headers: dict[str, str]) -> int | str:
+    """POST `path` to a node's mTLS peer listener with a client certificate (TlsCredentials,
+    or None for none): the status, or the name of the TLS error that refused it. The
+    server's certificate is checked against `trusted_ca_pem`; peers are named by their
+    SPIFFE id, not a host name."""
+    context = ssl.create_default_context(cadata=trusted_ca_pem.decode())
+    context.check_hostname = False
+    if credentials is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "cert.pem").write_bytes(credentials.certificate_chain_pem)
+        (workdir / "key.pem").write_bytes(credentials.private_key_pem)
+        context.load_cert_chain(workdir / "cert.pem", workdir / "key.pem")
+    conn = http.client.HTTPSConnection(address, port, context=context, timeout=10)
+    try:
+        conn.request("POST", path, b'{"n": 7}', {"Content-Type": "application/json", **headers})
+        return conn.getresponse().status
+    except (ssl.SSLError, ConnectionError) as err:
+        return type(err).__name__
+    finally:
+        conn.close()
 
 
 class Reply:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-
 # Says that no backend saw the request, so the forwarding node may try another provider
 # even for a service that is not idempotent (Envoy retries on it: retriable_headers).
 UNSERVED = "x-mesh-unserved"

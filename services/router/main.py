@@ -25,7 +25,6 @@ from services.common import grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
-from services.identity import overlay
 from services.router import gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
@@ -40,7 +39,7 @@ from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
 log = logging.getLogger(__name__)
 REFRESH_TICK_S = 1.0
 APPLY_DEADLINE_S = 2.0  # how long a first request waits for Envoy to take its new route
-RENEW_CHECK_S = 60.0
+CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revoke shows soon
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -54,7 +53,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.backends = {s.name: BackendInfo() for s in cfg.services}
         self.counters = RouterCounters()
         self.cache = ProviderCache()
-        self.tls = trust.credentials(cfg, time.time())
+        self.tls = trust.current(cfg, None, time.time())
         self.version = 1
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
                               registry=registry)
@@ -195,16 +194,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.cache.put(service, providers, time.time())
         await self.publish()
 
-    async def renew_forever(self) -> None:
-        """A fresh certificate before the old one runs out; a joined overlay's once it is there."""
+    async def watch_credentials(self) -> None:
+        """A fresh certificate before the old one runs out, and a joined overlay's (or its
+        new revocation list) within seconds of its arrival on disk."""
         while True:
-            await asyncio.sleep(RENEW_CHECK_S)
-            now = time.time()
-            fresh = trust.credentials(self.cfg, now) if trust.needs_renewal(self.cfg, self.tls, now) else None
-            joined = overlay.overlay_mode_credentials(self.cfg.state_dir)
-            if joined is not None and joined != self.tls:
-                fresh = joined
-            if fresh is not None:
+            await asyncio.sleep(CREDENTIALS_CHECK_S)
+            fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
+            if fresh != self.tls:
                 self.tls = fresh
                 self.changed.set()
 
@@ -264,7 +260,7 @@ async def serve(cfg: Config) -> None:
     await server.start()
     async with asyncio.TaskGroup() as tasks:
         background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
-                      tasks.create_task(servicer.renew_forever()), tasks.create_task(servicer.publish_forever()),
+                      tasks.create_task(servicer.watch_credentials()), tasks.create_task(servicer.publish_forever()),
                       tasks.create_task(gateway_file.keep_written(cfg, servicer))] + [
             tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
                                             cfg.health_interval_s, on_health_change))

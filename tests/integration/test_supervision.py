@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from typing import Self
 
 import pytest
 from meshtest import SENTENCE, alive, descendants, render_png, wait_for
@@ -73,7 +74,7 @@ class Load:
             except OSError as err:
                 self.failures.append(("error", repr(err)))
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

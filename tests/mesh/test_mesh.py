@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from kademlia.network import Server
 from kademlia.utils import digest
-from meshtest import BIN, SENTENCE, render_png, wait_for
+from meshtest import BIN, SENTENCE, peer_post, render_png, wait_for
 from netns import Lab
 
 from services.common.identity import MeshTrust, NodeIdentity
@@ -196,23 +195,9 @@ def test_forged_and_expired_records_are_ignored(mesh, lab, tmp_path):
 
 
 def peer_request(credentials: TlsCredentials | None, tmp_path: Path, headers: dict[str, str]) -> int | str:
-    """POST /service/twin to A's peer listener with a client certificate (or none): the
-    status, or the TLS error that refused the connection."""
-    context = ssl.create_default_context(cadata=secret_mode_credentials(
-        SECRET, tmp_path / "verifier", "verifier", time.time()).trusted_ca_pem.decode())
-    context.check_hostname = False  # peers are checked by their SPIFFE id, not a host name
-    if credentials is not None:
-        (tmp_path / "cert.pem").write_bytes(credentials.certificate_chain_pem)
-        (tmp_path / "key.pem").write_bytes(credentials.private_key_pem)
-        context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    conn = http.client.HTTPSConnection("10.77.0.11", 8443, context=context, timeout=10)
-    try:
-        conn.request("POST", "/service/twin", b'{"n": 7}', {"Content-Type": "application/json", **headers})
-        return conn.getresponse().status
-    except (ssl.SSLError, ConnectionError) as err:
-        return type(err).__name__
-    finally:
-        conn.close()
+    """POST /service/twin to A's peer listener with a client certificate (or none)."""
+    trusted = secret_mode_credentials(SECRET, tmp_path / "verifier", "verifier", time.time()).trusted_ca_pem
+    return peer_post("10.77.0.11", 8443, trusted, credentials, tmp_path / "client", "/service/twin", headers)
 
 
 def test_the_peer_listener_takes_only_certificates_of_this_mesh(mesh, tmp_path):

@@ -54,7 +54,7 @@ def status_is(status: int) -> dict[str, Any]:
         "default_value": status, "runtime_key": f"meshworker.local_reply_{status}"}}}}
 
 
-def http_manager(view: MeshView, name: str, trusted_client: bool) -> dict[str, Any]:
+def http_manager(view: MeshView, name: str) -> dict[str, Any]:
     shape: dict[str, Any] = {
         "stat_prefix": name, "codec_type": "AUTO",
         "rds": {"route_config_name": name, "config_source": ADS},
@@ -70,9 +70,10 @@ def http_manager(view: MeshView, name: str, trusted_client: bool) -> dict[str, A
         # routing, and an encoded slash (which would name another service) refused.
         "normalize_path": True, "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        # The address that connected is appended to X-Forwarded-For at each hop, so a
+        # backend sees the client and the forwarding peer.
+        "use_remote_address": True,
     }
-    if trusted_client:  # the address the client connected from is the one logged and forwarded
-        shape["use_remote_address"] = True
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", shape)}
 
@@ -83,7 +84,7 @@ def bound(host: str, port: int) -> dict[str, Any]:
 
 def client_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.CLIENT, "address": bound(view.listen_host, view.client_port),
-                           "filter_chains": [{"filters": [http_manager(view, routes.CLIENT, True)]}]})
+                           "filter_chains": [{"filters": [http_manager(view, routes.CLIENT)]}]})
 
 
 def downstream_mtls() -> dict[str, Any]:
@@ -96,7 +97,7 @@ def downstream_mtls() -> dict[str, Any]:
 
 def peer_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.PEER, "address": bound(view.listen_host, view.peer_port),
-                           "filter_chains": [{"filters": [http_manager(view, routes.PEER, False)],
+                           "filter_chains": [{"filters": [http_manager(view, routes.PEER)],
                                               "transport_socket": downstream_mtls()}]})
 
 
