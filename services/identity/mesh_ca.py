@@ -66,7 +66,12 @@ class MeshCa:
 @dataclass(frozen=True)
 class TlsCredentials:
     """What Envoy needs for the peer listener and the remote clusters (SDS `node-cert` and
-    `mesh-ca`)."""
+    `mesh-ca`, the CRL being `mesh-ca`'s `crl`).
+
+    `revocation_list_pem` is the mesh CA's CRL (services/identity/revocation.py), empty when
+    there is none. Only an overlay has one: in secret mode anyone with the secret can mint
+    any node's certificate, so a CRL would stop nothing; revocation there is a new secret.
+    """
 
     certificate_chain_pem: bytes
     private_key_pem: bytes
@@ -74,6 +79,7 @@ class TlsCredentials:
     mesh_id: str
     spiffe_id: str
     not_after: float  # unix seconds
+    revocation_list_pem: bytes = b""
 
 
 def _spki_der(public_key: ec.EllipticCurvePublicKey) -> bytes:
@@ -186,6 +192,11 @@ def issue_node_certificate(ca: MeshCa, node_public_key: ec.EllipticCurvePublicKe
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def serial_of(cert_pem: bytes) -> int:
+    """A certificate's serial number: what a CRL names it by."""
+    return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
 def needs_renewal(cert_pem: bytes, now: float) -> bool:
     """Past half its lifetime (or expired): renewing early leaves half a lifetime of slack
     for a CA or router that is down when the time comes."""
@@ -215,18 +226,21 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def credentials(ca: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_pem: bytes) -> TlsCredentials:
-    """Envoy's inputs from a CA certificate, this node's key and its certificate by that CA."""
+def credentials(ca: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_pem: bytes,
+                revocation_list_pem: bytes = b"") -> TlsCredentials:
+    """Envoy's inputs from a CA certificate, this node's key, its certificate by that CA and
+    the CA's CRL (none in secret mode)."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return TlsCredentials(certificate_chain_pem=cert_pem, private_key_pem=key_pem(key),
                           trusted_ca_pem=ca.public_bytes(serialization.Encoding.PEM),
                           mesh_id=mesh_id_of(ca.public_key()), spiffe_id=_uri_of(cert_pem) or "",
-                          not_after=cert.not_valid_after_utc.timestamp())
+                          not_after=cert.not_valid_after_utc.timestamp(), revocation_list_pem=revocation_list_pem)
 
 
 def secret_mode_credentials(secret: str, state_dir: Path, worker_id: str, now: float,
                             lifetime_s: int = DEFAULT_LIFETIME_S) -> TlsCredentials:
-    """Derive the CA, load (or make) this node's key, issue it a fresh certificate."""
+    """Derive the CA, load (or make) this node's key, issue it a fresh certificate; no CRL
+    (anyone with the secret can mint any certificate: a leaked secret needs a new secret)."""
     ca = secret_mode_ca(secret)
     key = load_or_create_node_key(state_dir)
     leaf = issue_node_certificate(ca, key.public_key(), worker_id, now, lifetime_s)

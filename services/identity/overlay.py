@@ -5,11 +5,14 @@ goes to every member); `join` sends the node's TLS public key with the enrollmen
 and the reply carries the node's certificate and the CA certificate, both stored in the
 joiner's <state>/nebula/. The private key never leaves the node (as with Nebula's keys).
 The node certificate lives as long as the Nebula certificate it was issued with: the
-router cannot renew it alone, and revocation goes through the CA's CRL (revocation.py).
+router cannot renew it alone, and revocation goes through the CA's CRL (revocation.py):
+`meshworker revoke` puts it in the CA-signed mesh record (`tls_crl`), which every member
+polls from the CA holder and keeps in <state>/nebula/record.json.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.common.identity import OVERLAY_DIR
+from services.common.identity import OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError
 from services.identity.mesh_ca import (
     MeshCa,
@@ -89,16 +92,47 @@ def check_node_certificate(ca_pem: bytes, cert_pem: bytes, public_key: ec.Ellipt
 class OverlayFiles:
     ca: Path
     cert: Path
+    record: Path
 
     @classmethod
     def of(cls, state_dir: Path) -> OverlayFiles:
         root = Path(state_dir) / OVERLAY_DIR
-        return cls(root / TLS_CA_CERT_FILE, root / NODE_CERT_FILE)
+        return cls(root / TLS_CA_CERT_FILE, root / NODE_CERT_FILE, root / RECORD_FILE)
+
+
+def revocation_list_of(record_path: Path, ca: x509.Certificate) -> bytes:
+    """The CA's CRL (PEM) from this member's mesh record, b"" when it carries none.
+
+    nebula-agent writes the record only after checking the CA holder's signature and that
+    its serial is newer, so the file is trusted as the certificates beside it are; the CRL
+    is checked against the TLS CA all the same, because Envoy refuses every peer when its
+    CRL is not the CA's (a StateError here is louder than a mesh that talks to no one).
+    """
+    try:
+        body = json.loads(json.loads(record_path.read_text())["signed"]["body"])
+        pem = body.get("tls_crl", "")  # absent in records of a CA holder that cannot revoke TLS
+        if not isinstance(pem, str):
+            raise TypeError("tls_crl is not a string")
+    except FileNotFoundError:
+        return b""
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise StateError(f"mesh record {record_path} is unusable ({err}); nebula-agent replaces it with "
+                         "the CA holder's next record, or copy it from another member") from None
+    if not pem:
+        return b""
+    try:
+        signed = x509.load_pem_x509_crl(pem.encode()).is_signature_valid(ca.public_key())
+    except ValueError:
+        signed = False
+    if not signed:
+        raise StateError(f"the TLS revocation list in {record_path} is not signed by the mesh TLS CA")
+    return pem.encode()
 
 
 def overlay_mode_credentials(state_dir: Path) -> TlsCredentials | None:
-    """This node's TLS credentials as the overlay's CA holder issued them; None when it holds
-    none (no overlay, or enrolled by a meshworker that issued no TLS certificate)."""
+    """This node's TLS credentials as the overlay's CA holder issued them, with the CA's
+    latest CRL; None when it holds none (no overlay, or enrolled by a meshworker that issued
+    no TLS certificate)."""
     files = OverlayFiles.of(state_dir)
     try:
         ca_pem, cert_pem = files.ca.read_bytes(), files.cert.read_bytes()
@@ -109,4 +143,5 @@ def overlay_mode_credentials(state_dir: Path) -> TlsCredentials | None:
         check_node_certificate(ca_pem, cert_pem, key.public_key(), worker_of(cert_pem) or "")
     except ValueError as err:
         raise StateError(f"{files.cert} does not fit {files.ca} and this node's TLS key: {err}") from None
-    return credentials(x509.load_pem_x509_certificate(ca_pem), key, cert_pem)
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    return credentials(ca, key, cert_pem, revocation_list_of(files.record, ca))

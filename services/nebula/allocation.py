@@ -36,10 +36,18 @@ def holder(table: dict[str, Any], name: str, now: float) -> str | None:
 
 
 def assign(table: dict[str, Any], ip: str, name: str, fingerprint: str, expires_unix: int,
-           lighthouse: bool = False) -> dict[str, Any]:
+           lighthouse: bool = False, tls_serial: int | None = None) -> dict[str, Any]:
+    """`tls_serial`: the serial of the mesh TLS certificate issued with it (None: none was),
+    kept in hex as openssl prints it, since a 159-bit JSON number loses digits in many readers."""
     entry = {"name": name, "fingerprint": fingerprint, "expires_unix": expires_unix,
              "revoked": False, "lighthouse": lighthouse}
-    return {**table, ip: entry}
+    return {**table, ip: entry | ({"tls_serial": f"{tls_serial:x}"} if tls_serial is not None else {})}
+
+
+def revoked_tls_serials(table: dict[str, Any]) -> list[int]:
+    """The TLS serials of every revoked certificate still in the table: an entry leaves it
+    only when its address is reused, after the certificate (and its TLS twin) expired."""
+    return sorted(int(e["tls_serial"], 16) for e in table.values() if e["revoked"] and "tls_serial" in e)
 
 
 def revoke(table: dict[str, Any], name: str, now: float) -> tuple[dict[str, Any], str]:

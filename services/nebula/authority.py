@@ -17,7 +17,8 @@ from typing import Any
 
 from services.common.identity import b64, sign_ca_proof, unb64
 from services.identity import overlay
-from services.identity.mesh_ca import issue_node_certificate
+from services.identity.mesh_ca import issue_node_certificate, serial_of
+from services.identity.revocation import revocation_list
 from services.nebula import allocation, membership, pki, records, tokens
 from services.nebula.state import EnrollmentError, NebulaPaths, locked
 
@@ -143,7 +144,8 @@ def enroll(paths: NebulaPaths, request: JoinRequest, now: float, signer: Signer)
         proof = identity_proof(paths, request, cert)
         tls = node_tls(paths, request, cert, now)
         allocation.save(paths.allocations, allocation.assign(
-            table, ip, request.name, cert.fingerprint, cert.expires_unix, request.lighthouse))
+            table, ip, request.name, cert.fingerprint, cert.expires_unix, request.lighthouse,
+            serial_of(tls["tls_certificate"].encode()) if tls else None))
         tokens.save(paths.tokens, tokens.consume(store, token_id))
         signed = _record_with_lighthouse(paths, member, ip, request, now)
     log.info("enrolled %s as %s (groups %s, token %s)", request.name, ip, ",".join(groups), token_id)
@@ -184,8 +186,9 @@ def _record_with_lighthouse(paths: NebulaPaths, member: membership.Membership, i
 
 
 def revoke(paths: NebulaPaths, name: str, now: float) -> tuple[str, records.MeshRecord]:
-    """Block `name`'s certificate: the new record is saved before the table marks it revoked,
-    so a crash in between leaves it blocked (a second revoke then finds nothing to do)."""
+    """Block `name`'s Nebula certificate and its mesh TLS certificate: the new record is saved
+    before the table marks it revoked, so a crash in between leaves it blocked (a second
+    revoke then finds nothing to do)."""
     with locked(paths.lock):
         table = allocation.load(paths.allocations)
         revoked_table, fingerprint = allocation.revoke(table, name, now)
@@ -193,8 +196,22 @@ def revoke(paths: NebulaPaths, name: str, now: float) -> tuple[str, records.Mesh
         record, _ = membership.load_record(paths, member)
         ip = allocation.holder(table, name, now)
         updated = record.next(int(now), blocklist=tuple(sorted({*record.blocklist, fingerprint})),
-                              lighthouses={k: v for k, v in record.lighthouses.items() if k != ip})
+                              lighthouses={k: v for k, v in record.lighthouses.items() if k != ip},
+                              tls_crl=tls_crl(paths, revoked_table, record.serial + 1, now))
         membership.save_record(paths, records.sign(updated, paths.ca_key.read_text()))
         allocation.save(paths.allocations, revoked_table)
+    if "tls_serial" not in table[ip] and paths.mesh_tls_ca_key.exists():
+        log.warning("%s's mesh TLS certificate (if any) was issued before its serial was kept: "
+                    "no CRL names it, and peers' Envoy accept it until it expires", name)
     log.info("revoked %s (%s, certificate %s)", name, ip, fingerprint)
     return fingerprint, updated
+
+
+def tls_crl(paths: NebulaPaths, table: dict[str, Any], number: int, now: float) -> str:
+    """The mesh TLS CA's CRL of every revoked node's TLS certificate, numbered as the record
+    that carries it (a newer CRL comes in a newer record); "" when none is to be named."""
+    serials = allocation.revoked_tls_serials(table)
+    if not serials or not paths.mesh_tls_ca_key.exists():
+        return ""
+    ca = overlay.load_mesh_ca(paths.mesh_tls_ca_crt.read_bytes(), paths.mesh_tls_ca_key.read_bytes())
+    return revocation_list(ca, serials, number, now).decode()

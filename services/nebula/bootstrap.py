@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.common.identity import NodeIdentity, b64, check_ca_proof, sign_ca_proof, unb64
 from services.identity import overlay
-from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key
+from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key, serial_of
 from services.nebula import allocation, client, membership, pki, records, tls, tokens
 from services.nebula.authority import check_name
 from services.nebula.membership import Membership
@@ -90,12 +90,13 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     write_atomically(tmp.identity_proof, sign_ca_proof(
         records.ca_signing_key(tmp.ca_key.read_text()), identity.public_key, opts.name, host.fingerprint,
         host.not_after), 0o644)
-    _make_mesh_tls_ca(tmp, Path(state_dir), opts.name, now, host.not_after)
+    tls_serial = _make_mesh_tls_ca(tmp, Path(state_dir), opts.name, now, host.not_after)
     tls_crt, tls_key = tls.self_signed(f"meshworker enrollment {opts.name}", list(opts.advertise))
     write_atomically(tmp.tls_crt, tls_crt, 0o644)
     write_atomically(tmp.tls_key, tls_key)
     allocation.save(tmp.allocations,
-                    allocation.assign({}, ip, opts.name, host.fingerprint, host.not_after, lighthouse=True))
+                    allocation.assign({}, ip, opts.name, host.fingerprint, host.not_after, lighthouse=True,
+                                      tls_serial=tls_serial))
     tokens.save(tmp.tokens, {})
     record = MeshRecord(serial=1, issued_at=int(now), ca_fingerprint=ca.fingerprint,
                         sync_interval_s=opts.sync_interval_s,
@@ -111,15 +112,16 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     return member
 
 
-def _make_mesh_tls_ca(tmp: NebulaPaths, state_dir: Path, name: str, now: float, not_after: int) -> None:
+def _make_mesh_tls_ca(tmp: NebulaPaths, state_dir: Path, name: str, now: float, not_after: int) -> int:
     """The mesh TLS CA (Envoy's mTLS between nodes), and the CA holder's own certificate
-    from it, valid as long as its Nebula certificate."""
+    from it, valid as long as its Nebula certificate; that certificate's serial."""
     ca = overlay.new_mesh_ca()
     write_atomically(tmp.mesh_tls_ca_key, overlay.ca_key_pem(ca))
     write_atomically(tmp.mesh_tls_ca_crt, ca.certificate_pem, 0o644)
     key = load_or_create_node_key(state_dir)
-    write_atomically(tmp.node_tls_crt, issue_node_certificate(ca, key.public_key(), name, now, not_after - now),
-                     0o644)
+    cert = issue_node_certificate(ca, key.public_key(), name, now, not_after - now)
+    write_atomically(tmp.node_tls_crt, cert, 0o644)
+    return serial_of(cert)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     join.add_argument("--lighthouse", action="store_true", help="become an extra lighthouse (the token "
                       "must allow it)")
     join.add_argument("--advertise", help="with --lighthouse: underlay address(es) nodes reach this one on")
-    revoke = subparsers.add_parser("revoke", help="remove a node: block its certificate mesh-wide")
+    revoke = subparsers.add_parser("revoke", help="remove a node: block its certificates mesh-wide "
+                                   "(Nebula's and the mesh TLS one)")
     revoke.add_argument("name")
 
 
@@ -151,7 +152,9 @@ def revoke(cfg: Config, args: argparse.Namespace) -> int:
     print(f"Revoked {args.name} (certificate {fingerprint}); mesh record {record.serial} blocks it.")
     applied = _reload(cfg, wait=False)
     here = "applied on this node" if applied is not None else "applied here at the next `meshworker up`"
-    print(f"Blocklist {here}; every member applies it within {record.sync_interval_s} s.")
+    blocks = "Blocklist and TLS revocation list" if record.tls_crl else "Blocklist"
+    print(f"{blocks} {here}; every member takes record {record.serial} within "
+          f"{record.sync_interval_s} s.")
     return 0
 
 

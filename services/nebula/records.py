@@ -1,9 +1,10 @@
-"""The mesh record: lighthouses, blocklist and sync interval, signed with the CA's own key.
+"""The mesh record: lighthouses, blocklist, the TLS CA's CRL and sync interval, signed with
+the CA's own key.
 
 Only the CA holder can issue a record, and every member can check one against the CA
 certificate it already has, so a record may travel over any channel and be relayed by
 anyone. A member takes a record only when its serial is higher than the one it has
-(no rollback to an older blocklist). Pure functions.
+(no rollback to an older blocklist or CRL). Pure functions.
 
 The CA key is Nebula's ed25519 key (seed || public key); the signature is plain Ed25519
 over the exact body bytes, so nothing depends on how JSON is re-serialised.
@@ -39,12 +40,15 @@ class MeshRecord:
     sync_interval_s: int = DEFAULT_SYNC_INTERVAL_S
     lighthouses: dict[str, list[str]] = field(default_factory=dict)  # overlay ip -> ["host:port"]
     blocklist: tuple[str, ...] = ()  # nebula cert fingerprints
+    # The mesh TLS CA's CRL (PEM) of revoked nodes' TLS certificates, for Envoy; "" for none.
+    # Older members ignore it; records of an older CA holder lack it.
+    tls_crl: str = ""
 
     def body(self) -> bytes:
         return json.dumps({
             "serial": self.serial, "issued_at": self.issued_at, "ca_fingerprint": self.ca_fingerprint,
             "sync_interval_s": self.sync_interval_s, "lighthouses": self.lighthouses,
-            "blocklist": sorted(self.blocklist)}, sort_keys=True, separators=(",", ":")).encode()
+            "blocklist": sorted(self.blocklist), "tls_crl": self.tls_crl}, sort_keys=True, separators=(",", ":")).encode()
 
     def next(self, now: int, **changes: Any) -> MeshRecord:
         return replace(self, serial=self.serial + 1, issued_at=now, **changes)
@@ -68,11 +72,14 @@ def _parse_body(body: dict[str, Any]) -> MeshRecord:
     blocklist = body["blocklist"]
     if not isinstance(blocklist, list) or not all(isinstance(f, str) for f in blocklist):
         raise RecordError("record blocklist must be a list of fingerprints")
+    tls_crl = body.get("tls_crl", "")
+    if not isinstance(tls_crl, str):
+        raise RecordError("record tls_crl must be a PEM string")
     return MeshRecord(serial=int(body["serial"]), issued_at=int(body["issued_at"]),
                       ca_fingerprint=str(body["ca_fingerprint"]),
                       sync_interval_s=int(body["sync_interval_s"]),
                       lighthouses={ip: list(a) for ip, a in lighthouses.items()},
-                      blocklist=tuple(blocklist))
+                      blocklist=tuple(blocklist), tls_crl=tls_crl)
 
 
 def verify(signed: Any, ca_public_key_hex: str, ca_fingerprint: str) -> MeshRecord:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from services.common.identity import MESH_RECORD_CONTEXT
 from services.nebula import records
 from services.nebula.records import MeshRecord, RecordError
 
@@ -63,3 +65,23 @@ def test_only_a_higher_serial_replaces_a_record():
     assert not records.newer(RECORD, newer)
     assert not records.newer(RECORD, RECORD)
     assert records.newer(RECORD, None)
+
+
+def test_the_signature_covers_the_tls_revocation_list():
+    signed = records.sign(RECORD.next(200, tls_crl="-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n"), CA_KEY)
+
+    assert records.verify(signed, CA_PUB, "fp").tls_crl.startswith("-----BEGIN X509 CRL-----")
+    signed["body"] = signed["body"].replace("AAAA", "AAAB")
+    with pytest.raises(RecordError, match="not signed"):
+        records.verify(signed, CA_PUB, "fp")
+
+
+def test_a_record_of_a_ca_holder_without_tls_revocation_reads_as_no_crl():
+    """Records signed before the field existed (or by an older CA holder) have no tls_crl."""
+    body = json.loads(RECORD.body())
+    del body["tls_crl"]
+    text = json.dumps(body)
+    signed = {"body": text, "signature": records.ca_signing_key(CA_KEY).sign(MESH_RECORD_CONTEXT + text.encode()).hex()}
+
+    record = records.verify(signed, CA_PUB, "fp")
+    assert (record.serial, record.blocklist, record.tls_crl) == (3, ("aa", "bb"), "")
