@@ -30,8 +30,10 @@ from services.nebula import (
     server,
     supervise,
 )
+from services.nebula.agent import Agent
 from services.nebula.ratelimit import JoinRateLimiter
 from services.nebula.state import EnrollmentError, NebulaPaths, StateError
+from tests.unit.identity import test_envoy_tls as envoy_tls  # its real-Envoy helpers, not its tests
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -267,6 +269,37 @@ def test_members_fetch_the_signed_record(endpoint, tmp_path):
 
     assert fingerprint in record.blocklist and record.serial == 2
     assert records.verify(signed, endpoint.member.ca_public_key, endpoint.member.ca_fingerprint) == record
+
+
+class NoSupervisor:
+    def available(self) -> bool:
+        return False
+
+
+async def test_a_revoked_nodes_tls_certificate_is_refused_by_a_members_envoy_after_its_sync(endpoint, tmp_path):
+    """`revoke` on the CA holder; a member's agent takes the next record at its sync, and its
+    Envoy, given the CRL its credentials now carry, refuses the revoked node and no other."""
+    text = token(endpoint, uses=2)
+    for name in ("node-1", "node-2"):  # node-1 serves: the test's TLS client expects that name
+        bootstrap.join_mesh(tmp_path / name, endpoint.join_options(text, name=name))
+    agent = Agent(cfg_for(tmp_path / "node-1"), NoSupervisor())
+    await agent.reconcile()
+    assert overlay.overlay_mode_credentials(tmp_path / "node-1").revocation_list_pem == b""
+
+    authority.revoke(endpoint.app.paths, "node-2", time.time())
+    assert await agent.refresh_record()
+
+    ours = overlay.overlay_mode_credentials(tmp_path / "node-1")
+    files, revoked = (envoy_tls.write_credentials(overlay.overlay_mode_credentials(tmp_path / n), tmp_path / f"{n}-pem")
+                      for n in ("node-1", "node-2"))
+    crl = tmp_path / "mesh.crl"
+    crl.write_bytes(ours.revocation_list_pem)
+    peer_port, client_port = envoy_tls.free_port(), envoy_tls.free_port()
+    config_file = tmp_path / "envoy.json"
+    config_file.write_text(json.dumps(envoy_tls.bootstrap(files, ours.mesh_id, peer_port, client_port, crl)))
+    with envoy_tls.running_envoy(config_file, [peer_port, client_port]):
+        envoy_tls.assert_refused(peer_port, envoy_tls.tls_context(files.ca, revoked))
+        assert envoy_tls.get(peer_port, envoy_tls.tls_context(files.ca, files)).startswith(b"HTTP/1.1 200")
 
 
 def cfg_for(state_dir):

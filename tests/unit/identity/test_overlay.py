@@ -3,13 +3,20 @@ joined node reads back (enrollment itself is tested in tests/nebula)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from services.common.identity import OVERLAY_DIR
+from services.common.identity import OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError
-from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key
+from services.identity.mesh_ca import (
+    issue_node_certificate,
+    load_or_create_node_key,
+    secret_mode_credentials,
+    serial_of,
+)
 from services.identity.overlay import (
     NODE_CERT_FILE,
     TLS_CA_CERT_FILE,
@@ -21,6 +28,7 @@ from services.identity.overlay import (
     parse_public_key,
     public_key_pem,
 )
+from services.identity.revocation import revocation_list
 
 T0 = 1_800_000_000.0
 
@@ -92,4 +100,57 @@ def test_a_certificate_for_another_key_is_a_state_error(tmp_path):
     cert = issue_node_certificate(ca, ec.generate_private_key(ec.SECP256R1()).public_key(), "n2", T0)
     write_overlay(tmp_path, ca.certificate_pem, cert)
     with pytest.raises(StateError, match=NODE_CERT_FILE):
+        overlay_mode_credentials(tmp_path)
+
+
+def write_record(state, body: dict) -> None:
+    """record.json as nebula-agent keeps it (it checks the signature before it writes; this
+    module reads only the body)."""
+    signed = {"body": json.dumps(body), "signature": "00"}
+    (state / OVERLAY_DIR / RECORD_FILE).write_text(json.dumps({"version": 1, "signed": signed}))
+
+
+def member_of(tmp_path, ca) -> bytes:
+    cert = issue_node_certificate(ca, load_or_create_node_key(tmp_path).public_key(), "n2", T0, 3600)
+    write_overlay(tmp_path, ca.certificate_pem, cert)
+    return cert
+
+
+def test_overlay_credentials_carry_the_crl_of_the_members_record(tmp_path):
+    ca = new_mesh_ca()
+    member_of(tmp_path, ca)
+    revoked = issue_node_certificate(ca, load_or_create_node_key(tmp_path / "n3").public_key(), "n3", T0)
+    crl = revocation_list(ca, [serial_of(revoked)], 2, T0)
+    write_record(tmp_path, {"serial": 2, "blocklist": [], "tls_crl": crl.decode()})
+    assert overlay_mode_credentials(tmp_path).revocation_list_pem == crl
+
+
+@pytest.mark.parametrize("body", [None, {"serial": 1, "blocklist": []}, {"serial": 1, "tls_crl": ""}])
+def test_a_record_without_a_crl_gives_none(tmp_path, body):
+    """No record.json yet, or one of a CA holder that revoked nothing (or cannot revoke TLS)."""
+    member_of(tmp_path, new_mesh_ca())
+    if body is not None:
+        write_record(tmp_path, body)
+    assert overlay_mode_credentials(tmp_path).revocation_list_pem == b""
+
+
+def test_secret_mode_has_no_crl(tmp_path):
+    assert secret_mode_credentials("a mesh secret of this test", tmp_path, "n2", T0).revocation_list_pem == b""
+
+
+@pytest.mark.parametrize("crl", ["garbage", 5, "another CA's"])
+def test_a_crl_envoy_could_not_use_is_a_state_error(tmp_path, crl):
+    """Envoy would refuse every peer of a CA whose CRL it cannot use: say so instead."""
+    member_of(tmp_path, new_mesh_ca())
+    if crl == "another CA's":
+        crl = revocation_list(new_mesh_ca(), [1], 1, T0).decode()
+    write_record(tmp_path, {"serial": 1, "tls_crl": crl})
+    with pytest.raises(StateError, match=RECORD_FILE):
+        overlay_mode_credentials(tmp_path)
+
+
+def test_an_unreadable_record_is_a_state_error(tmp_path):
+    member_of(tmp_path, new_mesh_ca())
+    (tmp_path / OVERLAY_DIR / RECORD_FILE).write_text("{")
+    with pytest.raises(StateError, match=f"{RECORD_FILE} is unusable"):
         overlay_mode_credentials(tmp_path)
