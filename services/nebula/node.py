@@ -39,7 +39,8 @@ def view(cfg: Config, paths: NebulaPaths, state: NodeState) -> render.NodeView:
     return render.NodeView(
         ca=str(paths.ca_crt), cert=str(paths.host_crt), key=str(paths.host_key),
         overlay_ip=state.member.overlay_ip, listen_port=cfg.nebula_port,
-        gateway_port=cfg.gateway_port, dht_port=cfg.dht_port, am_lighthouse=state.member.lighthouse,
+        gateway_port=cfg.gateway_port, peer_port=cfg.peer_port, dht_port=cfg.dht_port,
+        am_lighthouse=state.member.lighthouse,
         lighthouses=state.record.lighthouses, blocklist=state.record.blocklist,
         debug=cfg.log_level == "DEBUG", tun_dev=tun_dev(cfg))
 

@@ -35,6 +35,7 @@ class NodeView:
     overlay_ip: str
     listen_port: int
     gateway_port: int
+    peer_port: int
     dht_port: int
     am_lighthouse: bool = False
     lighthouses: dict[str, list[str]] = field(default_factory=dict)
@@ -56,11 +57,13 @@ def _port(port: int) -> int | str:
 
 
 def firewall(view: NodeView) -> dict[str, Any]:
-    """Outbound anything; inbound only the gateway (TCP) and the DHT (UDP), from mesh members."""
+    """Outbound anything; inbound only the gateway's two listeners, clients' and peers'
+    (TCP), and the DHT (UDP), from mesh members."""
     return {
         "outbound": [{"port": "any", "proto": "any", "host": "any"}],
         "inbound": [
             {"port": _port(view.gateway_port), "proto": "tcp", "group": BASE_GROUP},
+            {"port": _port(view.peer_port), "proto": "tcp", "group": BASE_GROUP},
             {"port": _port(view.dht_port), "proto": "udp", "group": BASE_GROUP},
         ],
     }

@@ -25,6 +25,7 @@ from services.common import grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
+from services.common.statefile import StateError
 from services.router import gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
@@ -199,7 +200,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         new revocation list) within seconds of its arrival on disk."""
         while True:
             await asyncio.sleep(CREDENTIALS_CHECK_S)
-            fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
+            try:
+                fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
+            except StateError as err:  # a record or CRL that cannot be used: keep what Envoy has
+                log.error("keeping the TLS credentials Envoy holds: %s", err)
+                continue
             if fresh != self.tls:
                 self.tls = fresh
                 self.changed.set()

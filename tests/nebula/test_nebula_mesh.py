@@ -18,19 +18,19 @@ from pathlib import Path
 
 import grpc
 import pytest
-from meshtest import BIN, REPO, wait_for
+from meshtest import BIN, REPO, peer_post, wait_for
 from netns import Lab
 
 from services.common.config import MESH_SECRET_FILE
-from services.common.identity import MeshTrust, NodeIdentity
 from services.common.rpc import nebula_pb2, nebula_pb2_grpc
-from services.gateway import forwarding
-from services.nebula.state import NebulaPaths
+from services.identity.mesh_ca import secret_mode_credentials
+from services.identity.overlay import overlay_mode_credentials
 
 pytestmark = pytest.mark.timeout(180)
 # Fixed ports: one namespace each. No MESHWORKER_MESH_SECRET: `up` makes each node a secret
 # of its own, so trust between the nodes can come only from the overlay's CA.
-NODE_ENV = {"MESHWORKER_GATEWAY_PORT": "8000", "MESHWORKER_DHT_PORT": "8468", "MESHWORKER_NEBULA_PORT": "4242"}
+NODE_ENV = {"MESHWORKER_GATEWAY_PORT": "8000", "MESHWORKER_PEER_PORT": "8443", "MESHWORKER_DHT_PORT": "8468",
+            "MESHWORKER_NEBULA_PORT": "4242"}
 ECHO = Path(__file__).parent.parent / "echo_backend.py"
 # node2 hosts a service, so a request at node3 is forwarded over the overlay.
 HOSTS_ECHO = f'services = ["echo"]\n[service.echo]\nurl = "http://127.0.0.1:9100"\n' \
@@ -141,35 +141,30 @@ def test_a_forwarded_request_travels_over_the_overlay(mesh):
 
     reply = wait_for(forwarded, 60, "node3 to find node2's echo through the DHT on the overlay")
     assert (reply.headers["X-Mesh-Route"], reply.headers["X-Mesh-Worker"]) == ("forwarded", "node2")
-    # node2's gateway saw the request come from node3's overlay address, and said so.
-    assert reply.json()["forwarded_for"].split(", ")[-1] == ips["node3"]
+    # node2's Envoy saw the request come from node3's overlay address, and said so.
+    assert reply.json()["forwarded_for"].split(",")[-1].strip() == ips["node3"]
     providers = nodes["node3"].get("/mesh/services").json()["services"]
     assert [p["url"] for s in providers if s["name"] == "echo" for p in s["providers"]] == \
-        [f"http://{ips['node2']}:8000"]
+        [f"https://{ips['node2']}:8443"]
 
 
-def forward_as(node, proof: bytes | None = None) -> dict[str, str]:
-    """The headers `node`'s gateway would send to forward GET /service/echo/whoami now: its
-    key, and its CA proof (or, given, another proof)."""
-    key = NodeIdentity.load_or_create(node.state_dir)
-    proof = proof if proof is not None else NebulaPaths.of(node.state_dir).identity_proof.read_bytes()
-    return forwarding.sign_with_key(key, proof, node.env["MESHWORKER_WORKER_ID"], "GET", "/service/echo/whoami",
-                                    None, time.time())
+def to_node2(nodes, sender, credentials, workdir: Path) -> int | str:
+    """GET-like POST to node2's peer listener for its echo, from `sender`'s namespace, over
+    the overlay when the sender is in it (else node2's underlay address)."""
+    overlay = overlay_mode_credentials(nodes["node2"].state_dir)
+    address = status(nodes["node2"]).overlay_ip if status_when_up(sender).overlay_ip else nodes["node2"].host.address
+    return sender.host.call(peer_post, address, 8443, overlay.trusted_ca_pem, credentials, workdir,
+                            "/service/echo", {"X-Mesh-Service": "echo", "X-Mesh-Envelope": "1"})
 
 
-def test_only_keys_certified_by_the_mesh_ca_may_forward(mesh):
+def test_only_certificates_of_the_mesh_ca_may_forward(mesh, tmp_path):
     nodes = mesh[0]
     outsider = nodes["node4"]  # runs, outside the overlay, with a mesh secret of its own
-    secret = MeshTrust((outsider.state_dir / MESH_SECRET_FILE).read_text().strip())
-    headers = forward_as(outsider, secret.proof(NodeIdentity.load_or_create(outsider.state_dir).public_key))
-
-    refused = nodes["node2"].request("GET", "/service/echo/whoami", headers=headers)
-    assert refused.status == 403 and "not a member" in refused.json()["error"]["message"]
-    as_secret_holder = forwarding.sign(NodeIdentity.load_or_create(outsider.state_dir), secret, "node4", "GET",
-                                       "/service/echo/whoami", None, time.time())  # its secret's MAC
-    refused = nodes["node2"].request("GET", "/service/echo/whoami", headers=as_secret_holder)
-    assert refused.status == 403 and "not sent by a holder" in refused.json()["error"]["message"]
-    assert nodes["node2"].request("GET", "/service/echo/whoami", headers=forward_as(nodes["node3"])).status == 200
+    own_secret = (outsider.state_dir / MESH_SECRET_FILE).read_text().strip()
+    self_issued = secret_mode_credentials(own_secret, tmp_path / "node4", "node4", time.time())
+    assert to_node2(nodes, outsider, self_issued, tmp_path / "a") != 200
+    member = overlay_mode_credentials(nodes["node3"].state_dir)
+    assert to_node2(nodes, nodes["node3"], member, tmp_path / "b") == 200
 
 
 def test_status_reports_certificate_lighthouse_and_tunnels(mesh):
@@ -219,8 +214,8 @@ def test_a_second_lighthouse_keeps_new_tunnels_possible_without_the_first(mesh):
 
 
 def test_a_node_that_joined_while_running_is_trusted_at_once(mesh):
-    """node4 ran outside the overlay until the test above joined it: its dht and gateway now
-    sign with the CA's proof of their key, so node2 serves what node4 forwards."""
+    """node4 ran outside the overlay until the test above joined it: its router now hands
+    Envoy the certificate the CA gave it at join, so node2 serves what node4 forwards."""
     node4 = mesh[0]["node4"]
 
     def forwarded():
@@ -268,7 +263,7 @@ def test_a_restarted_node_comes_back_on_the_same_address(mesh):
     wait_for(lambda: reaches(nodes["node2"], ips["node1"]) == "node1", 20, "node2 to reach node1")
 
 
-def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh):
+def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh, tmp_path):
     nodes, ips = mesh[0], overlay_ips(mesh)
     out = cli(nodes["node1"], "revoke", "node3")
     assert out.returncode == 0, out.stderr
@@ -279,8 +274,8 @@ def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh):
     wait_for(lambda: reaches(nodes["node4"], ips["node3"]) is None, 15, "lighthouse 2 to block node3 too")
     assert reaches(nodes["node1"], ips["node2"]) == "node2" and reaches(nodes["node2"], ips["node1"]) == "node1"
     assert status(nodes["node3"]).revoked and "revoked" in nodes["node3"].health()["vpn_reason"]
-    # Nor may it forward on the underlay: its key's CA proof names a blocked certificate.
-    wait_for(lambda: nodes["node2"].request("GET", "/service/echo/whoami",
-                                            headers=forward_as(nodes["node3"])).status == 403, 15,
-             "node2's gateway to refuse node3's revoked key")
+    # Nor may it forward on the underlay: its TLS certificate is on the mesh CA's revocation list.
+    revoked = overlay_mode_credentials(nodes["node3"].state_dir)
+    wait_for(lambda: to_node2(nodes, nodes["node3"], revoked, tmp_path) != 200, 15,
+             "node2's Envoy to refuse node3's revoked certificate")
 

@@ -11,7 +11,7 @@ LH = {"10.42.0.1": ["10.77.0.11:4242"], "10.42.0.9": ["10.77.0.19:4242"]}
 
 def view(**changes) -> render.NodeView:
     base = {"ca": "/s/ca.crt", "cert": "/s/host.crt", "key": "/s/host.key", "overlay_ip": "10.42.0.2",
-            "listen_port": 4242, "gateway_port": 8000, "dht_port": 8468, "lighthouses": LH,
+            "listen_port": 4242, "gateway_port": 8000, "peer_port": 8443, "dht_port": 8468, "lighthouses": LH,
             "tun_dev": "mesh4242"}
     return render.NodeView(**{**base, **changes})
 
@@ -36,6 +36,7 @@ def test_firewall_admits_only_gateway_and_dht_from_the_mesh():
     inbound = render.config(view())["firewall"]["inbound"]
 
     assert inbound == [{"port": 8000, "proto": "tcp", "group": "mesh"},
+                       {"port": 8443, "proto": "tcp", "group": "mesh"},
                        {"port": 8468, "proto": "udp", "group": "mesh"}]
 
 

@@ -41,13 +41,15 @@ def secrets(view: MeshView) -> list[Secret]:
     if view.tls is None:
         return []
     tls = view.tls
+    validation = {"trusted_ca": {"inline_bytes": _b64(tls.trusted_ca_pem)},
+                  "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.mesh_id)}}]}
+    if tls.revocation_list_pem:  # the overlay CA's list of revoked node certificates
+        validation["crl"] = {"inline_bytes": _b64(tls.revocation_list_pem)}
     return [
         make(Secret, {"name": clusters.NODE_CERT, "tls_certificate": {
             "certificate_chain": {"inline_bytes": _b64(tls.certificate_chain_pem)},
             "private_key": {"inline_bytes": _b64(tls.private_key_pem)}}}),
-        make(Secret, {"name": clusters.MESH_CA, "validation_context": {
-            "trusted_ca": {"inline_bytes": _b64(tls.trusted_ca_pem)},
-            "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.mesh_id)}}]}}),
+        make(Secret, {"name": clusters.MESH_CA, "validation_context": validation}),
     ]
 
 

@@ -154,3 +154,11 @@ def test_peer_urls_other_than_https_are_not_peers():
 
 def test_each_version_is_the_snapshot_version(tmp_path):
     assert resources.build(view(tmp_path), 7).version == 7
+
+
+def test_an_overlays_revocation_list_reaches_envoy_with_the_mesh_ca(tmp_path):
+    v = view(tmp_path)
+    assert "crl" not in as_dict(resources.build(v, 1).resources[resources.SECRET]["mesh-ca"])["validation_context"]
+    revoking = dataclasses.replace(v, tls=dataclasses.replace(v.tls, revocation_list_pem=b"a CRL"))
+    validation = as_dict(resources.build(revoking, 1).resources[resources.SECRET]["mesh-ca"])["validation_context"]
+    assert validation["crl"] == {"inline_bytes": "YSBDUkw="}

@@ -7,14 +7,18 @@ endpoints inline, secrets as static secrets. A resource Envoy would NACK fails h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
+import time
 
 import pytest
 from google.protobuf import json_format
 
+from services.identity.mesh_ca import secret_mode_ca
+from services.identity.revocation import revocation_list
 from services.router.xds import resources
-from tests.unit.router.xds_fixtures import view
+from tests.unit.router.xds_fixtures import SECRET, view
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,9 +57,13 @@ def validate(tmp_path, bootstrap: dict) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, timeout=50)
 
 
-@pytest.mark.parametrize("changes", [{}, {"tls": None}, {"local": ()},
-                                     {"remote": (), "nowhere": ()}], ids=["full", "no-tls", "no-local", "local-only"])
+@pytest.mark.parametrize("changes", [{}, {"tls": None}, {"local": ()}, {"remote": (), "nowhere": ()}, "crl"],
+                         ids=["full", "no-tls", "no-local", "local-only", "revocation-list"])
 def test_envoy_accepts_the_snapshot(tmp_path, changes):
+    if changes == "crl":
+        tls = view(tmp_path).tls
+        crl = revocation_list(secret_mode_ca(SECRET), [12345], 1, time.time())
+        changes = {"tls": dataclasses.replace(tls, revocation_list_pem=crl)}
     result = validate(tmp_path, static_bootstrap(resources.build(view(tmp_path, **changes), 1)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
