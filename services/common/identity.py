@@ -9,7 +9,7 @@ proven by a key proof, of one of two kinds, told apart by their shape:
   this node key belongs to the certificate (name, fingerprint) it enrolled, until that
   certificate expires. `init` and `join` obtain it (<state>/nebula/identity.proof).
 
-Records and forwarded requests carry (public key, proof, signature), so the kind of
+Provider records carry (public key, proof, signature), so the kind of
 proof changes neither format. A node trusts a secret proof when it has the secret, and a
 CA proof when it is in an overlay (checked against the CA key of its own membership and
 the CA-signed blocklist); a node in an overlay needs no mesh secret at all.
@@ -39,7 +39,6 @@ from services.common.statefile import StateError, create_once
 log = logging.getLogger(__name__)
 KEY_FILE = "node.key"
 _PROOF_CONTEXT = b"meshworker/v1/node-key:"
-_MAC_CONTEXT = b"meshworker/v1/forward-mac"
 SECRET_PROOF_BYTES = 32
 # The overlay's files read here; services/nebula writes them (NebulaPaths names the same).
 OVERLAY_DIR, MESH_FILE, RECORD_FILE, CA_PROOF_FILE = "nebula", "mesh.json", "record.json", "identity.proof"
@@ -293,7 +292,6 @@ class MeshTrust:
     def __init__(self, secret: str | None, overlay: OverlayTrust | None = None,
                  clock: Callable[[], float] = time.time):
         self._secret = secret.encode() if secret is not None else None
-        self._mac_key = hmac.new(self._secret, _MAC_CONTEXT, hashlib.sha256).digest() if self._secret else None
         self.overlay = overlay
         self._clock = clock
 
@@ -307,16 +305,6 @@ class MeshTrust:
         secret's; empty (trusted by nobody) when it has neither."""
         own = self.overlay.own_proof(public_key, self._clock()) if self.overlay is not None else None
         return own or self.secret_proof(public_key) or b""
-
-    def mac(self, data: bytes) -> bytes | None:
-        """The mesh secret's MAC of data (None without a secret): whoever holds the secret can
-        make it, as whoever holds the secret can prove a key of its own, so among nodes that
-        prove membership with the secret it says what a signature by a proven key would."""
-        return None if self._mac_key is None else hmac.new(self._mac_key, data, hashlib.sha256).digest()
-
-    def checks_mac(self, data: bytes, mac: bytes) -> bool:
-        expected = self.mac(data)
-        return expected is not None and hmac.compare_digest(expected, mac)
 
     def trusts(self, public_key: bytes, proof: bytes) -> bool:
         if len(proof) == SECRET_PROOF_BYTES:

@@ -37,7 +37,7 @@ class JoinRequest:
     public_key: str  # normalised PEM
     lighthouse: bool = False
     advertise: tuple[str, ...] = ()  # a lighthouse's underlay host:port for nebula
-    identity_key: bytes | None = None  # the node's ed25519 key (records, forwarding) to certify
+    identity_key: bytes | None = None  # the node's ed25519 key (its provider records) to certify
     tls_public_key: str | None = None  # the node's P-256 key (Envoy's mTLS), PEM, to certify
 
 
