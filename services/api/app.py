@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from services.api import metrics
+from services.api import metrics, peers
 from services.api.envelope import envelope
 from services.api.errors import ApiError, unavailable
 from services.api.node import ApiNode
@@ -118,7 +118,9 @@ async def mesh_peers(request: Request) -> Response:
         reply = await node.dht.ListPeers(dht_pb2.ListPeersRequest(), timeout=grpcclient.DEADLINE_S)
     except grpc.aio.AioRpcError:
         return unavailable("dht_unavailable", "the dht is not answering").response()
-    return JSONResponse({"worker_id": node.cfg.worker_id, "checked_at": time.time(), **as_json(reply)})
+    clusters = await node.envoy.get_json("/clusters")
+    return JSONResponse({"worker_id": node.cfg.worker_id, "checked_at": time.time(), **as_json(reply),
+                         "forwarding": peers.forwarding(clusters) if clusters is not None else None})
 
 
 async def service(request: Request) -> Response:

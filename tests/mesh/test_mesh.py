@@ -140,7 +140,11 @@ def test_mesh_views_list_services_and_peers(mesh):
     ocr = services["vision-ocr"]["providers"]
     assert [p["worker_id"] for p in ocr] == ["a"] and ocr[0]["url"] == "https://10.77.0.11:8443"
     assert 0 <= ocr[0]["record_age_seconds"] < TTL_S
-    peers = mesh["c"].get("/mesh/peers").json()["peers"]
+    assert mesh["c"].post_json("/service/echo", {"n": 0}).status == 200
+    view = mesh["c"].get("/mesh/peers").json()
+    peers = view["peers"]
+    echo = [p for p in view["forwarding"] if p["service"] == "echo"]
+    assert [(p["worker_id"], p["address"], p["reachable"]) for p in echo] == [("b", "10.77.0.12:8443", True)]
     assert {p["address"].split(":")[0] for p in peers} == {"10.77.0.11", "10.77.0.12"}
     assert all(p["reachable"] and p["rtt_seconds"] > 0 for p in peers)
     assert mesh["c"].get("/health").json()["dht_peers"] == 2

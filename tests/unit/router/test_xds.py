@@ -162,3 +162,28 @@ def test_an_overlays_revocation_list_reaches_envoy_with_the_mesh_ca(tmp_path):
     revoking = dataclasses.replace(v, tls=dataclasses.replace(v.tls, revocation_list_pem=b"a CRL"))
     validation = as_dict(resources.build(revoking, 1).resources[resources.SECRET]["mesh-ca"])["validation_context"]
     assert validation["crl"] == {"inline_bytes": "YSBDUkw="}
+
+
+def test_a_body_of_unknown_length_is_held_to_the_limit_and_a_declared_one_streams(tmp_path):
+    routes = matching(client_routes(view(tmp_path)), prefix="/service/echo/")
+    held, streamed = routes
+    assert {"name": "content-length", "present_match": False} in held["match"]["headers"]
+    buffer = held["typed_per_filter_config"]["envoy.filters.http.buffer"]
+    assert buffer["buffer"]["max_request_bytes"] == 1000
+    assert "typed_per_filter_config" not in streamed
+    assert held["route"] == streamed["route"]
+
+
+def test_routes_are_named_after_their_service_for_envoys_own_error_messages(tmp_path):
+    routes = client_routes(view(tmp_path))
+    assert {r.get("name") for r in matching(routes, prefix="/service/ocr/")} == {"ocr"}
+    listener = as_dict(resources.build(view(tmp_path), 1).resources[resources.LISTENER]["client"])
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    mappers = manager["local_reply_config"]["mappers"]
+    timeout = next(m for m in mappers if m.get("filter", {}).get("response_flag_filter", {}).get("flags") == ["UT"])
+    assert timeout["body_format_override"]["json_format"]["error"] == {
+        "code": "backend_timeout", "message": "%ROUTE_NAME% did not answer within its timeout"}
+    unavailable = next(m for m in mappers if "UF" in m.get("filter", {}).get("response_flag_filter", {}).get(
+        "flags", []))
+    assert {"key": "x-mesh-unserved", "value": "1"} in [h["header"] for h in unavailable["headers_to_add"]]
+    assert manager["normalize_path"] and manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
