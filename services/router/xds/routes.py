@@ -82,8 +82,8 @@ def forward(cluster: str, timeout_s: float, idempotent: bool, rewrite: bool, rou
     a peer's answer then names itself and the route, and the virtual host fills in ours."""
     action: dict[str, Any] = {"cluster": cluster, "timeout": f"{timeout_s:.3f}s",
                               "retry_policy": retry_policy(idempotent)}
-    if rewrite:  # /service/<name>/<path> reaches the backend as /<path>
-        action["regex_rewrite"] = {"pattern": {"regex": r"^/service/[^/]+(/.*)$"}, "substitution": r"\1"}
+    if rewrite:  # /service/<name>/<path> reaches the backend as /<path> (the match is that prefix)
+        action["prefix_rewrite"] = "/"
     return {"route": action, "request_headers_to_add": list(extra_headers),
             "response_headers_to_add": [header(ROUTE, route_kind)] if route_kind else []}
 

@@ -41,7 +41,7 @@ def test_a_healthy_local_service_is_wrapped_by_the_api_here(tmp_path):
     assert post_route(routes, "echo")["route"]["cluster"] == clusters.API
     below = matching(routes, prefix="/service/echo/")[0]["route"]
     assert below["cluster"] == "service:echo"  # local first, then the peers (aggregate)
-    assert below["regex_rewrite"]["substitution"] == r"\1"
+    assert below["prefix_rewrite"] == "/"
 
 
 def test_an_unhealthy_local_service_with_providers_is_wrapped_by_a_peer(tmp_path):
