@@ -88,7 +88,8 @@ def up(cfg: Config) -> int:
     if cfg.config_path:
         env["MESHWORKER_CONFIG"] = str(cfg.config_path)
     print(f"meshworker {version('meshworker')}: node {cfg.worker_id}, services "
-          f"{[s.name for s in cfg.services]}, gateway {cfg.gateway_host}:{cfg.gateway_port}", flush=True)
+          f"{[s.name for s in cfg.services]}, gateway (Envoy) {cfg.gateway_host}:{cfg.gateway_port}, peers "
+          f"(mTLS) :{cfg.peer_port}", flush=True)
     for name, reason in cfg.unavailable:
         print(f"{name} is not offered: {reason}", flush=True)
     os.execve(supervisord, ["supervisord", "-n", "-c", str(SUPERVISORD_CONF)], env)
@@ -218,7 +219,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("peers", help="the DHT peers this node knows, with their round-trip time")
     commands.add_parser("drain", help="withdraw this node's services from the mesh")
     run = commands.add_parser("run", help="run one component (what supervisord starts)")
-    run.add_argument("component", help="nebula-agent, dht, router, gateway or svc-<name>")
+    run.add_argument("component", help="nebula-agent, dht, router, api, gateway (Envoy) or svc-<name>")
     return parser.parse_args(argv)
 
 
