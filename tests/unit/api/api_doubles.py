@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 
 import aiohttp
 import grpc
@@ -18,18 +17,6 @@ from services.api.app import create_app
 from services.api.main import bind_unix
 from services.common.config import Config
 from services.common.rpc import router_pb2, router_pb2_grpc
-
-
-@contextlib.asynccontextmanager
-async def unix_site(app: web.Application, path: Path) -> AsyncIterator[None]:
-    """Serve an aiohttp app on a unix socket for the duration of the block."""
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
-    try:
-        yield
-    finally:
-        await runner.cleanup()
 
 
 class FakeEnvoyAdmin:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from api_doubles import FakeEnvoyAdmin, FakeRouter, backend_app, serving_api, serving_health, unix_site
+from api_doubles import FakeEnvoyAdmin, FakeRouter, backend_app, serving_api, serving_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_loopback import serving
+from unix_site import unix_site
 
 from services.common.config import Config, load
 

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from unix_site import unix_site
 
 from services.common.config import ServiceConfig, load
 from services.common.envoy_admin import EnvoyAdmin
@@ -34,19 +35,12 @@ from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
 pytestmark = pytest.mark.timeout(60)
 
 
-@contextlib.asynccontextmanager
-async def backend(path: Path) -> AsyncIterator[None]:
+def backend(path: Path) -> contextlib.AbstractAsyncContextManager:
     async def hello(request: web.Request) -> web.Response:
         return web.json_response({"path": request.path_qs})
     app = web.Application()
     app.router.add_get("/{tail:.*}", hello)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
-    try:
-        yield
-    finally:
-        await runner.cleanup()
+    return unix_site(app, path)
 
 
 @contextlib.asynccontextmanager
