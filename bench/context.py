@@ -62,7 +62,7 @@ SETTINGS = {
 
 def mesh_started(mesh: Mesh) -> str:
     restarted = (f"; restarted the dht of {', '.join(mesh.restarted_dht)}, whose first record named "
-                 "port 0" if mesh.restarted_dht else "")
+                 "another URL" if mesh.restarted_dht else "")
     return f"mesh of {1 + len(mesh.providers)} nodes ready{restarted}"
 
 

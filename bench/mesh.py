@@ -2,10 +2,13 @@
 forwards (the DHT seed), and providers that seed from it.
 
 Why the providers seed from the forwarder and not the other way round: a node advertises
-the local address it uses toward its first DHT seed (with its gateway's real port), and a
-node without seeds advertises its host name, which need not reach a gateway bound to
-127.0.0.1. A provider seeded on 127.0.0.1 advertises http://127.0.0.1:<its gateway port>,
-which the forwarder can reach; the forwarder itself advertises nothing, as it hosts nothing.
+the local address it uses toward its first DHT seed (with its Envoy peer listener's real
+port), and a node without seeds advertises its host name, which need not reach a listener
+bound to 127.0.0.1. A provider seeded on 127.0.0.1 advertises https://127.0.0.1:<its peer
+port> (mTLS, with certificates derived from the shared mesh secret), which the forwarder can
+reach; the forwarder itself advertises nothing, as it hosts nothing. Every node binds its
+client and peer listeners on port 0 (bench.targets.Node): nodes on one host must not share
+8443, which Envoy's reuse_port would let them do silently.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Mesh:
         self.ready_deadline_s = ready_deadline_s  # a provider's, to be healthy (longer where models load)
         self.forwarder: Node | None = None
         self.providers: dict[str, Node] = {}
-        self.restarted_dht: list[str] = []  # providers whose first record named a port 0
+        self.restarted_dht: list[str] = []  # providers whose first record named another URL
         self._stack = contextlib.ExitStack()
 
     def env(self, name: str, seed: str = "") -> dict[str, str]:
@@ -65,12 +68,11 @@ class Mesh:
         return self
 
     def wait_for_records(self) -> None:
-        """Until the forwarder's dht holds every provider's record with its gateway's real URL.
+        """Until the forwarder's dht holds every provider's record with its peer listener's URL.
 
-        A provider's first announce can precede its gateway's bind: the record then says port 0
-        (services/dht/main.py advertised_url falls back to the configured gateway_port) and would
-        stay so until the republish at about half the TTL. Restarting that provider's dht makes
-        its router announce again at once (it re-announces when the dht comes back).
+        A record that names another URL (a port from before Envoy bound, say) would stay so
+        until the republish at about half the TTL. Restarting that provider's dht makes its
+        router announce again at once (it re-announces when the dht comes back).
         """
         current = procs.wait_until(self.providers_found, READY_DEADLINE_S, "provider records in the forwarder's DHT")
         self.restarted_dht = [name for name, ok in current.items() if not ok]
@@ -79,7 +81,7 @@ class Mesh:
             # supervisord restarts a crashed program at once.
             os.kill(self.providers[name].program_pid("dht"), signal.SIGKILL)
         procs.wait_until(lambda: all((self.providers_found() or {"": False}).values()), READY_DEADLINE_S,
-                         "provider records with each gateway's real URL in the forwarder's DHT")
+                         "provider records with each peer listener's URL in the forwarder's DHT")
 
     def forwarder_dht_port(self) -> int:
         if self.forwarder.proc.poll() is not None:
@@ -100,10 +102,10 @@ class Mesh:
 
     def providers_found(self) -> dict[str, bool] | None:
         """None until the forwarder's dht holds a record of every provider for every service it
-        hosts; then, by provider, whether its records advertise its gateway's URL. Asked of the
+        hosts; then, by provider, whether its records advertise its peer listener's URL. Asked of the
         dht directly, so the forwarder's router caches nothing: its first request for a service
         stays cold."""
-        urls = {self.worker_id(name): node.url for name, node in self.providers.items()}
+        urls = {self.worker_id(name): node.peer_url for name, node in self.providers.items()}
         wrong = set()
         for service, workers in self.expected_providers().items():
             try:

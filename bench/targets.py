@@ -129,6 +129,7 @@ class Node:
         self.ready_deadline_s = ready_deadline_s
         self.proc: subprocess.Popen | None = None
         self.gateway_port = 0
+        self.peer_port = 0  # Envoy's mTLS listener for peers: what the node's records advertise
         self.started_at = 0.0
         self.healthy_after_s = 0.0
 
@@ -142,7 +143,7 @@ class Node:
         config = self.state_dir / "meshworker.toml"
         config.write_text(node_toml(self.services))
         env = dict(os.environ, MESHWORKER_STATE_DIR=str(self.state_dir), MESHWORKER_GATEWAY_PORT="0",
-                   MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING",
+                   MESHWORKER_PEER_PORT="0", MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING",
                    **self.env)
         self.started_at = time.perf_counter()
         self.proc = procs.spawn([str(VENV_BIN / "meshworker"), "up"], self.state_dir / "node.log",
@@ -159,7 +160,8 @@ class Node:
     def _healthy_port(self) -> int | None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"meshworker up exited with {self.proc.returncode}")
-        port = json.loads((self.state_dir / "run" / "gateway.json").read_text())["port"]
+        ports = json.loads((self.state_dir / "run" / "gateway.json").read_text())
+        port, self.peer_port = ports["port"], ports["peer_port"]
         health = http_get_json(f"http://127.0.0.1:{port}/health")
         hosted = {s.name for s in self.services}
         return port if health["status"] == "healthy" and hosted <= set(health["services"]) else None
@@ -167,6 +169,11 @@ class Node:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def peer_url(self) -> str:
+        """What this node advertises to peers on loopback: its Envoy's mTLS listener."""
+        return f"https://127.0.0.1:{self.peer_port}"
 
     def health(self) -> dict:
         """GET /health, also when it answers 503 (unhealthy)."""
@@ -200,9 +207,21 @@ class Node:
             raise RuntimeError(f"supervisorctl pid {program}: {answer}")
         return int(answer)
 
+    def programs(self) -> dict[int, str]:
+        """pid -> supervisord's program name, for the programs running now."""
+        names = {}
+        for line in self.supervisorctl("status").splitlines():
+            fields = line.replace(",", " ").split()
+            if len(fields) >= 4 and fields[1] == "RUNNING" and fields[2] == "pid" and fields[3].isdigit():
+                names[int(fields[3])] = fields[0]
+        return names
+
     def pids(self) -> dict[str, int]:
-        """supervisord and every program under it, by name (nebula-agent, dht, router, gateway)."""
-        return {p.name: p.pid for p in procs.process_tree(self.proc.pid)}
+        """supervisord and every program under it, by supervisord's program name (nebula-agent,
+        dht, router, api, gateway, svc-<name>): Envoy execs in place of `meshworker run
+        gateway`, so its command line says `envoy`, not the program it is."""
+        programs = self.programs()
+        return {programs.get(p.pid, p.name): p.pid for p in procs.process_tree(self.proc.pid)}
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
