@@ -6,24 +6,28 @@ import asyncio
 import json
 import logging
 import socket
+import time
 from dataclasses import dataclass
 
 import grpc
 import pynvml
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 from services.common import capabilities, grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.identity import NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
-from services.dht import state
+from services.dht import reach, state
 from services.dht.node import DhtNode, Signer
+from services.dht.unverified import UnverifiedPeers
 
 log = logging.getLogger(__name__)
 PING_DEADLINE_S = 1.0
 MAINTENANCE_INTERVAL_S = 10.0
 OVERLAY_POLL_S = 2.0
+ADDRESS_RECHECK_S = 30.0  # how often peers are asked again where they see this node, when they did not change
 
 
 def record_pb(record: dict) -> dht_pb2.ProviderRecord:
@@ -39,6 +43,19 @@ def gpu_summary() -> dict:
     return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
 
 
+class UnverifiedCollector:
+    """meshworker_dht_unverified_records_total: records dropped as not authentic on arrival
+    (services/dht/unverified.py); which peers sent them is in ListPeers, not in labels."""
+
+    def __init__(self, unverified: UnverifiedPeers):
+        self.unverified = unverified
+
+    def collect(self):
+        yield CounterMetricFamily("meshworker_dht_unverified_records",
+                                  "Records from peers that this node could not verify (another mesh's "
+                                  "secret or CA, revoked, or forged)", value=self.unverified.total)
+
+
 class DhtServicer(dht_pb2_grpc.DhtServicer):
     def __init__(self, node: DhtNode, registry: CollectorRegistry):
         self.node = node
@@ -49,6 +66,9 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
               registry=registry).set_function(lambda: len(node.peers()))
         Gauge("meshworker_dht_stored_records", "Live provider records stored on this node",
               registry=registry).set_function(node.storage.record_count)
+        registry.register(UnverifiedCollector(node.unverified))
+        Gauge("meshworker_dht_unverified_peers", "Peers that sent records this node could not verify",
+              registry=registry).set_function(lambda: len(node.unverified.peers()))
 
     async def Announce(self, request, context):
         if self.node.url() is None:  # the router retries: a record must never say port 0
@@ -75,7 +95,9 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
         return dht_pb2.ListPeersResponse(peers=[
             dht_pb2.Peer(node_id=p.id.hex(), address=f"{p.ip}:{p.port}",
                          rtt_seconds=rtt if isinstance(rtt, float) else 0.0, reachable=isinstance(rtt, float))
-            for p, rtt in zip(peers, rtts, strict=True)])
+            for p, rtt in zip(peers, rtts, strict=True)], unverified=[
+            dht_pb2.UnverifiedPeer(address=u.address, worker_id=u.worker_id, records=min(u.records, 2**32 - 1),
+                                   last_seen=u.last_seen) for u in self.node.unverified.peers()])
 
     async def ListServices(self, request, context):
         return dht_pb2.ListServicesResponse(services=self.node.services_stored())
@@ -90,16 +112,21 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
 
 @dataclass
 class Overlay:
-    """This node's overlay address and the lighthouses', as nebula-agent last reported them."""
+    """This node's overlay address and the lighthouses', as nebula-agent last reported them;
+    and, for a node with no better address, the one its DHT peers see it at."""
 
     ip: str = ""
     lighthouses: tuple[str, ...] = ()
+    observed: str = ""
 
 
 async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
     """Keep the overlay view current: it can appear after a join, blink out while nebula
-    restarts, or end on revoke. A new address (or a new gateway port) is announced at
-    once, not at the next republish, so peers stop using the old one."""
+    restarts, or end on revoke. A new address (or a new gateway port, or a new address
+    the peers see) is announced at once, not at the next republish, so peers stop using
+    the old one."""
+    watch = AddressWatch(node)
+    announced = advertised_url(cfg, overlay)
     async with grpcclient.channel(cfg, "nebula-agent") as channel:
         agent = nebula_pb2_grpc.NebulaAgentStub(channel)
         while True:
@@ -107,19 +134,52 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 status = await agent.Status(nebula_pb2.StatusRequest(), timeout=grpcclient.HEALTH_DEADLINE_S)
             except grpc.aio.AioRpcError:
                 status = None
-            before = advertised_url(cfg, overlay)
             if status is not None:
                 overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
-            if advertised_url(cfg, overlay) not in (before, None):
-                log.info("this gateway is now reached at %s", advertised_url(cfg, overlay))
+            if needs_observed_address(cfg, overlay):
+                await watch.update(overlay, time.monotonic())
+            if advertised_url(cfg, overlay) not in (announced, None):
+                announced = advertised_url(cfg, overlay)
+                log.info("this gateway is now reached at %s", announced)
                 await node.reannounce()
             await asyncio.sleep(OVERLAY_POLL_S)
+
+
+def needs_observed_address(cfg: Config, overlay: Overlay) -> bool:
+    """Only a node that knows no better (no overlay, no configured URL, no seed to look
+    toward) advertises what its peers see: the first node of a mesh, typically."""
+    return not (overlay.ip or cfg.advertise_url or cfg.dht_seeds)
+
+
+class AddressWatch:
+    """Asks the DHT peers where they see this node (services/dht/reach.py): whenever the
+    set of peers changes, else every ADDRESS_RECHECK_S, or every poll while none answered."""
+
+    def __init__(self, node: DhtNode):
+        self.node = node
+        self.peers: frozenset[tuple[str, int]] | None = None
+        self.asked_at = 0.0
+
+    async def update(self, overlay: Overlay, now: float) -> None:
+        peers = frozenset((p.ip, p.port) for p in self.node.peers())
+        wait = ADDRESS_RECHECK_S if overlay.observed else OVERLAY_POLL_S
+        if not peers or (peers == self.peers and now - self.asked_at < wait):
+            return
+        self.peers, self.asked_at = peers, now
+        answers = await self.node.observed_answers()
+        chosen = reach.choose_observed(answers, overlay.observed)
+        if chosen is not None and chosen != overlay.observed:
+            log.info("DHT peers see this node at %s (%d of %d answers): advertising it, as no overlay, "
+                     "advertise_url or seed names a better address", chosen,
+                     sum(1 for peer, seen in answers if reach.usable(peer, seen) == chosen), len(answers))
+            overlay.observed = chosen
 
 
 def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
     """How peers reach this node's mTLS peer listener: over the overlay when it is up; else
     the configured URL, else the address this host uses toward its first seed (a connected
-    UDP socket sends nothing); with the port Envoy really bound (None until it has)."""
+    UDP socket sends nothing), else the address its DHT peers see it at, else its host
+    name; with the port Envoy really bound (None until it has)."""
     port = peer_port(cfg)
     if overlay.ip and port:
         return f"https://{overlay.ip}:{port}"
@@ -127,7 +187,7 @@ def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
         return cfg.advertise_url
     if not port:
         return None
-    host = socket.gethostname()
+    host = reach.url_host(overlay.observed) if overlay.observed else socket.gethostname()
     if cfg.dht_seeds:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             try:

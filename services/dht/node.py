@@ -18,22 +18,42 @@ from kademlia.utils import digest
 from services.common.identity import MeshTrust, NodeIdentity, proof_kind
 from services.dht import records
 from services.dht.storage import ProviderStorage
+from services.dht.unverified import UnverifiedPeers
 
 log = logging.getLogger(__name__)
 # rpcudp waits 5 s for an answer; a mesh's peers answer within milliseconds (LAN or the
 # overlay), and a peer that died would otherwise stall every lookup that meets it by 5 s
 # until kademlia drops it from the routing table.
 RPC_TIMEOUT_S = 1.0
+OBSERVERS = 8  # peers asked where they see this node: enough for a majority, few datagrams
 
 
 class MeshProtocol(KademliaProtocol):
-    def __init__(self, source_node: Node, storage: ProviderStorage, ksize: int):
+    def __init__(self, source_node: Node, storage: ProviderStorage, ksize: int, unverified: UnverifiedPeers):
         super().__init__(source_node, storage, ksize)
         self._wait_timeout = RPC_TIMEOUT_S
+        self.unverified = unverified
+
+    def rpc_observed(self, sender: tuple[str, int]) -> str:
+        """The IP the asking node's request came from, as libp2p's identify tells a peer its
+        observedAddr: how this node would reach the asker (services/dht/reach.py)."""
+        return sender[0]
+
+    def rpc_store(self, sender: tuple[str, int], nodeid: bytes, key: bytes, value: object) -> bool:
+        # kademlia's rpc_store, but the records dropped as not authentic are reported
+        # with the address they came from.
+        self.welcome_if_new(Node(nodeid, sender[0], sender[1]))
+        self.unverified.saw(sender, self.storage.put(key, value))
+        return True
 
 
 class MeshServer(Server):
-    protocol_class = MeshProtocol
+    def __init__(self, storage: ProviderStorage, node_id: bytes | None, unverified: UnverifiedPeers):
+        super().__init__(storage=storage, node_id=node_id)
+        self.unverified = unverified
+
+    def _create_protocol(self) -> MeshProtocol:
+        return MeshProtocol(self.node, self.storage, self.ksize, self.unverified)
 
 
 @dataclass(frozen=True)
@@ -59,7 +79,8 @@ class DhtNode:
         self.ttl_s = ttl_s
         self.signer = signer
         self.storage = ProviderStorage(signer.trust)
-        self.server = MeshServer(storage=self.storage, node_id=node_id)
+        self.unverified = UnverifiedPeers()
+        self.server = MeshServer(self.storage, node_id, self.unverified)
         self.port = 0
         self._announced: dict[str, records.Record] = {}
         self._proof_kind = ""
@@ -131,9 +152,10 @@ class DhtNode:
         """
         dkey = digest(records.service_key(service))
         merged = records.authentic(records.decode(self.storage.get(dkey)), self.signer.trust)
-        for value in await self._values_near(dkey):
-            merged = records.merge(merged, records.authentic(records.decode(value), self.signer.trust),
-                                   time.time())
+        for peer, value in await self._values_near(dkey):
+            found, dropped = records.partition(records.decode(value), self.signer.trust)
+            self.unverified.saw((peer.ip, peer.port), dropped)
+            merged = records.merge(merged, found, time.time())
         merged = records.merge({}, merged, time.time())
         return sorted(merged.values(), key=lambda r: r["worker_id"])
 
@@ -149,6 +171,13 @@ class DhtNode:
             return []
         return [n for bucket in self.server.protocol.router.buckets for n in bucket.get_nodes()]
 
+    async def observed_answers(self) -> list[tuple[str, object]]:
+        """(peer IP, what it answered) from the first OBSERVERS known peers asked where they see
+        this node's requests come from (rpc_observed); a peer that does not answer is left out."""
+        peers = self.peers()[:OBSERVERS]
+        replies = await asyncio.gather(*(self.server.protocol.observed((p.ip, p.port)) for p in peers))
+        return [(p.ip, answer) for p, (ok, answer) in zip(peers, replies, strict=True) if ok]
+
     async def ping(self, peer: Node) -> float | None:
         """Round-trip time to a peer in seconds, or None when it does not answer."""
         started = time.perf_counter()
@@ -163,10 +192,12 @@ class DhtNode:
         spider = NodeSpiderCrawl(self.server.protocol, target, nearest, self.server.ksize, self.server.alpha)
         return await spider.find()
 
-    async def _values_near(self, dkey: bytes) -> list[str]:
+    async def _values_near(self, dkey: bytes) -> list[tuple[Node, object]]:
+        """(peer, value) from each of the k closest peers that holds the key."""
         nodes = await self._closest_nodes(dkey)
         replies = await asyncio.gather(*(self.server.protocol.call_find_value(n, Node(dkey)) for n in nodes))
-        return [reply["value"] for ok, reply in replies if ok and isinstance(reply, dict) and "value" in reply]
+        return [(n, reply["value"]) for n, (ok, reply) in zip(nodes, replies, strict=True)
+                if ok and isinstance(reply, dict) and "value" in reply]
 
     async def _store(self, service: str, record: records.Record) -> int:
         """Store on this node and on the k closest peers; returns how many accepted it."""

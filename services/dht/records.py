@@ -69,7 +69,17 @@ def is_authentic(record: Any, trust: MeshTrust) -> bool:
 
 def authentic(providers: dict[str, Record], trust: MeshTrust) -> dict[str, Record]:
     """The records a reader may use: forged, unsigned and foreign ones are dropped."""
-    return {w: r for w, r in providers.items() if is_authentic(r, trust) and r["worker_id"] == w}
+    return partition(providers, trust)[0]
+
+
+def partition(providers: dict[str, Record], trust: MeshTrust) -> tuple[dict[str, Record], dict[str, Record]]:
+    """(the authentic records, the others): each record is checked once."""
+    kept: dict[str, Record] = {}
+    dropped: dict[str, Record] = {}
+    for worker, record in providers.items():
+        good = is_authentic(record, trust) and record["worker_id"] == worker
+        (kept if good else dropped)[worker] = record
+    return kept, dropped
 
 
 def tombstone(record: Record, now: float) -> Record:

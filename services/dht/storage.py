@@ -19,9 +19,15 @@ class ProviderStorage(ForgetfulStorage):
         self.trust = trust
 
     def __setitem__(self, key: bytes, value: str) -> None:
-        incoming = records.authentic(records.decode(value), self.trust)
+        self.put(key, value)
+
+    def put(self, key: bytes, value: object) -> dict[str, records.Record]:
+        """Merge a STORE's value; returns the records dropped as not authentic, for the
+        caller that knows who sent them to report."""
+        incoming, dropped = records.partition(records.decode(value), self.trust)
         merged = records.merge(records.decode(self.get(key)), incoming, time.time())
         super().__setitem__(key, records.encode(merged))
+        return dropped
 
     def record_count(self) -> int:
         now = time.time()

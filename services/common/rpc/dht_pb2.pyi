@@ -102,11 +102,25 @@ class ListServicesResponse(_message.Message):
     services: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, services: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class UnverifiedPeer(_message.Message):
+    __slots__ = ("address", "worker_id", "records", "last_seen")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    worker_id: str
+    records: int
+    last_seen: float
+    def __init__(self, address: _Optional[str] = ..., worker_id: _Optional[str] = ..., records: _Optional[int] = ..., last_seen: _Optional[float] = ...) -> None: ...
+
 class ListPeersResponse(_message.Message):
-    __slots__ = ("peers",)
+    __slots__ = ("peers", "unverified")
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    UNVERIFIED_FIELD_NUMBER: _ClassVar[int]
     peers: _containers.RepeatedCompositeFieldContainer[Peer]
-    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ...) -> None: ...
+    unverified: _containers.RepeatedCompositeFieldContainer[UnverifiedPeer]
+    def __init__(self, peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., unverified: _Optional[_Iterable[_Union[UnverifiedPeer, _Mapping]]] = ...) -> None: ...
 
 class DhtStatsRequest(_message.Message):
     __slots__ = ()

@@ -6,12 +6,12 @@ import asyncio
 import json
 import time
 import types
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from dhtnodes import OTHER_SECRET, SECRET, plant, seed
 from kademlia.network import Server
 from kademlia.utils import digest
 
@@ -22,50 +22,10 @@ from services.dht import records, state
 from services.dht.node import DhtNode, Signer
 
 pytestmark = pytest.mark.timeout(30)
-SECRET = "m" * 32
-OTHER_SECRET = "o" * 32
-
-
-@pytest.fixture
-def make_signer(tmp_path) -> Callable[[str, str], Signer]:
-    """make_signer(worker_id, secret) → the Signer of a node whose state is tmp_path/worker_id."""
-    def make(worker_id: str, secret: str = SECRET) -> Signer:
-        return Signer(NodeIdentity.load_or_create(tmp_path / worker_id), MeshTrust(secret))
-    return make
-
-
-@pytest.fixture
-async def make_node(make_signer) -> AsyncIterator[Callable]:
-    """make_node(worker_id, seeds=(), secret=SECRET, node_id=None) → a started DhtNode; every one
-    is stopped at teardown."""
-    nodes: list[DhtNode] = []
-
-    async def make(worker_id: str, seeds: tuple[tuple[str, int], ...] = (), secret: str = SECRET,
-                   node_id: bytes | None = None, signer: Signer | None = None) -> DhtNode:
-        dht = DhtNode(worker_id, lambda: f"http://{worker_id}:8000", 60, signer or make_signer(worker_id, secret),
-                      node_id=node_id)
-        nodes.append(dht)
-        await dht.start("127.0.0.1", 0, list(seeds))
-        return dht
-
-    yield make
-    for dht in nodes:
-        dht.stop()
 
 
 def summary(found: list[records.Record]) -> list[tuple[str, str]]:
     return [(r["worker_id"], r["url"]) for r in found]
-
-
-def seed(dht: DhtNode) -> tuple[tuple[str, int]]:
-    return (("127.0.0.1", dht.port),)
-
-
-def plant(dht: DhtNode, signer: Signer, worker_id: str, service: str = "svc") -> None:
-    """Store a record straight into one node's storage, as if only it had received the STORE."""
-    record = records.new_record(service, worker_id, f"http://{worker_id}:8000", 60, time.time())
-    dht.storage[digest(records.service_key(service))] = records.encode(
-        {worker_id: records.sign(record, signer.identity, signer.proof)})
 
 
 async def test_start_binds_a_real_port(make_node):
