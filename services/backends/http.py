@@ -18,7 +18,6 @@ loaded in the background with a health answer, and serving on a unix socket.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import logging
 import os
@@ -167,20 +166,6 @@ class ModelSlot(Generic[ModelT]):
                              "rss_bytes": rss_bytes()})
 
 
-def offline_model_env() -> None:
-    """Keep Hugging Face libraries off the network and out of stderr; call before importing them.
-
-    They (and tqdm) read these variables once, at import. Models load from installed
-    packages: a lookup on the hub would hang on a machine without network instead of
-    failing fast. tqdm bars (weight loading, GGUF unpacking) have no switch of their own
-    in the loaders and would fill the supervisord log with carriage-return lines.
-    """
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-
-
 def serve_app(app: ASGIApp, socket_path: str, log_level: str = "info") -> None:
     """Run `app` on the unix socket `socket_path` until SIGTERM/SIGINT.
 
@@ -217,10 +202,3 @@ def _remove_stale_socket(path: Path) -> None:
             path.unlink(missing_ok=True)
             return
     raise RuntimeError(f"another server is already listening on {path}")
-
-
-def missing_modules_reason(required: tuple[str, ...], install_hint: str) -> str | None:
-    """"not installed: <hint> (missing: …)" when a module a backend needs is absent, else
-    None; looks the modules up without importing them (torch takes seconds)."""
-    missing = [name for name in required if importlib.util.find_spec(name) is None]
-    return f"not installed: {install_hint} (missing: {', '.join(missing)})" if missing else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.backends.http import missing_modules_reason, offline_model_env
+from services.backends.requirements import missing_modules_reason, offline_model_env
 
 if TYPE_CHECKING:
     import numpy as np
