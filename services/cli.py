@@ -183,10 +183,20 @@ def services(cfg: Config) -> int:
 
 
 def peers(cfg: Config) -> int:
-    rows = [[p["node_id"][:16], p["address"], "yes" if p["reachable"] else "no",
-             f"{p['rtt_seconds'] * 1000:.2f} ms" if p["reachable"] else "-"]
-            for p in gateway_get(cfg, "/mesh/peers")["peers"]]
-    print_table(["NODE ID", "ADDRESS", "REACHABLE", "RTT"], rows)
+    view = gateway_get(cfg, "/mesh/peers")
+    print_table(["NODE ID", "ADDRESS", "REACHABLE", "RTT"], [
+        [p["node_id"][:16], p["address"], "yes" if p["reachable"] else "no",
+         f"{p['rtt_seconds'] * 1000:.2f} ms" if p["reachable"] else "-"] for p in view["peers"]])
+    if view.get("forwarding"):
+        print("\nPeers this node forwards to, as Envoy saw them:")
+        print_table(["SERVICE", "WORKER", "ADDRESS", "REACHED", "CONNECT FAILURES", "EJECTED"], [
+            [p["service"], p["worker_id"], p["address"], {True: "yes", False: "no", None: "-"}[p["reachable"]],
+             str(p["connect_failures"]), "yes" if p["ejected"] else "no"] for p in view["forwarding"]])
+    if view.get("unverified"):
+        print("\nRecords these peers sent could not be verified (another mesh's secret or CA?):")
+        print_table(["ADDRESS", "CLAIMS WORKER", "RECORDS", "LAST SEEN"], [
+            [u["address"], u["worker_id"], str(u["records"]), time.strftime("%H:%M:%S", time.localtime(u["last_seen"]))]
+            for u in view["unverified"]])
     return 0
 
 
