@@ -27,6 +27,7 @@ class Sample:
     ended: float
     status: int    # 0: no HTTP answer (refused, reset, timed out)
     worker: str    # X-Mesh-Worker of the answer
+    detail: str = ""  # a failure's first bytes of body (or the error), to tell failures apart
 
     @property
     def ok(self) -> bool:
@@ -56,14 +57,15 @@ class TimedLoad:
             sent = time.monotonic()
             try:
                 client = client or KeepAliveClient(self.base_url, timeout_s=REQUEST_TIMEOUT_S)
-                status, _ = client.request("GET", self.path)
+                status, body = client.request("GET", self.path)
                 worker = client.last_headers.get(b"x-mesh-worker", b"").decode()
-            except (OSError, HttpError, ValueError):
-                status, worker = 0, ""
+                detail = "" if 200 <= status < 300 else body[:160].decode(errors="replace")
+            except (OSError, HttpError, ValueError) as err:
+                status, worker, detail = 0, "", f"{type(err).__name__}: {err}"[:160]
                 if client is not None:
                     client.close()
                 client = None
-            self.samples.append(Sample(sent, time.monotonic(), status, worker))
+            self.samples.append(Sample(sent, time.monotonic(), status, worker, detail))
             if status == 0:
                 time.sleep(RECONNECT_PAUSE_S)
         if client is not None:

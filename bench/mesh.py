@@ -7,8 +7,8 @@ port), and a node without seeds advertises its host name, which need not reach a
 bound to 127.0.0.1. A provider seeded on 127.0.0.1 advertises https://127.0.0.1:<its peer
 port> (mTLS, with certificates derived from the shared mesh secret), which the forwarder can
 reach; the forwarder itself advertises nothing, as it hosts nothing. Every node binds its
-client and peer listeners on port 0 (bench.targets.Node): nodes on one host must not share
-8443, which Envoy's reuse_port would let them do silently.
+client and peer listeners on free ports of its own (bench.targets.Node): nodes on one host
+must not share 8443, which Envoy's reuse_port lets them do silently.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -63,6 +64,21 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def free_tcp_ports(count: int) -> list[int]:
+    """Ports nothing listens on now, all held open until all are chosen so they differ. Another
+    process could take one before its user binds it; on a bench machine that does not happen."""
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+            held.append(sock)
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def read_first_line(proc: subprocess.Popen, deadline_s: float) -> str:

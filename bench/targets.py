@@ -142,8 +142,14 @@ class Node:
     def launch(self) -> None:
         config = self.state_dir / "meshworker.toml"
         config.write_text(node_toml(self.services))
-        env = dict(os.environ, MESHWORKER_STATE_DIR=str(self.state_dir), MESHWORKER_GATEWAY_PORT="0",
-                   MESHWORKER_PEER_PORT="0", MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING",
+        # Fixed ports, chosen free here, not port 0: a restarted Envoy (failover kills it) must
+        # bind the ports the clients and the peers' records know. Each node its own peer port:
+        # Envoy's listeners set SO_REUSEPORT, so two nodes on a shared 8443 would both "bind" it.
+        if not (self.gateway_port and self.peer_port):
+            self.gateway_port, self.peer_port = procs.free_tcp_ports(2)
+        env = dict(os.environ, MESHWORKER_STATE_DIR=str(self.state_dir),
+                   MESHWORKER_GATEWAY_PORT=str(self.gateway_port), MESHWORKER_PEER_PORT=str(self.peer_port),
+                   MESHWORKER_DHT_PORT="0", MESHWORKER_CONFIG=str(config), MESHWORKER_LOG_LEVEL="WARNING",
                    **self.env)
         self.started_at = time.perf_counter()
         self.proc = procs.spawn([str(VENV_BIN / "meshworker"), "up"], self.state_dir / "node.log",
