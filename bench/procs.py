@@ -146,6 +146,19 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size (shared pages split among their sharers, proc(5) smaps_rollup):
+    a sum of PSS counts a library the Python programs share once, a sum of RSS once each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Make VmHWM start again from the current RSS (proc(5): "5" to clear_refs, Linux >= 4.0)."""
     try:

@@ -226,8 +226,14 @@ class Node:
         """supervisord and every program under it, by supervisord's program name (nebula-agent,
         dht, router, api, gateway, svc-<name>): Envoy execs in place of `meshworker run
         gateway`, so its command line says `envoy`, not the program it is."""
-        programs = self.programs()
-        return {programs.get(p.pid, p.name): p.pid for p in procs.process_tree(self.proc.pid)}
+        return {self.program_name(p, programs): p.pid
+                for programs in [self.programs()] for p in procs.process_tree(self.proc.pid)}
+
+    @staticmethod
+    def program_name(process: procs.ProcessInfo, programs: dict[int, str]) -> str:
+        # supervisorctl gives no pid while a program is STARTING (its first startsecs): then
+        # the command line names it, and Envoy's is that of the gateway program.
+        return programs.get(process.pid) or ("gateway" if process.name == "envoy" else process.name)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

@@ -1,6 +1,10 @@
 """Scenario 6, footprint: the RSS of every process of a node, idle and under load, and the
 time from `meshworker up` to a healthy /health that lists the service.
 
+Processes are named by supervisord's program (nebula-agent, dht, router, api, gateway: Envoy
+itself). The target judges the node's idle total without models: every program under
+supervisord, Envoy included (supervisord's own RSS is shown apart, and in the total with it).
+
 Each run starts a fresh node (the one other scenarios share has already served load), so
 "idle" means just started and not yet called.
 """
@@ -9,7 +13,7 @@ from __future__ import annotations
 
 from bench import procs, stats
 from bench.context import Context
-from bench.report import Row, ScenarioResult
+from bench.report import Row, ScenarioResult, Target
 from bench.targets import Node
 from bench.wrk import run_wrk
 
@@ -17,15 +21,21 @@ NAME = "footprint"
 KIB_PER_MIB = 1024
 SAMPLE_EVERY_S = 0.050
 LOAD_CONNECTIONS = 16
-COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "gateway")
+COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "api", "gateway")
+IDLE_TARGET_MIB = 250  # issue #9: a node without models, every program under supervisord
 
 
 def idle_rss_mib(node: Node) -> dict[str, float]:
+    programs = node.programs()
     by_name: dict[str, float] = {}
     for process in procs.process_tree(node.proc.pid):
-        # Sum same-named processes (a sidecar may fork helpers): RSS is per name here.
-        by_name[process.name] = by_name.get(process.name, 0) + procs.rss_kib(process.pid) / KIB_PER_MIB
+        # Sum same-named processes (a program may fork helpers): RSS is per name here.
+        name = node.program_name(process, programs)
+        by_name[name] = by_name.get(name, 0) + procs.rss_kib(process.pid) / KIB_PER_MIB
     by_name["total"] = sum(by_name.values())
+    by_name["programs"] = by_name["total"] - by_name.get("supervisord", 0)
+    by_name["programs_pss"] = sum(procs.pss_kib(p.pid) for p in procs.process_tree(node.proc.pid)
+                                  if p.pid != node.proc.pid) / KIB_PER_MIB
     return by_name
 
 
@@ -55,9 +65,15 @@ def run(ctx: Context) -> ScenarioResult:
     count = ctx.settings.footprint_runs
     runs = [one_run(ctx, i, with_load=i == count - 1) for i in range(count)]
     names = [n for n in COMPONENTS if n in runs[0]["idle_mib"]]
-    names += sorted(set(runs[0]["idle_mib"]) - set(names) - {"total"}) + ["total"]
+    names += sorted(set(runs[0]["idle_mib"]) - set(names) - {"total", "programs", "programs_pss"})
     rows = [Row(f"idle RSS, {name} (MiB)", stats.median([r["idle_mib"].get(name, 0) for r in runs]))
             for name in names]
+    rows += [Row("idle RSS, every program under supervisord, Envoy included (MiB)",
+                 stats.median([r["idle_mib"]["programs"] for r in runs]),
+                 target=Target("<=", IDLE_TARGET_MIB, unit="MiB")),
+             Row("idle PSS, every program under supervisord (shared pages split) (MiB)",
+                 stats.median([r["idle_mib"]["programs_pss"] for r in runs])),
+             Row("idle RSS, total with supervisord (MiB)", stats.median([r["idle_mib"]["total"] for r in runs]))]
     loaded = runs[-1]["loaded_mib"]
     rows += [Row(f"RSS under {LOAD_CONNECTIONS}-connection load, {name} (MiB)", loaded[name])
              for name in ("gateway", "total")]
