@@ -5,9 +5,11 @@ nothing and forwards to A (client -> B's gateway -> A's gateway -> A's backend),
 loopback in one mesh.
 
 - Embeddings: texts per second in requests of 1 and of 32 texts (batch size over the median
-  request's time), in the seed's API (`POST /service/rag-embeddings`, wrapped in the gateway's
-  envelope; directly `POST /`) and the OpenAI API (`/v1/embeddings`, which the gateway proxies
-  as is).
+  request's time), on two paths: the seed's envelope (`POST /service/rag-embeddings`, which
+  Envoy hands to the api process, which calls the backend and wraps its answer; directly
+  `POST /`) and the transparent path (`POST /service/rag-embeddings/v1/embeddings`, the
+  backend's own OpenAI API carried by Envoy alone; directly `POST /v1/embeddings`). The
+  gateway's share of a batch-1 request is judged on both (issue #9: ≤ 3 %).
 - OCR: seconds for one rendered A4 page of text (`POST /service/vision-ocr`; directly `POST /`).
 - LLM: a streamed chat completion (`/v1/chat/completions`, `"stream": true`) of a fixed
   prompt at temperature 0: time to the first chunk with text, and decode speed, i.e. the
@@ -60,6 +62,7 @@ BIG_BATCH = 32
 RATIO_TARGET = 1.05        # time through the gateway over direct: OCR page, first token
 SPEED_SHARE_TARGET = 0.95  # rate through the gateway over direct: tokens/s, batch-32 texts/s
 SHARE_TARGET_PCT = 5.0     # the gateway's share of a request's time: "negligible"
+SMALL_SHARE_TARGET_PCT = 3.0  # issue #9: its share of a batch-1 embeddings request, either path
 FORWARDED_ADDED_MS = 5.0   # forwarded time to first token less direct: "no more than a few milliseconds"
 PROMPT = "Explain in two sentences what a service mesh does."
 PAGE_TEXT = "the quick brown fox jumps over a lazy dog while meshworker routes every request to a model"
@@ -382,20 +385,26 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
         return stats.median(values) if values else None
 
     rows = []
-    for api, label in (("seed", "seed API"), ("openai", "OpenAI API")):
+    paths = (("seed", "envelope POST /service/rag-embeddings"),
+             ("openai", "transparent /service/rag-embeddings/v1/embeddings"))
+    for api, label in paths:
         for batch in (1, BIG_BATCH):
             key = f"embeddings.{api}_batch{batch}"
             target = Target(">=", SPEED_SHARE_TARGET, of="ratio") if batch > 1 else None
             rows.append(Row(f"embeddings, batch {batch}, {label} (texts/s)", med(f"{key}.texts_per_s.gateway"),
                             med(f"{key}.texts_per_s.direct"), "direct", target, ratio=med(f"{key}.ratio")))
     share_target = Target("<=", SHARE_TARGET_PCT, unit="%")
+    small_share_target = Target("<=", SMALL_SHARE_TARGET_PCT, unit="%")
+    for api, label in paths:
+        rows += [
+            Row(f"gateway's added time per embeddings request, batch 1, {label} (ms)",
+                med(f"embeddings.{api}_batch1.added_ms")),
+            Row(f"gateway share of the time, embeddings batch 1, {label} (%)",
+                med(f"embeddings.{api}_batch1.share_pct"), target=small_share_target),
+            Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, {label} (%)",
+                med(f"embeddings.{api}_batch{BIG_BATCH}.share_pct"), target=share_target),
+        ]
     rows += [
-        Row("gateway's added time per embeddings request, batch 1, seed API (ms)",
-            med("embeddings.seed_batch1.added_ms")),
-        Row("gateway share of the time, embeddings batch 1, seed API (%)",
-            med("embeddings.seed_batch1.share_pct"), target=share_target),
-        Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, seed API (%)",
-            med(f"embeddings.seed_batch{BIG_BATCH}.share_pct"), target=share_target),
         Row("OCR, one A4 page (s)", med("ocr.seconds.gateway"), med("ocr.seconds.direct"), "direct",
             Target("<=", RATIO_TARGET, of="ratio"), ratio=med("ocr.ratio")),
         Row("LLM time to first token (ms)", scaled(med("llm.gateway.ttft_s"), 1e3),
