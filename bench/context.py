@@ -33,9 +33,10 @@ class Settings:
     cold_lookups: int       # services first requested on the forwarding node (one DHT lookup each)
     swarm_sizes: tuple[int, ...]  # kademlia swarms measured, in nodes
     swarm_lookups: int      # provider lookups per swarm, from random nodes
-    failover_runs: int      # rounds of kills under load (both backends, B's router, B's dht)
+    failover_runs: int      # rounds of kills under load (bench.scenarios.failover names the programs)
     failover_settle_s: float  # load before each kill
     failover_after_s: float   # load after each kill, at the least
+    failover_recovery_s: float  # the most a phase waits for its recovery (a provider node killed never does)
     embed_requests: int     # models: batch-1 embeddings requests per route, API and run
     embed_batches: int      # models: batch-32 embeddings requests per route, API and run
     ocr_lines: int          # models: lines of text on the page OCR reads (one page per route and run)
@@ -47,15 +48,18 @@ SETTINGS = {
     "full": Settings("full", runs=5, latency_requests=2000, latency_warmup=200, latency_budget_s=8,
                      wrk_seconds=5, upload_mib=10, footprint_runs=3, cold_lookups=20, swarm_sizes=(50, 200),
                      swarm_lookups=300, failover_runs=3, failover_settle_s=2, failover_after_s=5,
+                     failover_recovery_s=30,
                      embed_requests=30, embed_batches=8, ocr_lines=20, llm_streams=3, llm_max_tokens=32),
     "quick": Settings("quick", runs=2, latency_requests=300, latency_warmup=50, latency_budget_s=3,
                       wrk_seconds=2, upload_mib=10, footprint_runs=1, cold_lookups=8, swarm_sizes=(50,),
                       swarm_lookups=100, failover_runs=1, failover_settle_s=1.5, failover_after_s=3,
+                      failover_recovery_s=20,
                       embed_requests=10, embed_batches=2, ocr_lines=20, llm_streams=3, llm_max_tokens=12),
     # Only proves the harness works end to end (the test runs it): its figures mean nothing.
     "smoke": Settings("smoke", runs=1, latency_requests=20, latency_warmup=5, latency_budget_s=1,
                       wrk_seconds=1, upload_mib=1, footprint_runs=1, cold_lookups=2, swarm_sizes=(12,),
                       swarm_lookups=20, failover_runs=1, failover_settle_s=0.5, failover_after_s=1.5,
+                      failover_recovery_s=4,
                       embed_requests=2, embed_batches=1, ocr_lines=3, llm_streams=1, llm_max_tokens=4),
 }
 

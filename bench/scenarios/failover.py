@@ -46,7 +46,6 @@ NAME = "failover"
 CONNECTIONS = 4
 PATH = f"/service/{SERVICE}/hello"
 POLL_S = 0.05
-RECOVERY_DEADLINE_S = 30
 TAIL_S = 0.5            # load kept on past the recovery, to see that it holds
 KNOWS_BOTH_DEADLINE_S = 10
 PHASES = ("backend", "other_backend", "router", "dht", "api", "provider_gateway", "gateway", "provider_node")
@@ -95,7 +94,7 @@ def kill_under_load(ctx: Context, mesh: Mesh, choose: Callable[[TimedLoad, float
         killed_at = time.monotonic()
         kill_node(node) if program == NODE else os.kill(pid, signal.SIGKILL)
         kill = Kill(node, program, pid, killed_at, load)
-        recovered_at = first_time(lambda: recovered(kill), killed_at + RECOVERY_DEADLINE_S)
+        recovered_at = first_time(lambda: recovered(kill), killed_at + settings.failover_recovery_s)
         end = max(killed_at + settings.failover_after_s, (recovered_at or time.monotonic()) + TAIL_S)
         time.sleep(max(0.0, end - time.monotonic()))
         stopped = time.monotonic()
