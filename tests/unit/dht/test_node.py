@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import types
 from pathlib import Path
@@ -325,26 +326,50 @@ def test_state_round_trip(tmp_path):
     assert (tmp_path / state.STATE_FILE).stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("text", [
+CORRUPT = [
     "not json", "[]", "null", '{"peers": []}', '{"node_id": "zz", "peers": []}',
     '{"node_id": "00", "peers": [["host"]]}', '{"node_id": "00", "peers": [["host", "port"]]}',
     '{"node_id": "00"}',
-])
-def test_corrupt_state_file_is_a_state_error(tmp_path, text):
-    (tmp_path / state.STATE_FILE).write_text(text)
+    # the node ids of the wrong length: "abcd" would move the node in the keyspace, "" would
+    # make kademlia pick a random id, so the file would silently not be what the node runs with
+    '{"node_id": "", "peers": []}', '{"node_id": "abcd", "peers": []}',
+    '{"node_id": "%s", "peers": []}' % ("00" * 21),
+    # L6: a non-string peer host used to load, then fail later as an unclear TypeError
+    '{"node_id": "%s", "peers": [[5, 8468]]}' % ("00" * 20),
+    '{"node_id": "%s", "peers": [[null, 8468]]}' % ("00" * 20),
+    '{"node_id": "%s", "peers": [["h", 70000]]}' % ("00" * 20),
+    '{"node_id": "%s", "peers": "h:8468"}' % ("00" * 20),
+]
 
-    with pytest.raises(StateError, match=state.STATE_FILE):
-        state.load(tmp_path)
+
+@pytest.mark.parametrize("text", CORRUPT)
+def test_corrupt_state_file_is_moved_aside_and_the_node_starts_fresh(tmp_path, text, caplog):
+    # L6 (issue 12): a corrupt dht.json raised at every start, a restart loop until
+    # supervisord gave up. Now: one error naming the file and where it went, and a new id.
+    path = tmp_path / state.STATE_FILE
+    path.write_text(text)
+
+    with caplog.at_level(logging.ERROR, logger="services.dht.state"):
+        fresh = state.load(tmp_path)
+
+    assert len(fresh.node_id) == 20 and fresh.peers == [] and fresh.port == 0
+    assert not path.exists()
+    [aside] = tmp_path.glob(f"{state.STATE_FILE}.corrupt-*")
+    assert aside.read_text() == text
+    [message] = [r.getMessage() for r in caplog.records]
+    assert str(path) in message and aside.name in message
+    assert state.load(tmp_path).node_id != fresh.node_id  # nothing saved yet: no loop, no error
+    assert len(caplog.records) == 1
 
 
-@pytest.mark.parametrize("node_id", ["", "abcd", "00" * 21])
-def test_node_id_of_the_wrong_length_is_a_state_error(tmp_path, node_id):
-    # BUG (state.py load): any hex string is taken as the node id; a truncated one ("abcd", 2
-    # bytes) puts the node somewhere else in the 160-bit keyspace, and "" makes kademlia pick a
-    # random id, so the corrupt file is silently not what the node runs with.
-    (tmp_path / state.STATE_FILE).write_text(f'{{"node_id": "{node_id}", "peers": []}}')
+def test_corrupt_state_file_that_cannot_be_moved_is_a_state_error(tmp_path, monkeypatch):
+    (tmp_path / state.STATE_FILE).write_text("not json")
 
-    with pytest.raises(StateError, match=state.STATE_FILE):
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(state.os, "replace", refuse)
+
+    with pytest.raises(StateError, match=f"{state.STATE_FILE}.*could not be moved aside"):
         state.load(tmp_path)
 
 
