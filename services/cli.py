@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import time
 import urllib.error
@@ -46,10 +47,26 @@ def configure_logging(component: str, level: str) -> None:
     logging.getLogger("rpcudp.protocol").setLevel(logging.CRITICAL)
 
 
+def private_dir(path: Path) -> None:
+    """Make `path` (and missing parents) a directory only this user can enter: the runtime
+    dir holds the backends' and gRPC sockets, and a socket's own mode is not all that guards
+    it. mkdir's mode does not apply to parents nor to a directory that exists, so an existing
+    one of ours is tightened; one that others may enter and we do not own is refused."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_mode & 0o077 == 0:
+        return
+    if info.st_uid != os.getuid() or info.st_mode & stat.S_ISVTX:  # e.g. /tmp: shared, not ours to close
+        raise StateError(f"{path} is open to other users (mode {info.st_mode & 0o7777:o}) and not a "
+                         "directory of this node's own; point runtime_dir at one (it is made 0700)")
+    path.chmod(0o700)
+
+
 def prepare_runtime(cfg: Config) -> None:
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(cfg.runtime_dir)
     programs_dir = cfg.runtime_dir / "programs"
-    programs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    programs_dir.mkdir(exist_ok=True, mode=0o700)
     for stale in programs_dir.glob("*.conf"):
         stale.unlink()
     for name, text in programs.backend_programs(cfg.services).items():

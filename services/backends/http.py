@@ -171,19 +171,34 @@ def serve_app(app: ASGIApp, socket_path: str, log_level: str = "info") -> None:
 
     Uvicorn owns the loop: on a signal it stops accepting, lets requests in flight
     finish, runs lifespan shutdown, then re-raises the signal, so the process ends killed
-    by SIGTERM (status -15 / 143) rather than with exit status 0.
+    by SIGTERM (status -15 / 143) rather than with exit status 0. The socket is bound
+    here, not by uvicorn (`uds=` makes it mode 0666, open to every local user).
     """
-    path = Path(socket_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_socket(path)
+    sock = _bind_private_socket(Path(socket_path))
     config = uvicorn.Config(
-        app, uds=str(path), log_level=log_level.lower(), access_log=False, lifespan="on",
+        app, log_level=log_level.lower(), access_log=False, lifespan="on",
         log_config=None,  # keep the CLI's logging, which prefixes lines with the program name
         # A long LLM stream would otherwise hold a stop until it ends, past supervisord's
         # stopwaitsecs (10 s) and into a SIGKILL; cancelled, it stops at its next token.
         timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS,
     )
-    uvicorn.Server(config).run()
+    log.info("serving on unix:%s", socket_path)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind_private_socket(path: Path) -> socket.socket:
+    """A listening unix socket at `path`, mode 0600 from its creation (umask around bind,
+    as the api and the gRPC servers do): no moment where another user could connect."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(2048)
+    return sock
 
 
 def _remove_stale_socket(path: Path) -> None:
