@@ -73,7 +73,6 @@ class Config:
     nebula_port: int = 4242
     services: tuple[ServiceConfig, ...] = ()
     log_level: str = "INFO"
-    grpc_tcp_base_port: int = 0  # 0: unix sockets in runtime_dir; else 127.0.0.1:base+i
     max_body_bytes: int = 32 * 1024 * 1024
     health_interval_s: float = 1.0
     health_fail_threshold: int = 3
@@ -85,9 +84,8 @@ class Config:
     unavailable: tuple[tuple[str, str], ...] = ()  # built-ins asked for but not installed, and why
 
     def grpc_target(self, component: str) -> str:
-        """Address of a component's gRPC server, as both grpc servers and channels take it."""
-        if self.grpc_tcp_base_port:
-            return f"127.0.0.1:{self.grpc_tcp_base_port + COMPONENTS.index(component)}"
+        """Address of a component's gRPC server, as both grpc servers and channels take it:
+        always a unix socket (mode 0600), so only this user can call a component."""
         return f"unix:{self.runtime_dir / (component + '.sock')}"
 
     def service(self, name: str) -> ServiceConfig | None:
@@ -165,6 +163,12 @@ def _as_peer_url(key: str, value: Any) -> str:
     return value
 
 
+# Keys that were removed, and why: refused (as key or MESHWORKER_<KEY>), not silently ignored.
+_REMOVED = {
+    "grpc_tcp_base_port": "removed: gRPC listens only on unix sockets of mode 0600 in runtime_dir "
+                          "(on loopback TCP any local user could call Drain or Announce); unset it",
+}
+
 # key -> parser for every scalar top-level key; each is also MESHWORKER_<KEY>.
 _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "worker_id": lambda k, v: str(v),
@@ -178,7 +182,6 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "dht_seeds": lambda k, v: tuple(_as_host_port(k, s) for s in _as_list(k, v)),
     "nebula_port": _as_int,
     "log_level": _as_level,
-    "grpc_tcp_base_port": _as_int,
     "max_body_bytes": lambda k, v: _as_int(k, v, 1, 2**40),
     "health_interval_s": _as_float,
     "health_fail_threshold": lambda k, v: _as_int(k, v, 1, 100),
@@ -262,6 +265,9 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
     if path_text is None and not path.exists():
         path = None
     file_values = _read_toml(path) if path else {}
+    for key, why in _REMOVED.items():
+        if environ.get(ENV_PREFIX + key.upper()) or key in file_values:
+            raise ConfigError(key, why)
     unknown = set(file_values) - set(_SCALARS) - {"services", "service", "state_dir", "runtime_dir"}
     if unknown:
         raise ConfigError(min(unknown), "unknown key; see the configuration reference in README.md")

@@ -53,10 +53,7 @@ class ComponentServer:
     async def start(self) -> None:
         reflection.enable_server_reflection(self._service_names, self.server)
         await self.set_serving(False)
-        if self.target.startswith("unix:"):
-            self._bind_unix(Path(self.target.removeprefix("unix:")))
-        else:
-            self.server.add_insecure_port(self.target)
+        self._bind_unix(Path(self.target.removeprefix("unix:")))
         await self.server.start()
         log.info("%s gRPC listening on %s", self.component, self.target)
 

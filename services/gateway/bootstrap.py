@@ -21,11 +21,7 @@ ADMIN_MODE = 0o600
 
 
 def control_plane_address(cfg: Config) -> dict[str, Any]:
-    target = cfg.grpc_target("router")
-    if target.startswith("unix:"):
-        return {"pipe": {"path": target.removeprefix("unix:")}}
-    host, _, port = target.rpartition(":")
-    return {"socket_address": {"address": host, "port_value": int(port)}}
+    return {"pipe": {"path": cfg.grpc_target("router").removeprefix("unix:")}}
 
 
 def xds_cluster(cfg: Config) -> dict[str, Any]:

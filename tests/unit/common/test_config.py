@@ -115,11 +115,14 @@ def test_grpc_target_unix_by_default(env, tmp_path):
     assert load(env).grpc_target("router") == f"unix:{tmp_path}/run/router.sock"
 
 
-def test_grpc_target_tcp_with_base_port(env):
-    cfg = load({**env, "MESHWORKER_GRPC_TCP_BASE_PORT": "50000"})
-
-    assert cfg.grpc_target("nebula-agent") == "127.0.0.1:50000"
-    assert cfg.grpc_target("router") == "127.0.0.1:50002"
+def test_grpc_over_tcp_is_refused_naming_the_key(env, tmp_path):
+    # M7 (issue 12): with grpc_tcp_base_port set, components listened on loopback TCP with no
+    # auth, and any local user (nobody) called Router/Drain. The option is gone; setting it
+    # stops start-up with the reason instead of quietly serving elsewhere than asked.
+    with pytest.raises(ConfigError, match="grpc_tcp_base_port.*unix sockets"):
+        load({**env, "MESHWORKER_GRPC_TCP_BASE_PORT": "50000"})
+    with pytest.raises(ConfigError, match="grpc_tcp_base_port.*unix sockets"):
+        load(env, write_toml(tmp_path, "grpc_tcp_base_port = 50000\n"))
 
 
 @pytest.mark.parametrize("extra, key, form", [
