@@ -9,6 +9,10 @@ import grpc
 from services.common import grpcclient
 from services.common.rpc import dht_pb2, router_pb2
 
+# What a local provider shows instead of its upstream: anyone who can reach /mesh/services
+# would otherwise read this node's backend socket paths and loopback URLs (issue 12, L5).
+LOCAL_URL = "local"
+
 
 async def known_services(router) -> list[str]:
     """Local, cached, and those with records on our dht node (all of them in a mesh ≤ k)."""
@@ -41,7 +45,7 @@ async def mesh_services(router) -> router_pb2.MeshServicesResponse:
         svc = router.cfg.service(name)
         if svc is not None:
             providers.insert(0, router_pb2.ProviderView(
-                worker_id=router.cfg.worker_id, url=svc.upstream, local=True,
+                worker_id=router.cfg.worker_id, url=LOCAL_URL, local=True,
                 model=router.backends[name].model,
                 healthy=router.health[name].healthy))
         views.append(router_pb2.ServiceView(name=name, providers=providers))

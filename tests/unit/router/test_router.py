@@ -172,3 +172,23 @@ def test_the_stats_rpc_counts_only_lookups(tmp_path):
     router.counters.cache_misses, router.counters.dht_lookups, router.counters.misses_found = 3, 3, 2
     stats = asyncio.run(router.Stats(router_pb2.RouterStatsRequest(), None))
     assert stats == router_pb2.RouterCounters(cache_misses=3, dht_lookups=3, misses_found=2, cache_size=0)
+
+
+class ListingDht(FakeDht):
+    async def ListServices(self, request, timeout):
+        return dht_pb2.ListServicesResponse(services=["vision-ocr"])
+
+
+async def test_mesh_services_shows_no_local_socket_paths_or_urls(tmp_path):
+    # L5 (issue 12): /mesh/services showed local backends' upstreams (unix socket paths,
+    # loopback URLs) to anyone; a peer needs only that this node serves it, and its own URL.
+    router = servicer(tmp_path, dht=ListingDht("box-2"))
+
+    views = {v.name: v for v in (await router.MeshServices(router_pb2.MeshServicesRequest(), None)).services}
+
+    ocr = views["vision-ocr"].providers
+    assert [(p.worker_id, p.local, p.url) for p in ocr] == [
+        ("box-1", True, "local"), ("box-2", False, "https://10.0.0.1:8443")]
+    assert [(p.worker_id, p.url) for p in views["llm"].providers if p.local] == [("box-1", "local")]
+    shown = str(views)
+    assert OCR.upstream.removeprefix("unix:") not in shown and LLM.upstream not in shown
