@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def configure_logging(component: str, level: str) -> None:
     # rpcudp logs every unanswered datagram as an error; a peer that went away is routine
     # for a DHT (kademlia drops it), and /mesh/peers shows who answers.
     logging.getLogger("rpcudp.protocol").setLevel(logging.CRITICAL)
+
+
+SECRET_VARIABLE = config.ENV_PREFIX + "MESH_SECRET"
 
 
 def private_dir(path: Path) -> None:
@@ -90,6 +94,26 @@ def ensure_mesh_secret(cfg: Config) -> Config:
     return dataclasses.replace(cfg, mesh_secret=path.read_text())
 
 
+def child_environment(cfg: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment supervisord and every program under it get: this one, with the
+    state and runtime dirs and config file fixed, and never the mesh secret. Backends (the
+    user's own programs included) have no use for it, and an environment leaks easily (crash
+    reports, `env` dumps, children of children). The components read it from
+    <state>/mesh.secret (0600) instead, written here when it came from the variable."""
+    env = {k: v for k, v in environ.items() if k != SECRET_VARIABLE}
+    env.update(MESHWORKER_STATE_DIR=str(cfg.state_dir), MESHWORKER_RUNTIME_DIR=str(cfg.runtime_dir),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + environ.get("PATH", ""))
+    if cfg.config_path:
+        env["MESHWORKER_CONFIG"] = str(cfg.config_path)
+    if environ.get(SECRET_VARIABLE) and cfg.mesh_secret is not None:
+        write_atomically(cfg.state_dir / config.MESH_SECRET_FILE, cfg.mesh_secret.encode())
+    if config.load(env, str(cfg.config_path) if cfg.config_path else None).mesh_secret != cfg.mesh_secret:
+        # e.g. mesh_secret in the TOML file, which ranks above the file written here
+        raise ConfigError("mesh_secret", f"{SECRET_VARIABLE} differs from mesh_secret in "
+                          f"{cfg.config_path}; set one of them")
+    return env
+
+
 def up(cfg: Config) -> int:
     """Replace this process with supervisord, so SIGTERM and Ctrl-C reach it directly."""
     supervisord = shutil.which("supervisord", path=os.path.dirname(sys.executable)) \
@@ -99,11 +123,7 @@ def up(cfg: Config) -> int:
         return 1
     cfg = ensure_mesh_secret(cfg)
     prepare_runtime(cfg)
-    env = dict(os.environ, MESHWORKER_STATE_DIR=str(cfg.state_dir),
-               MESHWORKER_RUNTIME_DIR=str(cfg.runtime_dir),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if cfg.config_path:
-        env["MESHWORKER_CONFIG"] = str(cfg.config_path)
+    env = child_environment(cfg, os.environ)
     print(f"meshworker {version('meshworker')}: node {cfg.worker_id}, services "
           f"{[s.name for s in cfg.services]}, gateway (Envoy) {cfg.gateway_host}:{cfg.gateway_port}, peers "
           f"(mTLS) :{cfg.peer_port}", flush=True)
@@ -262,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         try:
             return up(cfg)
-        except StateError as err:
+        except (StateError, ConfigError) as err:
             print(f"meshworker: {err}", file=sys.stderr)
             return 2
     if args.command == "run":

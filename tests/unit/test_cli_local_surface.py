@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from services import cli
-from services.common.config import load
+from services.common.config import ConfigError, load
 from services.common.statefile import StateError
 
 
@@ -41,3 +43,38 @@ def test_a_shared_runtime_dir_is_refused_not_closed(tmp_path):
     with pytest.raises(StateError, match=f"{shared}.*runtime_dir"):
         cli.prepare_runtime(cfg)
     assert shared.stat().st_mode & 0o7777 == 0o1777
+
+
+SECRET = "s3cret-of-the-mesh-" + "x" * 16
+
+
+def test_children_never_get_the_mesh_secret_and_still_read_it(tmp_path, monkeypatch):
+    # L5: every child of `meshworker up`, backends included, got MESHWORKER_MESH_SECRET in its
+    # environment. Now the secret goes to <state>/mesh.secret (0600), where config reads it.
+    monkeypatch.setenv("MESHWORKER_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("MESHWORKER_MESH_SECRET", SECRET)
+    monkeypatch.setattr(cli.shutil, "which", lambda name, path=None: "/bin/supervisord")
+    handed: dict[str, str] = {}
+
+    def execve(path, argv, env):
+        handed.update(env)
+        raise SystemExit(0)
+    monkeypatch.setattr(cli.os, "execve", execve)
+
+    with pytest.raises(SystemExit):
+        cli.up(load(dict(os.environ)))
+
+    assert handed and "MESHWORKER_MESH_SECRET" not in handed and SECRET not in handed.values()
+    assert handed["MESHWORKER_STATE_DIR"] == str(tmp_path)
+    assert (tmp_path / "mesh.secret").stat().st_mode & 0o777 == 0o600
+    assert load(handed).mesh_secret == SECRET  # what every program re-reads
+
+
+def test_a_secret_in_the_config_file_that_the_variable_contradicts_is_refused(tmp_path):
+    toml = tmp_path / "meshworker.toml"
+    toml.write_text(f'mesh_secret = "{"other-secret-" + "y" * 16}"\n')
+    environ = {"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": SECRET}
+    cfg = load(environ, str(toml))
+
+    with pytest.raises(ConfigError, match="mesh_secret"):
+        cli.child_environment(cfg, environ)
