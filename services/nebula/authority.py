@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.identity import b64, sign_ca_proof, unb64
+from services.common.identity import b64, is_usable_key, sign_ca_proof, unb64
 from services.identity import overlay
 from services.identity.mesh_ca import issue_node_certificate, serial_of
 from services.identity.revocation import revocation_list
@@ -66,6 +66,9 @@ def check_identity_key(value: Any) -> bytes | None:
     if len(raw) != 32 or b64(raw) != value:
         raise EnrollmentError("bad_identity_key", "identity_key must be the node's ed25519 public key: "
                               "32 bytes in base64url without padding")
+    if not is_usable_key(raw):  # a small-order key: anyone can forge its signatures
+        raise EnrollmentError("bad_identity_key", "identity_key is a degenerate ed25519 key (a point of "
+                              "small order or a non-canonical encoding); send the node's own key")
     return raw
 
 

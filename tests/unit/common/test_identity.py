@@ -128,6 +128,27 @@ def test_verify_of_malformed_key_or_signature_is_false(key, signature):
     assert verify(key, signature, b"message") is False
 
 
+# L2 (issue 12): the identity point "01 00…" was certified at enrollment, and a signature with
+# R = that key and S = 0 then verified for any message. Every small-order key is refused.
+DEGENERATE_KEY = bytes([1]) + bytes(31)
+
+
+@pytest.mark.parametrize("key", [
+    DEGENERATE_KEY, bytes(32),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # order 8
+    bytes.fromhex("ee" + "ff" * 30 + "7f"),  # p + 1: the identity again, not canonical
+], ids=bytes.hex)
+def test_a_forged_signature_under_a_small_order_key_does_not_verify(key):
+    assert not verify(key, key + bytes(32), b"any message at all")
+    assert not identity.is_usable_key(key)
+    assert not identity.is_usable_key(key[:31] + bytes([key[31] | 0x80]))  # same point, sign bit set
+
+
+def test_real_keys_are_usable(tmp_path):
+    assert all(identity.is_usable_key(NodeIdentity.load_or_create(tmp_path / str(i)).public_key)
+               for i in range(20))
+
+
 def test_proof_under_the_same_secret_is_trusted(tmp_path):
     key = NodeIdentity.load_or_create(tmp_path).public_key
 
