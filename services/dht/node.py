@@ -13,7 +13,6 @@ from kademlia.crawling import NodeSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
-from kademlia.utils import digest
 
 from services.common.identity import MeshTrust, NodeIdentity, proof_kind
 from services.dht import records
@@ -150,10 +149,11 @@ class DhtNode:
         held here is checked again: a key may have lost the mesh's trust since it was stored
         (its certificate revoked or expired).
         """
-        dkey = digest(records.service_key(service))
-        merged = records.authentic(records.decode(self.storage.get(dkey)), self.signer.trust)
+        dkey = records.storage_key(service)
+        now = time.time()
+        merged = records.authentic(records.decode(self.storage.get(dkey)), self.signer.trust, dkey, now)
         for peer, value in await self._values_near(dkey):
-            found, dropped = records.partition(records.decode(value), self.signer.trust)
+            found, dropped = records.partition(records.decode(value), self.signer.trust, dkey, now)
             self.unverified.saw((peer.ip, peer.port), dropped)
             merged = records.merge(merged, found, time.time())
         merged = records.merge({}, merged, time.time())
@@ -162,8 +162,8 @@ class DhtNode:
     def services_stored(self) -> list[str]:
         """Services with live records on this node (every service, in a mesh of ≤ k nodes)."""
         now = time.time()
-        found = {r["service"] for _, value in self.storage for r in records.merge(
-                 {}, records.authentic(records.decode(value), self.signer.trust), now).values()}
+        found = {r["service"] for key, value in self.storage for r in records.merge(
+                 {}, records.authentic(records.decode(value), self.signer.trust, key, now), now).values()}
         return sorted(found)
 
     def peers(self) -> list[Node]:
@@ -201,7 +201,7 @@ class DhtNode:
 
     async def _store(self, service: str, record: records.Record) -> int:
         """Store on this node and on the k closest peers; returns how many accepted it."""
-        dkey = digest(records.service_key(service))
+        dkey = records.storage_key(service)
         value = records.encode({self.worker_id: record})
         self.storage[dkey] = value
         nodes = await self._closest_nodes(dkey)

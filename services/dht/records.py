@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kademlia.utils import digest
+
 from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
 
 Record = dict[str, Any]
@@ -23,10 +25,26 @@ MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
 SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",
                  "issued_at", "expires_at", "sequence", "key", "proof")
+# What a stored record is: these fields, of these types, and nothing else (an unsigned extra
+# field would be padding anyone can add to a member's record).
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "service": str, "worker_id": str, "url": str, "idempotent": bool, "model": str, "gpu_model": str,
+    "gpu_free_bytes": int, "issued_at": (int, float), "expires_at": (int, float), "sequence": int,
+    "key": str, "proof": str, "sig": str}
+# A signed record is about 450 bytes (560 with a CA proof); the rest is room for long model
+# and GPU names. Past this, a member's record is junk, not a provider.
+MAX_RECORD_BYTES = 1536
+# announce_ttl_s is at most a day (config.py); a minute more for clocks that disagree.
+MAX_LIFETIME_S = 86400 + 60
 
 
 def service_key(service: str) -> str:
     return f"providers/{service}"
+
+
+def storage_key(service: str) -> bytes:
+    """The Kademlia key a service's providers are stored under (kademlia's SHA-1 digest)."""
+    return digest(service_key(service))
 
 
 def next_sequence(now: float, previous: int = 0) -> int:
@@ -67,17 +85,33 @@ def is_authentic(record: Any, trust: MeshTrust) -> bool:
     return valid_shape and trust.trusts(key, proof) and verify(key, sig, _signed_bytes(record))
 
 
-def authentic(providers: dict[str, Record], trust: MeshTrust) -> dict[str, Record]:
-    """The records a reader may use: forged, unsigned and foreign ones are dropped."""
-    return partition(providers, trust)[0]
+def well_formed(record: Any, key: bytes, now: float) -> bool:
+    """A record that may be kept under `key`: exactly a record's fields, of their types, filed
+    under its own service's key (the only keys this DHT holds), small, and not claiming a
+    longer life than an announce can have. Cheap: checked before any signature."""
+    if not isinstance(record, dict) or record.keys() != FIELD_TYPES.keys():
+        return False
+    for field_name, kind in FIELD_TYPES.items():
+        value = record[field_name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            return False
+    return (len(encode(record)) <= MAX_RECORD_BYTES and record["expires_at"] <= now + MAX_LIFETIME_S
+            and storage_key(record["service"]) == key)
 
 
-def partition(providers: dict[str, Record], trust: MeshTrust) -> tuple[dict[str, Record], dict[str, Record]]:
-    """(the authentic records, the others): each record is checked once."""
+def authentic(providers: dict[str, Record], trust: MeshTrust, key: bytes, now: float) -> dict[str, Record]:
+    """The records a reader may use: malformed, misfiled, forged, unsigned and foreign ones
+    are dropped."""
+    return partition(providers, trust, key, now)[0]
+
+
+def partition(providers: dict[str, Record], trust: MeshTrust, key: bytes,
+              now: float) -> tuple[dict[str, Record], dict[str, Record]]:
+    """(the records usable under `key`, the others): each record is checked once."""
     kept: dict[str, Record] = {}
     dropped: dict[str, Record] = {}
     for worker, record in providers.items():
-        good = is_authentic(record, trust) and record["worker_id"] == worker
+        good = well_formed(record, key, now) and record["worker_id"] == worker and is_authentic(record, trust)
         (kept if good else dropped)[worker] = record
     return kept, dropped
 

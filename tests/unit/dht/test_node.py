@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dhtnodes import OTHER_SECRET, SECRET, plant, seed
 from kademlia.network import Server
+from kademlia.node import Node
 from kademlia.utils import digest
 
 from services.common import identity
@@ -202,6 +203,31 @@ async def test_a_peer_answering_a_non_string_value_does_not_break_lookups(make_n
         rogue.stop()
 
     assert summary(found) == [("a", "http://a:8000")]
+
+
+async def test_an_outsiders_stores_over_udp_leave_nothing_behind(make_node, make_signer):
+    # H3 (issue 12): the DHT stored any key from anyone (1,784 junk keys of 7 KB kept for a
+    # week). Now an outsider's STOREs are refused whatever the key: junk, junk under our key
+    # space, and a member's real record filed under another service's key.
+    a = await make_node("a")
+    outsider = Server()
+    await outsider.listen(0, "127.0.0.1")
+    try:
+        await outsider.bootstrap([("127.0.0.1", a.port)])
+        member = make_signer("m")
+        echo = records.sign(records.new_record("echo", "m", "http://m:8000", 60, time.time()),
+                            member.identity, member.proof)
+        peer = Node(a.node_id, "127.0.0.1", a.port)
+        for key, value in [(digest("junk/1"), "j" * 7000), (records.storage_key("svc"), "j" * 7000),
+                           (records.storage_key("svc"), records.encode({"m": echo})),
+                           (digest("junk/2"), records.encode({"m": echo}))]:
+            ok, _ = await outsider.protocol.call_store(peer, key, value)
+            assert ok  # it answered: the STORE arrived and was refused
+    finally:
+        outsider.stop()
+
+    assert list(a.storage) == []
+    assert a.services_stored() == []
 
 
 async def test_services_stored_lists_live_services(make_node):

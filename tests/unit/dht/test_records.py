@@ -42,8 +42,9 @@ def identity_of(worker: str) -> NodeIdentity:
     return IDENTITIES.setdefault(worker, new_identity())
 
 
-def rec(worker: str, issued_at: float, url: str = "", ttl_s: float = 60, **summary) -> records.Record:
-    return records.new_record("vision-ocr", worker, url or f"http://{worker}:8000", ttl_s, issued_at, **summary)
+def rec(worker: str, issued_at: float, url: str = "", ttl_s: float = 60, service: str = "vision-ocr",
+        **summary) -> records.Record:
+    return records.new_record(service, worker, url or f"http://{worker}:8000", ttl_s, issued_at, **summary)
 
 
 def signed(worker: str, issued_at: float, trust: MeshTrust = TRUST, **kwargs) -> records.Record:
@@ -122,7 +123,7 @@ def test_authentic_keeps_only_real_records_under_their_own_worker():
     real = signed("a", NOW)
     providers = {"a": real, "b": rec("b", NOW), "c": real, "d": {**signed("d", NOW), "url": "http://evil"}}
 
-    assert records.authentic(providers, TRUST) == {"a": real}
+    assert records.authentic(providers, TRUST, KEY, NOW) == {"a": real}
 
 
 # --- merge ----------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_encode_decode_round_trip():
 def test_signature_survives_the_round_trip():
     providers = {"a": signed("a", NOW)}
 
-    assert records.authentic(records.decode(records.encode(providers)), TRUST) == providers
+    assert records.authentic(records.decode(records.encode(providers)), TRUST, KEY, NOW) == providers
 
 
 @pytest.mark.parametrize("garbage", [None, "", b"", "not json", "[1, 2]", "42", b"\xff\xfe"])
@@ -352,9 +353,10 @@ def test_record_count_counts_live_records_across_keys(monkeypatch):
     monkeypatch.setattr(storage_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
     storage = ProviderStorage(TRUST)
     now = clock[0]
-    storage[digest("providers/x")] = records.encode({"a": signed("a", now), "b": signed("b", now)})
-    storage[digest("providers/y")] = records.encode({"a": signed("a", now)})
-    storage[digest("providers/z")] = records.encode({"c": signed("c", now, ttl_s=10)})
+    storage[digest("providers/x")] = records.encode({"a": signed("a", now, service="x"),
+                                                     "b": signed("b", now, service="x")})
+    storage[digest("providers/y")] = records.encode({"a": signed("a", now, service="y")})
+    storage[digest("providers/z")] = records.encode({"c": signed("c", now, ttl_s=10, service="z")})
     clock[0] += 20
 
     assert storage.record_count() == 3
@@ -362,3 +364,80 @@ def test_record_count_counts_live_records_across_keys(monkeypatch):
 
 def test_record_count_of_empty_storage_is_zero():
     assert ProviderStorage(TRUST).record_count() == 0
+
+
+# --- what the DHT accepts to store (issue 12, H3) ------------------------------------------------
+# An outsider stored 1,784 junk keys of 7 KB for a week. Only providers/<service> keys are held,
+# only with well-formed records signed by a member, each small, a key bounded.
+
+def test_storage_takes_no_key_outside_providers():
+    storage = ProviderStorage(TRUST)
+    junk_key = digest("anything/at/all")
+
+    dropped = storage.put(junk_key, records.encode({"a": signed("a", time.time())}))
+    storage.put(digest("x"), "y" * 7000)
+    storage.put(b"short", records.encode({"a": signed("a", time.time())}))
+    storage.put(["not", "bytes"], "z")
+
+    assert list(storage) == [] and list(dropped) == ["a"]
+
+
+def test_storage_refuses_a_members_record_filed_under_another_service():
+    storage = ProviderStorage(TRUST)
+    echo = signed("a", time.time(), service="echo")
+
+    assert storage.put(KEY, records.encode({"a": echo})) == {"a": echo}
+    assert list(storage) == []
+    storage.put(records.storage_key("echo"), records.encode({"a": echo}))
+    assert records.decode(storage.get(records.storage_key("echo"))) == {"a": echo}
+
+
+@pytest.mark.parametrize("change", [
+    {"padding": "p" * 100},  # a field nobody signs: anyone could pad a member's record
+    {"sequence": 1.5}, {"issued_at": "now"}, {"gpu_free_bytes": True}, {"idempotent": 1},
+])
+def test_storage_refuses_a_record_that_is_not_exactly_a_record(change):
+    storage = ProviderStorage(TRUST)
+    node = identity_of("a")
+    # signed after the change, so only the shape is wrong
+    odd = records.sign({**rec("a", time.time()), **change}, node, TRUST.proof(node.public_key))
+
+    assert storage.put(KEY, records.encode({"a": odd})) == {"a": odd}
+    assert list(storage) == []
+
+
+def test_storage_refuses_a_members_oversized_or_long_lived_record():
+    storage = ProviderStorage(TRUST)
+    now = time.time()
+    huge = signed("a", now, model="m" * records.MAX_RECORD_BYTES)
+    week = signed("b", now, ttl_s=7 * 86400)
+    day = signed("c", now, ttl_s=86400)
+
+    storage[KEY] = records.encode({"a": huge, "b": week, "c": day})
+
+    assert stored(storage) == {"c": day}
+
+
+def test_a_key_stays_within_its_budget_however_many_members_store():
+    storage = ProviderStorage(TRUST)
+    now = time.time()
+
+    for i in range(40):
+        storage[KEY] = records.encode({f"w{i:02d}": signed(f"w{i:02d}", now + i, model="x" * 600)})
+
+    assert 0 < len(stored(storage)) <= records.MAX_PROVIDERS_PER_KEY
+    assert len(storage.get(KEY)) <= records.VALUE_BUDGET_BYTES
+    assert [key for key, _ in storage] == [KEY]
+
+
+def test_a_key_whose_last_provider_withdrew_is_forgotten():
+    storage = ProviderStorage(TRUST)
+    now = time.time()
+    live = signed("a", now - 5)
+    node = identity_of("a")
+    storage[KEY] = records.encode({"a": live})
+
+    storage[KEY] = records.encode({"a": records.sign(records.tombstone(live, now), node,
+                                                     TRUST.proof(node.public_key))})
+
+    assert list(storage) == []
