@@ -8,30 +8,14 @@ local user; ours is 0600 from the start. A socket left by a killed predecessor i
 from __future__ import annotations
 
 import logging
-import os
-import socket
-from pathlib import Path
 
 import uvicorn
 
 from services.api.app import create_app
+from services.common import unix_socket
 from services.common.config import Config
 
 log = logging.getLogger(__name__)
-
-
-def bind_unix(path: Path) -> socket.socket:
-    """A listening unix socket at `path`, mode 0600, replacing a stale one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # created 0600: no moment where another user could connect
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    sock.listen(2048)  # connections queue until uvicorn accepts them
-    return sock
 
 
 def server(cfg: Config, started_at: float) -> uvicorn.Server:
@@ -45,6 +29,6 @@ def server(cfg: Config, started_at: float) -> uvicorn.Server:
 async def serve(cfg: Config, started_at: float) -> None:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight (uvicorn's
     graceful shutdown, at most timeout_graceful_shutdown seconds) and stop."""
-    sock = bind_unix(cfg.api_socket)
+    sock = unix_socket.listening(cfg.api_socket)
     log.info("api on unix:%s: GET /health /stats /metrics /mesh/*, POST /service/{type}", cfg.api_socket)
     await server(cfg, started_at).serve(sockets=[sock])

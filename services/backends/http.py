@@ -21,8 +21,6 @@ import ctypes
 import json
 import logging
 import os
-import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +32,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
+
+from services.common import unix_socket
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def serve_app(app: ASGIApp, socket_path: str, log_level: str = "info") -> None:
     by SIGTERM (status -15 / 143) rather than with exit status 0. The socket is bound
     here, not by uvicorn (`uds=` makes it mode 0666, open to every local user).
     """
-    sock = _bind_private_socket(Path(socket_path))
+    sock = unix_socket.listening(Path(socket_path))
     config = uvicorn.Config(
         app, log_level=log_level.lower(), access_log=False, lifespan="on",
         log_config=None,  # keep the CLI's logging, which prefixes lines with the program name
@@ -184,36 +184,3 @@ def serve_app(app: ASGIApp, socket_path: str, log_level: str = "info") -> None:
     )
     log.info("serving on unix:%s", socket_path)
     uvicorn.Server(config).run(sockets=[sock])
-
-
-def _bind_private_socket(path: Path) -> socket.socket:
-    """A listening unix socket at `path`, mode 0600 from its creation (umask around bind,
-    as the api and the gRPC servers do): no moment where another user could connect."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old_umask)
-    sock.listen(2048)
-    return sock
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """Unlink a socket left by a dead server; refuse to clobber a live one or a non-socket."""
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise FileExistsError(f"{path} exists and is not a socket; not removing it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:  # refused: nobody listens, the file is stale
-            log.info("removing stale socket %s", path)
-            path.unlink(missing_ok=True)
-            return
-    raise RuntimeError(f"another server is already listening on {path}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.common import unix_socket
 from services.common.config import Config
 from services.common.rpc import metrics_pb2, metrics_pb2_grpc
 
@@ -58,15 +58,10 @@ class ComponentServer:
         log.info("%s gRPC listening on %s", self.component, self.target)
 
     def _bind_unix(self, path: Path) -> None:
-        # The socket is created with mode 0600 (umask) so no other local user can call
-        # Announce or enrollment; a stale socket from a killed predecessor is replaced.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
-        old_umask = os.umask(0o177)
-        try:
+        # Mode 0600, so no other local user can call Announce or enrollment.
+        unix_socket.prepared(path)
+        with unix_socket.created_private():
             self.server.add_insecure_port(f"unix:{path}")
-        finally:
-            os.umask(old_umask)
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving

@@ -14,7 +14,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.api.app import create_app
-from services.api.main import bind_unix
+from services.common import unix_socket
 from services.common.config import Config
 from services.common.rpc import router_pb2, router_pb2_grpc
 
@@ -114,7 +114,7 @@ async def serving_api(cfg: Config, channels: Mapping[str, grpc.aio.Channel]) -> 
     """The api app on uvicorn at cfg.api_socket; yields a client session to it."""
     server = uvicorn.Server(uvicorn.Config(create_app(cfg, 1000.0, channels), lifespan="on", ws="none",
                                            log_config=None, access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[bind_unix(cfg.api_socket)]))
+    task = asyncio.create_task(server.serve(sockets=[unix_socket.listening(cfg.api_socket)]))
     try:
         while not server.started:
             assert not task.done(), "the api did not start"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import stat
 import sys
 
@@ -33,7 +34,8 @@ async def test_serve_replaces_a_stale_socket_with_a_0600_one_and_stops_on_sigter
     state = tmp_path / "s"
     cfg = load({"MESHWORKER_STATE_DIR": str(state), "MESHWORKER_SERVICES": ""})
     cfg.api_socket.parent.mkdir(parents=True)
-    cfg.api_socket.write_text("left by a killed api")
+    with socket.socket(socket.AF_UNIX) as stale:  # bound, then closed: a killed api's socket
+        stale.bind(str(cfg.api_socket))
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", SERVE, str(state), cwd=os.getcwd())
     try:
         status = None
