@@ -46,6 +46,10 @@ def same_url(request: Request) -> str:
 
 
 async def resolve(node: ApiNode, request: Request, name: str) -> Response:
+    # Read the body to its end first (Envoy bounds it): an answer while the client still
+    # sends would reset the connection, and Envoy replays the body from its own copy.
+    async for _ in request.stream():
+        pass
     if not SERVICE_NAME.match(name):
         return no_such_service(name).response()
     try:

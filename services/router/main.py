@@ -26,13 +26,13 @@ from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
-from services.router import gateway_file, trust
+from services.router import cache_file, gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
 from services.router.health import HealthDamper
 from services.router.mesh_view import mesh_services
-from services.router.providers import Provider, ProviderCache
+from services.router.providers import Provider
 from services.router.stats import RouterCounters
 from services.router.xds import clusters, resources
 from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
@@ -53,9 +53,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                        for s in cfg.services}
         self.backends = {s.name: BackendInfo() for s in cfg.services}
         self.counters = RouterCounters()
-        self.cache = ProviderCache()
+        self.cache_path = cfg.runtime_dir / cache_file.NAME
+        self.cache, self.version = cache_file.load(self.cache_path, time.time())
+        self.version += 1
         self.tls = trust.current(cfg, None, time.time())
-        self.version = 1
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
                               registry=registry)
         rejections = Counter("meshworker_router_config_rejections", "Configurations Envoy refused (NACK); "
@@ -63,6 +64,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.ads = AdsServer(resources.build(self.view(time.time()), self.version), on_nack=rejections.inc)
         self.gateway_ports = (0, 0)
         self.changed = asyncio.Event()  # set when the view changed outside a request
+        self._publishing = asyncio.Lock()  # one push at a time: a bridge step must not interleave
         register_gauges(self, registry)
 
     def view(self, now: float) -> MeshView:
@@ -82,11 +84,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls)
 
     async def publish(self) -> int:
-        """Hand Envoy a new configuration; its version."""
+        """Hand Envoy a new configuration; its version. Clusters it drops go one step
+        after the routes that named them, once Envoy has taken those routes."""
+        async with self._publishing:
+            snapshot = self.next_snapshot()
+            if snapshot.drops_clusters_of(self.ads.snapshot) and self.ads.applied.connected:
+                await self.ads.publish(snapshot.keeping_clusters_of(self.ads.snapshot))
+                await self.ads.wait_until(lambda a: a.holds(snapshot.version, resources.ROUTE), APPLY_DEADLINE_S)
+                snapshot = self.next_snapshot()
+            await self.ads.publish(snapshot)
+            cache_file.save(self.cache_path, self.cache, self.version)
+            return self.version
+
+    def next_snapshot(self) -> resources.Snapshot:
         self.version += 1
         self.pushes.inc()
-        await self.ads.publish(resources.build(self.view(time.time()), self.version))
-        return self.version
+        return resources.build(self.view(time.time()), self.version)
 
     async def publish_forever(self) -> None:
         """Health changes arrive in bursts (a backend restarting): one push for each burst."""

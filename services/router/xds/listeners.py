@@ -82,8 +82,13 @@ def bound(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
+# Without SO_REUSEPORT a second node on the same port fails to bind (a NACK naming the
+# address) instead of silently sharing its clients and peers with the first.
+NOT_SHARED = {"enable_reuse_port": False}
+
+
 def client_listener(view: MeshView) -> Listener:
-    return make(Listener, {"name": routes.CLIENT, "address": bound(view.listen_host, view.client_port),
+    return make(Listener, {"name": routes.CLIENT, "address": bound(view.listen_host, view.client_port), **NOT_SHARED,
                            "filter_chains": [{"filters": [http_manager(view, routes.CLIENT)]}]})
 
 
@@ -96,7 +101,7 @@ def downstream_mtls() -> dict[str, Any]:
 
 
 def peer_listener(view: MeshView) -> Listener:
-    return make(Listener, {"name": routes.PEER, "address": bound(view.listen_host, view.peer_port),
+    return make(Listener, {"name": routes.PEER, "address": bound(view.listen_host, view.peer_port), **NOT_SHARED,
                            "filter_chains": [{"filters": [http_manager(view, routes.PEER)],
                                               "transport_socket": downstream_mtls()}]})
 

@@ -32,6 +32,18 @@ class Snapshot:
         found = self.resources.get(type_url, {})
         return [r for n, r in found.items() if not names or n in names]
 
+    def drops_clusters_of(self, previous: Snapshot) -> bool:
+        return bool(previous.resources.get(CLUSTER, {}).keys() - self.resources.get(CLUSTER, {}).keys())
+
+    def keeping_clusters_of(self, previous: Snapshot) -> Snapshot:
+        """This snapshot, with the clusters (and endpoints) `previous` had and this one drops
+        still in: Envoy answers 503 for a route whose cluster went first, so a cluster goes
+        only once the routes that named it have (break after make, Envoy's xDS docs)."""
+        resources = dict(self.resources)
+        for type_url in (CLUSTER, ENDPOINT):
+            resources[type_url] = {**previous.resources.get(type_url, {}), **self.resources.get(type_url, {})}
+        return Snapshot(self.version, resources)
+
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()

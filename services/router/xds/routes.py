@@ -171,11 +171,14 @@ def nowhere_routes(view: MeshView) -> list[dict[str, Any]]:
     return found
 
 
-def lookup_route() -> dict[str, Any]:
-    """Any other service name: the api looks it up and redirects back here once."""
+def lookup_route(view: MeshView) -> dict[str, Any]:
+    """Any other service name: the api looks it up and redirects back here once. Envoy
+    replays the body from its buffer, so it may hold a whole one (the first request for
+    a service only; later ones stream on their own route)."""
     route = to_api({"prefix": "/service/"})
     route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1,
                                                   "redirect_response_codes": [307]}
+    route["per_request_buffer_limit_bytes"] = view.max_body_bytes
     return route
 
 
@@ -183,7 +186,7 @@ def client_routes(view: MeshView) -> RouteConfiguration:
     routes = refusals(view)
     for svc in view.local:
         routes += local_routes(view, svc)
-    routes += remote_routes(view) + nowhere_routes(view) + [lookup_route(), to_api({"prefix": "/"})]
+    routes += remote_routes(view) + nowhere_routes(view) + [lookup_route(view), to_api({"prefix": "/"})]
     return make(RouteConfiguration, {
         # Our own removals first, then the routes' additions (the default order is the reverse).
         "name": CLIENT, "request_headers_to_remove": list(PEER_ONLY_HEADERS),

@@ -56,6 +56,7 @@ def no_envoy(monkeypatch):
 def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None) -> RouterServicer:
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
     cfg = dataclasses.replace(cfg, worker_id="box-1", services=services)
+    cfg.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as `meshworker up` makes it
     return RouterServicer(cfg, CollectorRegistry(), dht or object())
 
 
@@ -192,3 +193,24 @@ async def test_mesh_services_shows_no_local_socket_paths_or_urls(tmp_path):
     assert [(p.worker_id, p.url) for p in views["llm"].providers if p.local] == [("box-1", "local")]
     shown = str(views)
     assert OCR.upstream.removeprefix("unix:") not in shown and LLM.upstream not in shown
+
+
+async def test_a_restarted_router_serves_the_providers_it_had_and_counts_on(tmp_path):
+    """Envoy keeps its last configuration while the router is down: the router that comes
+    back must push the same peers again, not an empty cache, and a higher version."""
+    dht = FakeDht("a")
+    first = servicer(tmp_path, services=(), dht=dht)
+    await resolve(first, "llm")
+    restarted = servicer(tmp_path, services=(), dht=dht)
+    assert restarted.version > first.version
+    assignment = restarted.ads.snapshot.resources[resources.ENDPOINT]["remote:llm"]
+    assert [e.endpoint.hostname for e in assignment.endpoints[0].lb_endpoints] == ["a"]
+    await resolve(restarted, "llm")
+    assert dht.calls == 1  # still cached: no lookup after the restart
+
+
+def test_an_unreadable_cache_file_is_ignored(tmp_path):
+    router = servicer(tmp_path, services=())
+    (tmp_path / "run" / "router-cache.json").write_text("{not json")
+    assert not servicer(tmp_path, services=()).cache.entries
+    assert router.version >= 1

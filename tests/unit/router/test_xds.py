@@ -187,3 +187,26 @@ def test_routes_are_named_after_their_service_for_envoys_own_error_messages(tmp_
         "flags", []))
     assert {"key": "x-mesh-unserved", "value": "1"} in [h["header"] for h in unavailable["headers_to_add"]]
     assert manager["normalize_path"] and manager["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
+
+
+def test_a_dropped_cluster_stays_until_the_routes_that_named_it_are_gone(tmp_path):
+    before = resources.build(view(tmp_path), 1)
+    after = resources.build(view(tmp_path, remote=()), 2)
+    assert after.drops_clusters_of(before) and not before.drops_clusters_of(before)
+    bridge = after.keeping_clusters_of(before)
+    assert bridge.version == 2
+    assert bridge.resources[resources.ROUTE] == after.resources[resources.ROUTE]  # the new routes
+    assert {"remote:ocr", "service:echo"} <= set(bridge.resources[resources.CLUSTER])  # the old clusters
+    assert "remote:ocr" in bridge.resources[resources.ENDPOINT]
+
+
+def test_listeners_are_not_shared_with_another_process_on_the_same_port(tmp_path):
+    for listener in resources.build(view(tmp_path), 1).resources[resources.LISTENER].values():
+        assert listener.enable_reuse_port.value is False and listener.HasField("enable_reuse_port")
+
+
+def test_the_first_request_for_a_service_may_be_replayed_whole_and_retries_have_room(tmp_path):
+    lookup = matching(client_routes(view(tmp_path)), prefix="/service/")[0]
+    assert lookup["per_request_buffer_limit_bytes"] == 1000  # max_body_bytes
+    remote = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "remote:ocr"))
+    assert remote["circuit_breakers"]["thresholds"][0]["retry_budget"]["min_retry_concurrency"] == 32
