@@ -121,13 +121,21 @@ def peer_tls(view: MeshView) -> dict[str, Any]:
         }})}
 
 
+# A peer is also checked by connecting to it (mTLS included): a dead one is marked down
+# and stays down until it answers, where outlier ejection alone lets it back in for a
+# try when the ejection ends, and least-request balancing sends it the most (it has no
+# requests in flight), so a burst of requests failed there each time (bench failover).
+PEER_CHECK = {"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2, "healthy_threshold": 1,
+              "tcp_health_check": {}}
+
+
 def remote_cluster(view: MeshView, remote: RemoteService) -> Cluster:
     """Peers by EDS; one that fails in a row is ejected for a while (outlier detection),
     and its connection failures count apart from the answers its backend gives."""
     return make(Cluster, {
         "name": remote_name(remote.name), "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
         "eds_cluster_config": {"eds_config": ADS}, "lb_policy": "LEAST_REQUEST",
-        "transport_socket": peer_tls(view),
+        "transport_socket": peer_tls(view), "health_checks": [PEER_CHECK],
         "outlier_detection": {
             "consecutive_5xx": 5, "consecutive_gateway_failure": 3, "interval": "2s",
             "base_ejection_time": "10s", "max_ejection_percent": 100,

@@ -73,7 +73,7 @@ def retry_policy(idempotent: bool) -> dict[str, Any]:
             "retriable_headers": [{"name": UNSERVED, "present_match": True}],
             "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": typed(
                 "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate")}],
-            "host_selection_retry_max_attempts": 3}
+            "host_selection_retry_max_attempts": 5}
 
 
 def forward(cluster: str, timeout_s: float, idempotent: bool, rewrite: bool, route_kind: str | None,

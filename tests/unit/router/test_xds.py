@@ -210,3 +210,9 @@ def test_the_first_request_for_a_service_may_be_replayed_whole_and_retries_have_
     assert lookup["per_request_buffer_limit_bytes"] == 1000  # max_body_bytes
     remote = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "remote:ocr"))
     assert remote["circuit_breakers"]["thresholds"][0]["retry_budget"]["min_retry_concurrency"] == 32
+
+
+def test_peers_are_checked_by_connecting_so_a_dead_one_stays_out(tmp_path):
+    remote = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "remote:ocr"))
+    assert remote["health_checks"][0]["tcp_health_check"] == {}
+    assert remote["outlier_detection"]["consecutive_local_origin_failure"] == 2
