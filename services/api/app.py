@@ -145,7 +145,9 @@ async def service(request: Request) -> Response:
 async def http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own 404 and 405 in our error shape."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    return ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}").response()
+    response = ApiError(exc.status_code, code, f"{request.method} {request.url.path}: {exc.detail}").response()
+    response.headers.update(exc.headers or {})  # e.g. a 405's Allow
+    return response
 
 
 def create_app(cfg: Config, started_at: float,

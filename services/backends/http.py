@@ -10,9 +10,7 @@ loaded in the background with a health answer, and serving on a unix socket.
   SIGTERM during the load is not held up by it; `/health` is 200 only once it is loaded,
   with load time and resident memory (`rss_bytes`).
 - `model_list`: the OpenAI `GET /v1/models` answer.
-- `serve_app`: uvicorn on a unix socket, after removing a stale socket file.
-- `offline_model_env`: the process environment a model backend sets before importing
-  Hugging Face libraries.
+- `serve_app`: uvicorn on a private unix socket, after removing a stale socket file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The node's hardware description: what the gateway serves under "capabilities" in GET /stats.
+"""The node's hardware description: what the api serves under "capabilities" in GET /stats.
 
 `collect()` is the I/O shell: it reads the hostname, CPU cores, RAM, GPUs (via NVML) and the
 TCP connect time to one peer, then hands them to `summarize()`, which is pure and builds the

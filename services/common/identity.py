@@ -70,8 +70,8 @@ class NodeIdentity:
     def load_or_create(cls, state_dir: Path) -> NodeIdentity:
         path = state_dir / KEY_FILE
         if not path.exists():
-            # The dht and the gateway may both start first: whoever links first wins and
-            # both read back the one key.
+            # `up` makes it before any program starts; should two processes race anyway,
+            # whoever links first wins and both read back the one key.
             state_dir.mkdir(parents=True, exist_ok=True)
             create_once(path, Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
@@ -199,8 +199,8 @@ class OverlayTrust:
     The CA key comes from mesh.json (init and join take it from ca.crt with nebula-cert and
     check it against the pinned fingerprint; it verifies mesh records too), the blocklist
     from the CA-signed record.json, this node's proof from identity.proof. The files are
-    stat'ed at most every `recheck_s`, so a join or revoke while the dht and the gateway
-    run reaches them within seconds, and a request costs a clock read and a dict lookup.
+    stat'ed at most every `recheck_s`, so a join or revoke while the dht runs reaches it
+    within seconds, and a record check costs a clock read and a dict lookup.
     """
 
     def __init__(self, state_dir: Path, recheck_s: float = RECHECK_S,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from services.common import unix_socket
 from services.common.config import Config
 from services.common.statefile import write_atomically
 from services.gateway.bootstrap import bootstrap, command
@@ -22,6 +23,6 @@ def envoy_binary(cfg: Config) -> str:
 def exec_envoy(cfg: Config) -> None:
     path = cfg.runtime_dir / "envoy.json"
     write_atomically(path, json.dumps(bootstrap(cfg), indent=1).encode())
-    cfg.envoy_admin_socket.unlink(missing_ok=True)  # a killed Envoy leaves its socket behind
+    unix_socket.remove_stale(cfg.envoy_admin_socket)  # a killed Envoy's; never a live one's
     argv = command(cfg, envoy_binary(cfg), str(path))
     os.execv(argv[0], argv)

@@ -83,8 +83,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def StreamAggregatedResources(self, request_iterator, context) -> None:
         types: dict[str, TypeState] = {}
-        reader = asyncio.create_task(self._read(request_iterator, types))
-        self.applied = applied = Applied(connected=True)
+        self.applied = applied = Applied(connected=True)  # this stream's; a newer stream has its own
+        reader = asyncio.create_task(self._read(request_iterator, types, applied))
         log.info("Envoy connected for its configuration (ADS)")
         try:
             while not reader.done():
@@ -94,22 +94,23 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     await self._changed.wait_for(lambda: reader.done() or any(self._due_types(types)))
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             applied.connected = False
             async with self._changed:
                 self._changed.notify_all()
             log.info("Envoy's ADS stream ended")
 
-    async def _read(self, requests, types: dict[str, TypeState]) -> None:
+    async def _read(self, requests, types: dict[str, TypeState], applied: Applied) -> None:
         try:
             async for request in requests:
-                self._take(request, types.setdefault(request.type_url, TypeState()))
+                self._take(request, types.setdefault(request.type_url, TypeState()), applied)
                 async with self._changed:
                     self._changed.notify_all()
         finally:  # the stream ended: wake the writer so it ends too
             async with self._changed:
                 self._changed.notify_all()
 
-    def _take(self, request: discovery_pb2.DiscoveryRequest, state: TypeState) -> None:
+    def _take(self, request: discovery_pb2.DiscoveryRequest, state: TypeState, applied: Applied) -> None:
         sent = state.sent
         if request.response_nonce and (sent is None or request.response_nonce != sent.nonce):
             return  # answers a response we have since replaced: stale, ignored by the protocol
@@ -118,14 +119,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return
         if request.HasField("error_detail"):
             reason = request.error_detail.message
-            self.applied.last_nack = reason
+            applied.last_nack = reason
             self.on_nack()
             log.error("Envoy refused configuration %d of %s (keeping its last good one): %s",
                       sent.version, request.type_url.rsplit(".", 1)[-1], reason)
             state.sent = Sent(sent.version, sent.nonce, state.names, sent.names)  # not resent until a change
             return
         state.acked = sent
-        self.applied.acked[request.type_url] = sent
+        applied.acked[request.type_url] = sent
 
     def _due_types(self, types: dict[str, TypeState]) -> list[str]:
         version = self.snapshot.version

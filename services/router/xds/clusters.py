@@ -25,7 +25,7 @@ from services.router.xds.view import LocalService, MeshView, RemoteService
 
 API = "api"
 CONNECT_TIMEOUT = "1s"
-NODE_CERT, MESH_CA = "node-cert", "mesh-ca"  # the SDS secrets (see secrets.py)
+NODE_CERT, MESH_CA = "node-cert", "mesh-ca"  # the SDS secrets (resources.secrets)
 
 
 def local_name(service: str) -> str:

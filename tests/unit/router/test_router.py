@@ -24,12 +24,14 @@ LLM = ServiceConfig(name="llm", upstream="http://127.0.0.1:9000")
 class FakeDht:
     """A Dht stub (a test double) whose FindProviders answers from a fixed list and counts calls."""
 
-    def __init__(self, *workers: str):
+    def __init__(self, *workers: str, delay_s: float = 0.0):
         self.workers = workers
         self.calls = 0
+        self.delay_s = delay_s  # a lookup that takes a while, as a crawl does
 
     async def FindProviders(self, request, timeout):
         self.calls += 1
+        await asyncio.sleep(self.delay_s)
         now = time.time()
         return dht_pb2.FindProvidersResponse(providers=[
             dht_pb2.ProviderRecord(service=request.service, worker_id=w, url=f"https://10.0.0.{i + 1}:8443",
@@ -214,3 +216,14 @@ def test_an_unreadable_cache_file_is_ignored(tmp_path):
     (tmp_path / "run" / "router-cache.json").write_text("{not json")
     assert not servicer(tmp_path, services=()).cache.entries
     assert router.version >= 1
+
+
+async def test_first_requests_that_arrive_together_share_one_lookup(tmp_path):
+    dht = FakeDht("a", delay_s=0.05)
+    router = servicer(tmp_path, services=(), dht=dht)
+
+    found = await asyncio.gather(*(resolve(router, "llm") for _ in range(5)))
+
+    assert {f.kind for f in found} == {router_pb2.ROUTE_KIND_FORWARDED}
+    assert dht.calls == 1
+    assert (router.counters.cache_misses, router.counters.dht_lookups) == (1, 1)
