@@ -36,10 +36,10 @@ async def keep_written(cfg: Config, router) -> None:
             if routes.CLIENT not in ports:
                 await asyncio.sleep(RETRY_S)
                 continue
-            router.gateway_ports = (ports[routes.CLIENT], ports.get(routes.PEER, 0))
-            write_atomically(cfg.gateway_address_file, json.dumps({
-                "host": cfg.gateway_host, "port": ports[routes.CLIENT], "peer_port": ports.get(routes.PEER, 0)}))
-            log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, *router.gateway_ports)
+            client, peer = ports[routes.CLIENT], ports.get(routes.PEER, 0)
+            write_atomically(cfg.gateway_address_file, json.dumps(
+                {"host": cfg.gateway_host, "port": client, "peer_port": peer}))
+            log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, client, peer)
             await router.ads.wait_until(lambda a: not a.connected, None)
     finally:
         await admin.close()

@@ -62,7 +62,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         rejections = Counter("meshworker_router_config_rejections", "Configurations Envoy refused (NACK); "
                              "it keeps its last good one", registry=registry)
         self.ads = AdsServer(resources.build(self.view(time.time()), self.version), on_nack=rejections.inc)
-        self.gateway_ports = (0, 0)
         self.changed = asyncio.Event()  # set when the view changed outside a request
         self._publishing = asyncio.Lock()  # one push at a time: a bridge step must not interleave
         self._looking_up: dict[str, asyncio.Task] = {}
@@ -177,8 +176,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Gateway(self, request, context):
         applied = self.ads.applied
         return router_pb2.GatewayStatus(connected=applied.connected, version=self.version,
-                                        acked_version=applied.version(), last_nack=applied.last_nack,
-                                        client_port=self.gateway_ports[0], peer_port=self.gateway_ports[1])
+                                        acked_version=applied.version(), last_nack=applied.last_nack)
 
     async def Drain(self, request, context):
         try:

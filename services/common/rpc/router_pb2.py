@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\"\x10\n\x0eGatewayRequest\"\x85\x01\n\rGatewayStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x15\n\racked_version\x18\x03 \x01(\x04\x12\x11\n\tlast_nack\x18\x04 \x01(\t\x12\x13\n\x0b\x63lient_port\x18\x05 \x01(\r\x12\x11\n\tpeer_port\x18\x06 \x01(\r\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"V\n\nResolution\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\x8c\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"e\n\x0eRouterCounters\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x02 \x01(\x04\x12\x14\n\x0cmisses_found\x18\x03 \x01(\x04\x12\x12\n\ncache_size\x18\x04 \x01(\x04*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xe5\x03\n\x06Router\x12\x43\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x19.meshworker.v1.Resolution\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12I\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1d.meshworker.v1.RouterCounters\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponse\x12\x46\n\x07Gateway\x12\x1d.meshworker.v1.GatewayRequest\x1a\x1c.meshworker.v1.GatewayStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\"\x10\n\x0eGatewayRequest\"]\n\rGatewayStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x15\n\racked_version\x18\x03 \x01(\x04\x12\x11\n\tlast_nack\x18\x04 \x01(\t\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"V\n\nResolution\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\x8c\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"e\n\x0eRouterCounters\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x02 \x01(\x04\x12\x14\n\x0cmisses_found\x18\x03 \x01(\x04\x12\x12\n\ncache_size\x18\x04 \x01(\x04*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xe5\x03\n\x06Router\x12\x43\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x19.meshworker.v1.Resolution\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12I\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1d.meshworker.v1.RouterCounters\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponse\x12\x46\n\x07Gateway\x12\x1d.meshworker.v1.GatewayRequest\x1a\x1c.meshworker.v1.GatewayStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.common.rpc.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTEKIND']._serialized_start=1085
-  _globals['_ROUTEKIND']._serialized_end=1165
+  _globals['_ROUTEKIND']._serialized_start=1044
+  _globals['_ROUTEKIND']._serialized_end=1124
   _globals['_GATEWAYREQUEST']._serialized_start=51
   _globals['_GATEWAYREQUEST']._serialized_end=67
-  _globals['_GATEWAYSTATUS']._serialized_start=70
-  _globals['_GATEWAYSTATUS']._serialized_end=203
-  _globals['_DRAINREQUEST']._serialized_start=205
-  _globals['_DRAINREQUEST']._serialized_end=219
-  _globals['_DRAINRESPONSE']._serialized_start=221
-  _globals['_DRAINRESPONSE']._serialized_end=255
-  _globals['_RESOLVEREQUEST']._serialized_start=257
-  _globals['_RESOLVEREQUEST']._serialized_end=290
-  _globals['_RESOLUTION']._serialized_start=292
-  _globals['_RESOLUTION']._serialized_end=378
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=380
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=406
-  _globals['_LOCALSERVICE']._serialized_start=409
-  _globals['_LOCALSERVICE']._serialized_end=569
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=571
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=645
-  _globals['_ROUTERSTATSREQUEST']._serialized_start=647
-  _globals['_ROUTERSTATSREQUEST']._serialized_end=667
-  _globals['_MESHSERVICESREQUEST']._serialized_start=669
-  _globals['_MESHSERVICESREQUEST']._serialized_end=690
-  _globals['_PROVIDERVIEW']._serialized_start=693
-  _globals['_PROVIDERVIEW']._serialized_end=833
-  _globals['_SERVICEVIEW']._serialized_start=835
-  _globals['_SERVICEVIEW']._serialized_end=910
-  _globals['_MESHSERVICESRESPONSE']._serialized_start=912
-  _globals['_MESHSERVICESRESPONSE']._serialized_end=980
-  _globals['_ROUTERCOUNTERS']._serialized_start=982
-  _globals['_ROUTERCOUNTERS']._serialized_end=1083
-  _globals['_ROUTER']._serialized_start=1168
-  _globals['_ROUTER']._serialized_end=1653
+  _globals['_GATEWAYSTATUS']._serialized_start=69
+  _globals['_GATEWAYSTATUS']._serialized_end=162
+  _globals['_DRAINREQUEST']._serialized_start=164
+  _globals['_DRAINREQUEST']._serialized_end=178
+  _globals['_DRAINRESPONSE']._serialized_start=180
+  _globals['_DRAINRESPONSE']._serialized_end=214
+  _globals['_RESOLVEREQUEST']._serialized_start=216
+  _globals['_RESOLVEREQUEST']._serialized_end=249
+  _globals['_RESOLUTION']._serialized_start=251
+  _globals['_RESOLUTION']._serialized_end=337
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=339
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=365
+  _globals['_LOCALSERVICE']._serialized_start=368
+  _globals['_LOCALSERVICE']._serialized_end=528
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=530
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=604
+  _globals['_ROUTERSTATSREQUEST']._serialized_start=606
+  _globals['_ROUTERSTATSREQUEST']._serialized_end=626
+  _globals['_MESHSERVICESREQUEST']._serialized_start=628
+  _globals['_MESHSERVICESREQUEST']._serialized_end=649
+  _globals['_PROVIDERVIEW']._serialized_start=652
+  _globals['_PROVIDERVIEW']._serialized_end=792
+  _globals['_SERVICEVIEW']._serialized_start=794
+  _globals['_SERVICEVIEW']._serialized_end=869
+  _globals['_MESHSERVICESRESPONSE']._serialized_start=871
+  _globals['_MESHSERVICESRESPONSE']._serialized_end=939
+  _globals['_ROUTERCOUNTERS']._serialized_start=941
+  _globals['_ROUTERCOUNTERS']._serialized_end=1042
+  _globals['_ROUTER']._serialized_start=1127
+  _globals['_ROUTER']._serialized_end=1612
 # @@protoc_insertion_point(module_scope)

@@ -21,20 +21,16 @@ class GatewayRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GatewayStatus(_message.Message):
-    __slots__ = ("connected", "version", "acked_version", "last_nack", "client_port", "peer_port")
+    __slots__ = ("connected", "version", "acked_version", "last_nack")
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
     LAST_NACK_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_PORT_FIELD_NUMBER: _ClassVar[int]
-    PEER_PORT_FIELD_NUMBER: _ClassVar[int]
     connected: bool
     version: int
     acked_version: int
     last_nack: str
-    client_port: int
-    peer_port: int
-    def __init__(self, connected: _Optional[bool] = ..., version: _Optional[int] = ..., acked_version: _Optional[int] = ..., last_nack: _Optional[str] = ..., client_port: _Optional[int] = ..., peer_port: _Optional[int] = ...) -> None: ...
+    def __init__(self, connected: _Optional[bool] = ..., version: _Optional[int] = ..., acked_version: _Optional[int] = ..., last_nack: _Optional[str] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ()
