@@ -14,6 +14,7 @@ import logging
 from services.common.config import Config
 from services.common.envoy_admin import EnvoyAdmin
 from services.common.statefile import write_atomically
+from services.router.ads import AdsServer
 from services.router.xds import resources, routes
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ def ports_of(listeners: dict) -> dict[str, int]:
             if "socket_address" in status.get("local_address", {})}
 
 
-async def keep_written(cfg: Config, router) -> None:
+async def keep_written(cfg: Config, ads: AdsServer) -> None:
     admin = EnvoyAdmin(cfg.envoy_admin_socket)
     try:
         while True:
-            await router.ads.wait_until(lambda a: a.connected and a.holds(1, resources.LISTENER), None)
+            await ads.wait_until(lambda a: a.connected and a.holds(1, resources.LISTENER), None)
             ports = ports_of(await admin.listeners() or {})
             if routes.CLIENT not in ports:
                 await asyncio.sleep(RETRY_S)
@@ -40,6 +41,6 @@ async def keep_written(cfg: Config, router) -> None:
             write_atomically(cfg.gateway_address_file, json.dumps(
                 {"host": cfg.gateway_host, "port": client, "peer_port": peer}))
             log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, client, peer)
-            await router.ads.wait_until(lambda a: not a.connected, None)
+            await ads.wait_until(lambda a: not a.connected, None)
     finally:
         await admin.close()

@@ -288,7 +288,7 @@ async def serve(cfg: Config) -> None:
             background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
                           tasks.create_task(servicer.watch_credentials()),
                           tasks.create_task(servicer.publish_forever()),
-                          tasks.create_task(gateway_file.keep_written(cfg, servicer))] + [
+                          tasks.create_task(gateway_file.keep_written(cfg, servicer.ads))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
                                                 cfg.health_interval_s, on_health_change))
                 for svc in cfg.services]
