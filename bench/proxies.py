@@ -94,7 +94,29 @@ def inherited_listener() -> Iterator[socket.socket]:
         yield sock
 
 
-class Nginx(ServerProcess):
+class InheritedSocketProxy(ServerProcess):
+    """A proxy started on a listening socket it inherits from us, so its port is known
+    before it starts and none is probed. Subclasses say how: its binary, its config, its
+    command line and environment."""
+
+    name = ""
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        self.workdir, self.upstream_port = workdir, upstream_port
+
+    def start(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        with inherited_listener() as sock:
+            self.port = sock.getsockname()[1]
+            self.start(sock)
+        with stopped_on_failure(self):
+            self.wait_healthy(self.name)
+        return self
+
+
+class Nginx(InheritedSocketProxy):
     """Debian's nginx as the reverse proxy a user would otherwise put in front of a backend.
 
     nginx refuses `listen ...:0`, and wrk speaks TCP only, so a unix socket would leave nginx
@@ -103,43 +125,29 @@ class Nginx(ServerProcess):
     master ("using inherited sockets from ..." in its log).
     """
 
-    def __init__(self, workdir: Path, upstream_port: int):
-        self.workdir, self.upstream_port = workdir, upstream_port
+    name = "nginx"
 
-    def __enter__(self) -> Self:
+    def start(self, sock: socket.socket) -> None:
         binary = system_binary("nginx", "nginx-light")
-        with inherited_listener() as sock:
-            self.port = sock.getsockname()[1]
-            conf = self.workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port,
-                                              upstream_port=self.upstream_port))
-            argv = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"),
-                    "-c", str(conf)]
-            self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
-                                    env=dict(os.environ, NGINX=f"{sock.fileno()};"))
-        with stopped_on_failure(self):
-            self.wait_healthy("nginx")
-        return self
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=self.workdir, port=self.port, upstream_port=self.upstream_port))
+        argv = [binary, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log"), "-c", str(conf)]
+        self.proc = procs.spawn(argv, self.workdir / "nginx.log", pass_fds=[sock.fileno()],
+                                env=dict(os.environ, NGINX=f"{sock.fileno()};"))
 
 
-class HAProxy(ServerProcess):
+class HAProxy(InheritedSocketProxy):
     """Debian's HAProxy (2.6), one process in the foreground (-db), on an inherited socket
     (`bind fd@N`, HAProxy's own way to take a listener from its parent)."""
 
-    def __init__(self, workdir: Path, upstream_port: int):
-        self.workdir, self.upstream_port = workdir, upstream_port
+    name = "haproxy"
 
-    def __enter__(self) -> Self:
+    def start(self, sock: socket.socket) -> None:
         binary = system_binary("haproxy", "haproxy")
-        with inherited_listener() as sock:
-            self.port = sock.getsockname()[1]
-            conf = self.workdir / "haproxy.cfg"
-            conf.write_text(HAPROXY_CONF.format(fd=sock.fileno(), upstream_port=self.upstream_port))
-            self.proc = procs.spawn([binary, "-db", "-f", str(conf)], self.workdir / "haproxy.log",
-                                    pass_fds=[sock.fileno()])
-        with stopped_on_failure(self):
-            self.wait_healthy("haproxy")
-        return self
+        conf = self.workdir / "haproxy.cfg"
+        conf.write_text(HAPROXY_CONF.format(fd=sock.fileno(), upstream_port=self.upstream_port))
+        self.proc = procs.spawn([binary, "-db", "-f", str(conf)], self.workdir / "haproxy.log",
+                                pass_fds=[sock.fileno()])
 
 
 ENVOY_LISTENER = "bench"
