@@ -35,7 +35,9 @@ def record_pb(record: dict) -> dht_pb2.ProviderRecord:
         service=record["service"], worker_id=record["worker_id"], url=record["url"],
         issued_at=record["issued_at"], expires_at=record["expires_at"], sequence=record["sequence"],
         idempotent=record["idempotent"], model=record.get("model", ""), gpu_model=record["gpu_model"],
-        gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"])
+        gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"], models=[
+            dht_pb2.Model(id=m[0], kind=m[1], context_length=m[2], service=m[3], load_percent=m[4])
+            for m in record["models"]])
 
 
 def gpu_summary() -> dict:
@@ -76,6 +78,8 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
         summary = await asyncio.to_thread(gpu_summary)
         record, stored = await self.node.announce(request.service, request.ttl_seconds,
                                                   idempotent=request.idempotent, model=request.model,
+                                                  models=[(m.id, m.kind, m.context_length, m.service,
+                                                           m.load_percent) for m in request.models],
                                                   **summary)
         self.announces.inc()
         return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProviderRecord(_message.Message):
-    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key", "model")
+    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key", "model", "models")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class ProviderRecord(_message.Message):
     GPU_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     service: str
     worker_id: str
     url: str
@@ -30,19 +31,36 @@ class ProviderRecord(_message.Message):
     gpu_free_bytes: int
     public_key: str
     model: str
-    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("id", "kind", "context_length", "service", "load_percent")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    LOAD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    context_length: int
+    service: str
+    load_percent: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., context_length: _Optional[int] = ..., service: _Optional[str] = ..., load_percent: _Optional[int] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds", "idempotent", "model")
+    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
     idempotent: bool
     model: str
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")

@@ -16,6 +16,54 @@ ROUTE_KIND_NONE: RouteKind
 ROUTE_KIND_LOCAL: RouteKind
 ROUTE_KIND_FORWARDED: RouteKind
 
+class MeshModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelProvider(_message.Message):
+    __slots__ = ("worker_id", "service", "local", "load_percent")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    LOAD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    service: str
+    local: bool
+    load_percent: int
+    def __init__(self, worker_id: _Optional[str] = ..., service: _Optional[str] = ..., local: _Optional[bool] = ..., load_percent: _Optional[int] = ...) -> None: ...
+
+class MeshModel(_message.Message):
+    __slots__ = ("id", "kind", "context_length", "providers", "aliases")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    context_length: int
+    providers: _containers.RepeatedCompositeFieldContainer[ModelProvider]
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., context_length: _Optional[int] = ..., providers: _Optional[_Iterable[_Union[ModelProvider, _Mapping]]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MeshModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[MeshModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[MeshModel, _Mapping]]] = ...) -> None: ...
+
+class ResolveModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ModelResolution(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
 class GatewayRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -65,6 +65,16 @@ class RouterStub:
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.FromString,
                 _registered_method=True)
+        self.MeshModels = channel.unary_unary(
+                '/meshworker.v1.Router/MeshModels',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshModelsRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshModelsResponse.FromString,
+                _registered_method=True)
+        self.ResolveModel = channel.unary_unary(
+                '/meshworker.v1.Router/ResolveModel',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -114,6 +124,21 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeshModels(self, request, context):
+        """MeshModels lists every model of the mesh (its catalog), with the nodes that serve each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveModel(self, request, context):
+        """ResolveModel looks up a model Envoy has no route for (the catalog read again), and
+        answers once Envoy holds the outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +171,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Gateway,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.SerializeToString,
+            ),
+            'MeshModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeshModels,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.MeshModelsRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.MeshModelsResponse.SerializeToString,
+            ),
+            'ResolveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveModel,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +346,60 @@ class Router:
             '/meshworker.v1.Router/Gateway',
             services_dot_common_dot_rpc_dot_router__pb2.GatewayRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_router__pb2.GatewayStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeshModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/MeshModels',
+            services_dot_common_dot_rpc_dot_router__pb2.MeshModelsRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.MeshModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/ResolveModel',
+            services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.FromString,
             options,
             channel_credentials,
             insecure,

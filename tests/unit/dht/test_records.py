@@ -55,7 +55,8 @@ def signed(worker: str, issued_at: float, trust: MeshTrust = TRUST, **kwargs) ->
 def test_new_record_fields():
     assert rec("a", NOW) == {"service": "vision-ocr", "worker_id": "a", "url": "http://a:8000",
                              "issued_at": NOW, "expires_at": NOW + 60, "sequence": int(NOW * 1000),
-                             "idempotent": False, "model": "", "gpu_model": "", "gpu_free_bytes": 0}
+                             "idempotent": False, "model": "", "gpu_model": "", "gpu_free_bytes": 0,
+                             "models": []}
 
 
 def test_new_record_takes_the_capability_summary():
@@ -90,7 +91,7 @@ def test_unsigned_record_is_not_authentic():
 @pytest.mark.parametrize("field, value", [
     ("url", "http://evil:8000"), ("worker_id", "b"), ("expires_at", NOW + 10_000),
     ("sequence", 10**15), ("issued_at", NOW + 1), ("idempotent", True), ("gpu_model", "H200"),
-    ("gpu_free_bytes", 1), ("service", "other"),
+    ("gpu_free_bytes", 1), ("service", "other"), ("models", [["m", "chat", 0, "llm", 0]]),
 ])
 def test_record_changed_after_signing_is_not_authentic(field, value):
     forged = {**signed("a", NOW), field: value}
@@ -395,6 +396,7 @@ def test_storage_refuses_a_members_record_filed_under_another_service():
 @pytest.mark.parametrize("change", [
     {"padding": "p" * 100},  # a field nobody signs: anyone could pad a member's record
     {"sequence": 1.5}, {"issued_at": "now"}, {"gpu_free_bytes": True}, {"idempotent": 1},
+    {"models": [["m", "chat", 0, "llm"]]}, {"models": [["m", "chat", True, "llm", 0]]}, {"models": "m"},
 ])
 def test_storage_refuses_a_record_that_is_not_exactly_a_record(change):
     storage = ProviderStorage(TRUST)
@@ -404,6 +406,14 @@ def test_storage_refuses_a_record_that_is_not_exactly_a_record(change):
 
     assert storage.put(KEY, records.encode({"a": odd})) == {"a": odd}
     assert list(storage) == []
+
+
+def test_a_catalog_record_carries_its_models_signed():
+    models = [["smollm2", "chat", 8192, "llm-inference", 0], ["minilm", "embedding", 256, "rag-embeddings", 50]]
+    record = signed("a", NOW, service="@models", models=models)
+
+    assert record["models"] == models and records.is_authentic(record, TRUST)
+    assert records.well_formed(record, records.storage_key("@models"), NOW)
 
 
 def test_storage_refuses_a_members_oversized_or_long_lived_record():
