@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from services.api import metrics, peers
+from services.api import metrics, openai, peers
 from services.api.envelope import envelope
 from services.api.errors import ApiError, unavailable
 from services.api.node import ApiNode
@@ -168,4 +168,6 @@ def create_app(cfg: Config, started_at: float,
         Route("/mesh/services", mesh_services),
         Route("/mesh/peers", mesh_peers),
         Route("/service/{rest:path}", service, methods=METHODS),
+        Route("/v1/models", openai.models, methods=["GET"]),
+        Route("/v1/{rest:path}", openai.unknown_model, methods=["POST"]),
     ], lifespan=lifespan)

@@ -1,4 +1,5 @@
-"""The one error shape of the HTTP API: {"error": {"code", "message"}} with the right status."""
+"""The error shapes of the HTTP API: ours, {"error": {"code", "message"}}, and on /v1 OpenAI's,
+{"error": {"message", "type", "param", "code"}}, with the right status."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ class ApiError(Exception):
         self.unserved = unserved
 
     def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"code": self.code, "message": self.message}},
+                            status_code=self.status, headers=self.headers())
+
+    def openai_response(self, param: str | None = None) -> JSONResponse:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return JSONResponse({"error": {"message": self.message, "type": kind, "param": param, "code": self.code}},
+                            status_code=self.status, headers=self.headers())
+
+    def headers(self) -> dict[str, str]:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
         if self.unserved:
             headers[UNSERVED] = "1"
-        return JSONResponse({"error": {"code": self.code, "message": self.message}},
-                            status_code=self.status, headers=headers)
+        return headers
 
 
 def bad_request(code: str, message: str) -> ApiError:

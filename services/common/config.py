@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from services.backends import registry
+from services.common.models import KINDS, MODEL_ID, Model
 
 ENV_PREFIX = "MESHWORKER_"
 COMPONENTS = ("nebula-agent", "dht", "router")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BUILTIN_SERVICES = ("vision-ocr", "rag-embeddings", "llm-inference")
 MESH_SECRET_FILE = "mesh.secret"
-SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s", "api_key"})
+SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s", "api_key",
+                          "models"})
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,8 @@ class ServiceConfig:
     idempotent: bool = False
     timeout_s: float = 60.0
     api_key: str = field(default="", repr=False)  # sent as a bearer token; never printed or logged
+    # Models it serves, for a backend that cannot list them at GET /v1/models; () = ask it.
+    models: tuple[Model, ...] = ()
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -82,6 +86,7 @@ class Config:
     advertise_url: str | None = None  # https://host:port of the peer listener, without an overlay
     mesh_secret: str | None = None  # proves membership; from mesh_secret, else <state>/mesh.secret
     unavailable: tuple[tuple[str, str], ...] = ()  # built-ins asked for but not installed, and why
+    aliases: tuple[tuple[str, str], ...] = ()  # [models]: a name clients use -> a model id of the mesh
 
     def grpc_target(self, component: str) -> str:
         """Address of a component's gRPC server, as both grpc servers and channels take it:
@@ -163,6 +168,28 @@ def _as_peer_url(key: str, value: Any) -> str:
     return value
 
 
+def _as_model(key: str, value: Any) -> Model:
+    """`"id"` (a chat model) or `{id = "...", kind = "embedding", context_length = 512}`."""
+    table = {"id": value} if isinstance(value, str) else value
+    if not isinstance(table, dict) or not MODEL_ID.match(str(table.get("id", ""))) \
+            or table.get("kind", "chat") not in KINDS or set(table) - {"id", "kind", "context_length"}:
+        raise ConfigError(key, f"expected a model id (letters, digits, . _ : / @ + -) or a table "
+                               f"{{id, kind = {' | '.join(KINDS)}, context_length}}, got {value!r}")
+    return Model(table["id"], table.get("kind", "chat"), _as_int(key, table.get("context_length", 0), 0, 2**31))
+
+
+def _as_aliases(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """The [models] table, or MESHWORKER_MODELS="alias=id,alias=id"."""
+    pairs = value.items() if isinstance(value, dict) else (
+        part.partition("=")[::2] for part in _as_list(key, value))
+    aliases = tuple((str(alias).strip(), str(target).strip()) for alias, target in pairs)
+    for alias, target in aliases:
+        if not MODEL_ID.match(alias) or not MODEL_ID.match(target) or alias == target:
+            raise ConfigError(f"{key}.{alias}", f"expected \"alias\" = \"model id\" (two different ids), "
+                                                f"got {alias!r} = {target!r}")
+    return aliases
+
+
 # Keys that were removed, and why: refused (as key or MESHWORKER_<KEY>), not silently ignored.
 _REMOVED = {
     "grpc_tcp_base_port": "removed: gRPC listens only on unix sockets of mode 0600 in runtime_dir "
@@ -190,6 +217,7 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "latency_peer": lambda k, v: ":".join(map(str, _as_host_port(k, str(v)))),
     "advertise_url": lambda k, v: _as_peer_url(k, v),
     "mesh_secret": lambda k, v: _as_secret(k, v),
+    "models": _as_aliases,
 }
 
 
@@ -240,7 +268,16 @@ def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceC
         idempotent=bool(table.get("idempotent", False)),
         timeout_s=_as_float(f"{key}.timeout_s", table.get("timeout_s", 60.0)),
         api_key=str(table.get("api_key", "")),
+        models=tuple(_as_model(f"{key}.models", m) for m in _as_model_list(f"{key}.models", table.get("models", []))),
     )
+
+
+def _as_model_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return _as_list(key, value)
+    if not isinstance(value, list):
+        raise ConfigError(key, f"expected a list of model ids or tables, got {value!r}")
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -289,6 +326,7 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
                      if n not in dict(unavailable))
     if "mesh_secret" not in values:
         values["mesh_secret"] = _read_secret_file(state_dir)
+    values["aliases"] = values.pop("models", ())  # the [models] table holds aliases
     return Config(
         worker_id=values.pop("worker_id", None) or socket.gethostname(),
         state_dir=state_dir,

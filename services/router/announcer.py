@@ -20,20 +20,27 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+# A busy backend's load changes with every request: the catalog record is stored again
+# at most this often (peers read it as often: Router.catalog_forever).
+CATALOG_MIN_INTERVAL_S = 2.0
 # A crawl and a store, each waiting up to the dht's 1 s RPC timeout for peers that are down.
 ANNOUNCE_DEADLINE_S = 10.0
 
 
 class Announcer:
     def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
-                 model_of: Callable[[str], str]):
+                 model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]]):
         self._channel = channel
         self._idempotent = idempotent
         self._model_of = model_of  # what the backend's health answer names, read at each announce
+        self._catalog_of = catalog_of  # this node's models, with their services and load, now
+        self._catalog: list[dht_pb2.Model] | None = None  # as last stored; None: store it again
+        self._catalog_wake = asyncio.Event()
         self._dht = dht_pb2_grpc.DhtStub(channel)
         self._ttl_s = ttl_s
         self._healthy: set[str] = set()
@@ -47,9 +54,13 @@ class Announcer:
         withdrawn = sorted(self._healthy)
         self._withdrawn |= self._healthy
         self._healthy.clear()
-        if not await self._sync():
+        if not await self._sync() or not await self._sync_catalog():
             raise ConnectionError("the DHT is not answering")
         return withdrawn
+
+    def offer_changed(self) -> None:
+        """A local backend's models or load changed: the catalog record may need storing."""
+        self._catalog_wake.set()
 
     def set_health(self, service: str, healthy: bool) -> None:
         if healthy and not self.draining:
@@ -64,6 +75,7 @@ class Announcer:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch_dht())
             tasks.create_task(self._sync_forever())
+            tasks.create_task(self._catalog_forever())
 
     async def _sync_forever(self) -> None:
         delay = self._republish_delay()
@@ -90,6 +102,37 @@ class Announcer:
             log.warning("DHT not reachable (%s); retrying in %.0f s", failures[0].code().name, RETRY_S)
         return not failures
 
+    async def _catalog_forever(self) -> None:
+        """This node's catalog record: stored when what it says changes, and again before it
+        expires; withdrawn when the node serves no model any more."""
+        while True:
+            try:
+                await asyncio.wait_for(self._catalog_wake.wait(), timeout=self._republish_delay())
+            except TimeoutError:
+                self._catalog = None
+            self._catalog_wake.clear()
+            if not await self._sync_catalog():
+                log.warning("DHT not reachable for the model catalog; retrying in %.0f s", RETRY_S)
+                await asyncio.sleep(RETRY_S)
+                self._catalog_wake.set()
+                continue
+            await asyncio.sleep(CATALOG_MIN_INTERVAL_S)
+
+    async def _sync_catalog(self) -> bool:
+        entries = [] if self.draining else self._catalog_of()
+        if entries == self._catalog:
+            return True
+        try:
+            if entries:
+                await self._dht.Announce(dht_pb2.AnnounceRequest(service=CATALOG, ttl_seconds=self._ttl_s,
+                                                                 models=entries), timeout=ANNOUNCE_DEADLINE_S)
+            else:
+                await self._withdraw(CATALOG)
+        except grpc.aio.AioRpcError:
+            return False
+        self._catalog = entries
+        return True
+
     async def _withdraw(self, service: str) -> None:
         await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=ANNOUNCE_DEADLINE_S)
 
@@ -105,7 +148,9 @@ class Announcer:
             try:
                 async for reply in health.Watch(health_pb2.HealthCheckRequest()):
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        self._catalog = None  # a restarted dht lost what it stored
                         self._wake.set()
+                        self._catalog_wake.set()
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(RETRY_S)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 
 from services.common.config import Config
 from services.common.envoy_admin import EnvoyAdmin
@@ -28,7 +29,8 @@ def ports_of(listeners: dict) -> dict[str, int]:
             if "socket_address" in status.get("local_address", {})}
 
 
-async def keep_written(cfg: Config, ads: AdsServer) -> None:
+async def keep_written(cfg: Config, ads: AdsServer, on_ports: Callable[[int, int], None]) -> None:
+    """`on_ports(client, peer)`: told the bound ports each time they are written."""
     admin = EnvoyAdmin(cfg.envoy_admin_socket)
     try:
         while True:
@@ -41,6 +43,7 @@ async def keep_written(cfg: Config, ads: AdsServer) -> None:
             write_atomically(cfg.gateway_address_file, json.dumps(
                 {"host": cfg.gateway_host, "port": client, "peer_port": peer}))
             log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, client, peer)
+            on_ports(client, peer)
             await ads.wait_until(lambda a: not a.connected, None)
     finally:
         await admin.close()

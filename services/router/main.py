@@ -24,9 +24,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from services.common import grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
+from services.common.models import CATALOG, Model, Offer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
-from services.router import cache_file, gateway_file, trust
+from services.router import cache_file, catalog, gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
@@ -35,12 +36,15 @@ from services.router.mesh_view import mesh_services
 from services.router.providers import Provider
 from services.router.stats import RouterCounters
 from services.router.xds import clusters, resources
-from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
+from services.router.xds.view import LocalService, MeshView, ModelRoute, Peer, RemoteService
 
 log = logging.getLogger(__name__)
 REFRESH_TICK_S = 1.0
 APPLY_DEADLINE_S = 2.0  # how long a first request waits for Envoy to take its new route
 CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revoke shows soon
+# How often the mesh's model catalog is read: a model announced anywhere (or a provider's
+# new load) is routed here within this, well inside one announce period.
+CATALOG_REFRESH_S = 5.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -57,6 +61,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.cache, self.version = cache_file.load(self.cache_path, time.time())
         self.version += 1
         self.tls = trust.current(cfg, None, time.time())
+        self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
+        self._reading_catalog: asyncio.Task | None = None
+        self.bound_peer_port = cfg.peer_port  # the real one once Envoy bound it (cfg may say 0)
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
                               registry=registry)
         rejections = Counter("meshworker_router_config_rejections", "Configurations Envoy refused (NACK); "
@@ -81,7 +88,34 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             health_interval_s=cfg.health_interval_s, health_fail_threshold=cfg.health_fail_threshold,
             health_ok_threshold=cfg.health_ok_threshold,
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
-            remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls)
+            remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
+            models=self.model_routes(now), aliases=cfg.aliases)
+
+    def local_offers(self) -> list[Offer]:
+        """The models this node serves now: those of its healthy backends, with their load."""
+        return [Offer(model, self.cfg.worker_id, s.name, self.backends[s.name].load_percent)
+                for s in self.cfg.services if self.health[s.name].healthy for model in self.backends[s.name].models]
+
+    def catalog_entries(self) -> list[dht_pb2.Model]:
+        return [dht_pb2.Model(id=o.model.id, kind=o.model.kind, context_length=o.model.context_length,
+                              service=o.service, load_percent=o.load_percent) for o in self.local_offers()]
+
+    def model_routes(self, now: float) -> tuple[ModelRoute, ...]:
+        remote = catalog.remote_offers(p for p in self.catalog if p.expires_at > now) if self.tls else []
+        host = self.cfg.gateway_host if self.cfg.gateway_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        own = Peer(self.cfg.worker_id, host, self.bound_peer_port) if self.tls and self.bound_peer_port else None
+        return catalog.model_routes(self.local_offers(), remote, own)
+
+    def on_offer(self, service: str) -> None:
+        """A local backend's models or load changed: new weights here, a new catalog record."""
+        self.changed.set()
+        if self.announcer is not None:
+            self.announcer.offer_changed()
+
+    def on_ports(self, client: int, peer: int) -> None:
+        if peer != self.bound_peer_port:
+            self.bound_peer_port = peer
+            self.changed.set()
 
     async def publish(self) -> int:
         """Hand Envoy a new configuration; its version. Clusters it drops go one step
@@ -111,7 +145,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def lookup(self, service: str) -> list[Provider]:
         reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=service),
                                              timeout=grpcclient.DEADLINE_S)
-        found = [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model, r.model)
+        found = [Provider(r.worker_id, r.url, r.issued_at, r.expires_at, r.idempotent, r.gpu_model, r.model,
+                          offers=tuple(Offer(Model(m.id, m.kind, m.context_length), r.worker_id, m.service,
+                                             m.load_percent) for m in r.models))
                  for r in reply.providers if r.worker_id != self.cfg.worker_id]
         return [p for p in await asyncio.gather(*(addressed(p) for p in found)) if p is not None]
 
@@ -156,6 +192,49 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 not self.cache.get(service, time.time())
                 or applied.holds(version, resources.ENDPOINT, clusters.remote_name(service)))
         return await self.ads.wait_until(holds, APPLY_DEADLINE_S)
+
+    async def read_catalog(self) -> None:
+        """The mesh's model catalog, read again (callers at one time share one read); a
+        change is pushed to Envoy, and this returns once Envoy holds it."""
+        if self._reading_catalog is None:
+            self._reading_catalog = asyncio.create_task(self._read_catalog())
+            self._reading_catalog.add_done_callback(lambda _: setattr(self, "_reading_catalog", None))
+        await asyncio.shield(self._reading_catalog)
+
+    async def _read_catalog(self) -> None:
+        found = await self.lookup(CATALOG)
+        if found != self.catalog:
+            self.catalog = found
+            version = await self.publish()
+            await self.ads.wait_until(lambda a: a.holds(version, resources.ROUTE) and a.holds(
+                version, resources.CLUSTER), APPLY_DEADLINE_S)
+
+    async def catalog_forever(self) -> None:
+        while True:
+            try:
+                await self.read_catalog()
+            except grpc.aio.AioRpcError as err:
+                log.warning("could not read the model catalog: the DHT answered %s", err.code().name)
+            await asyncio.sleep(CATALOG_REFRESH_S)
+
+    async def MeshModels(self, request, context):
+        view = self.view(time.time())
+        return router_pb2.MeshModelsResponse(models=[router_pb2.MeshModel(
+            id=r.model.id, kind=r.model.kind, context_length=r.model.context_length,
+            aliases=[alias for alias, target in view.aliases if target == r.model.id],
+            providers=catalog.providers_of(r, self.cfg.worker_id)) for r in view.models])
+
+    async def ResolveModel(self, request, context):
+        """A name Envoy has no route for: the catalog read again, once for callers at one time."""
+        def known(view: MeshView) -> bool:
+            ids = {r.model.id for r in view.models}
+            return request.model in ids or dict(view.aliases).get(request.model) in ids
+        if not known(self.view(time.time())):
+            try:
+                await self.read_catalog()
+            except grpc.aio.AioRpcError as err:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"the DHT is not answering: {err.code().name}")
+        return router_pb2.ModelResolution(found=known(self.view(time.time())))
 
     async def ListLocalServices(self, request, context):
         return router_pb2.ListLocalServicesResponse(services=[
@@ -270,7 +349,8 @@ async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     dht = grpcclient.channel(cfg, "dht")
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
-                          model_of=lambda service: servicer.backends[service].model)
+                          model_of=lambda service: servicer.backends[service].model,
+                          catalog_of=lambda: servicer.catalog_entries())
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
@@ -288,9 +368,10 @@ async def serve(cfg: Config) -> None:
             background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
                           tasks.create_task(servicer.watch_credentials()),
                           tasks.create_task(servicer.publish_forever()),
-                          tasks.create_task(gateway_file.keep_written(cfg, servicer.ads))] + [
+                          tasks.create_task(servicer.catalog_forever()),
+                          tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
-                                                cfg.health_interval_s, on_health_change))
+                                                cfg.health_interval_s, on_health_change, servicer.on_offer))
                 for svc in cfg.services]
             await server.set_serving(True)
             await server.run_until_stopped()

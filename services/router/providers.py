@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from services.common.models import Offer
+
 NEGATIVE_TTL_S = 5.0
 REFRESH_MARGIN = 0.25  # refresh when a record has less than this share of its life left
 
@@ -24,6 +26,7 @@ class Provider:
     idempotent: bool = False
     gpu_model: str = ""
     model: str = ""
+    offers: tuple[Offer, ...] = ()  # on a catalog record: the models the worker serves
 
     def refresh_due(self, now: float) -> bool:
         return self.expires_at - now < (self.expires_at - self.issued_at) * REFRESH_MARGIN

@@ -12,10 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import openai
 import pytest
 from meshtest import wait_for
 
 pytestmark = pytest.mark.timeout(300)
+LLM, EMBEDDER = "SmolLM2-135M-Instruct-Q4_1", "sentence-transformers/all-MiniLM-L6-v2"
 PARAPHRASES = ["The cat sat on the mat.", "A cat was sitting on the rug."]
 UNRELATED = "Quarterly revenue grew by eight percent."
 
@@ -36,6 +38,8 @@ def external_embeddings():
 def node(start_module_node, external_embeddings):
     return start_module_node(f"""
 services = ["llm-inference", "rag-embeddings", "ext-embed"]
+[models]
+"gpt-4o-mini" = "{LLM}"
 [service.ext-embed]
 url = "{external_embeddings}"
 """)
@@ -135,3 +139,90 @@ def test_a_client_leaving_mid_stream_stops_the_generation(node):
     wait_for(lambda: backend_health(node, "llm-inference")["cancelled"] == before + 1, 30,
              "the backend to stop generating")
     assert node.post_json("/service/llm-inference", {"prompt": "Hi", "max_tokens": 4}).status == 200
+
+
+# --- the mesh's OpenAI API on /v1, with the official SDK as the client
+
+@pytest.fixture(scope="module")
+def client(node):
+    return openai.OpenAI(base_url=node.base_url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_v1_models_lists_each_model_with_the_node_that_serves_it(client):
+    models = {m.id: m for m in client.models.list()}
+    assert {LLM, EMBEDDER, "gpt-4o-mini"} <= models.keys()
+    assert models[LLM].kind == "chat" and models[LLM].context_length > 0
+    assert models[EMBEDDER].kind == "embedding"
+    assert [n["worker_id"] for n in models[LLM].nodes] == ["node1"] and models[LLM].nodes[0]["local"]
+    assert models["gpt-4o-mini"].alias_of == LLM
+
+
+def test_chat_by_model_name_says_which_node_served_it(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=LLM, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6)
+    answer = raw.parse()
+    assert answer.model == LLM and answer.choices[0].message.content and answer.usage.completion_tokens > 0
+    assert (raw.headers["x-mesh-worker"], raw.headers["x-mesh-route"]) == ("node1", "local")
+
+
+def test_a_streamed_chat_arrives_token_by_token(client):
+    chunks = list(client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Count to five."}], max_tokens=10, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 3 and all(c.model == LLM for c in chunks)
+
+
+def test_completions_and_embeddings_by_model_name(client):
+    completion = client.completions.create(model=LLM, prompt="One, two,", max_tokens=4)
+    assert completion.choices[0].text and completion.model == LLM
+    vectors = client.embeddings.create(model=EMBEDDER, input=[*PARAPHRASES, UNRELATED]).data
+    a, b, c = (v.embedding for v in vectors)
+    assert len(a) == 384 and cosine(a, b) > cosine(a, c) + 0.2
+
+
+def test_an_alias_reaches_its_model_and_the_backend_sees_the_real_id(client):
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert answer.model == LLM  # the body was rewritten: the backend would refuse "gpt-4o-mini"
+
+
+def test_an_unknown_model_is_404_model_not_found_in_openais_shape(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "Hi"}])
+    error = caught.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model" and "no-such-model" in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body", [b'{"messages": []}', b"not json", b'{"model": 7}', b""])
+def test_a_body_naming_no_model_is_400_in_openais_shape(node, body):
+    reply = node.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    assert reply.status in (400, 404), reply.body
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == "model"
+
+
+def test_a_bad_request_to_a_known_model_is_400_from_its_backend(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=LLM, messages=[], max_tokens=3)
+    assert caught.value.body["param"] == "messages"
+
+
+def test_a_client_cannot_pick_a_model_route_with_a_header(node):
+    reply = node.request("POST", "/v1/chat/completions", b"not json",
+                         {"Content-Type": "application/json", "X-Mesh-Model": LLM})
+    assert reply.status == 400 and reply.json()["error"]["code"] == "missing_model"
+
+
+def test_a_body_over_the_limit_is_413_in_openais_shape(node):
+    # With Expect: 100-continue a client waits for the verdict before sending the body.
+    conn = http.client.HTTPConnection("127.0.0.1", int(node.base_url.rsplit(":", 1)[1]), timeout=30)
+    conn.putrequest("POST", "/v1/embeddings")
+    conn.putheader("Content-Length", str(32 * 1024 * 1024 + 1))
+    conn.putheader("Expect", "100-continue")
+    conn.endheaders()
+    reply = conn.getresponse()
+    error = json.loads(reply.read())["error"]
+    conn.close()
+    assert reply.status == 413 and error["code"] == "body_too_large"
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"

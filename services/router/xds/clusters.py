@@ -129,11 +129,11 @@ PEER_CHECK = {"timeout": "1s", "interval": "2s", "unhealthy_threshold": 2, "heal
               "tcp_health_check": {}}
 
 
-def remote_cluster(view: MeshView, remote: RemoteService) -> Cluster:
-    """Peers by EDS; one that fails in a row is ejected for a while (outlier detection),
-    and its connection failures count apart from the answers its backend gives."""
+def peers_cluster(view: MeshView, name: str) -> Cluster:
+    """Peers' listeners by EDS; one that fails in a row is ejected for a while (outlier
+    detection), and its connection failures count apart from the answers its backend gives."""
     return make(Cluster, {
-        "name": remote_name(remote.name), "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
+        "name": name, "type": "EDS", "connect_timeout": CONNECT_TIMEOUT,
         "eds_cluster_config": {"eds_config": ADS}, "lb_policy": "LEAST_REQUEST",
         "transport_socket": peer_tls(view), "health_checks": [PEER_CHECK],
         "outlier_detection": {
@@ -173,7 +173,7 @@ def target(view: MeshView, service: str) -> str | None:
 def clusters(view: MeshView) -> list[Cluster]:
     found = [api_cluster(view), *(local_cluster(view, s) for s in view.local)]
     if view.tls is not None:
-        found += [remote_cluster(view, r) for r in view.remote]
+        found += [peers_cluster(view, remote_name(r.name)) for r in view.remote]
         local = {s.name for s in view.local}
         found += [aggregate_cluster(r.name) for r in view.remote if r.name in local]
     return found

@@ -6,9 +6,10 @@ member of this mesh (SPIFFE URI SAN prefix, in the `mesh-ca` secret).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from services.router.xds import routes
+from services.router.xds import models, routes
 from services.router.xds.clusters import MESH_CA, NODE_CERT
 from services.router.xds.typed import ADS, Listener, make, typed
 from services.router.xds.view import MeshView
@@ -21,32 +22,42 @@ REQUEST_HEADERS_TIMEOUT, IDLE_TIMEOUT = "10s", "300s"
 # and a body over the limit (our own 413 route, or the buffer filter's for a chunked
 # one). Routes are named after their service, so a message can name it.
 FAILURES = (
-    (("UT",), "backend_timeout", "%ROUTE_NAME% did not answer within its timeout"),
-    (("UH", "UF", "URX", "UC", "UPE", "NC"), "backend_unavailable",
+    (("UT",), 504, "backend_timeout", "%ROUTE_NAME% did not answer within its timeout"),
+    (("UH", "UF", "URX", "UC", "UPE", "NC"), 503, "backend_unavailable",
      "no provider of %ROUTE_NAME% could serve the request (%RESPONSE_CODE_DETAILS%)"),
-    (("UO", "OM"), "overloaded", "%ROUTE_NAME% is at its limit of requests in flight"),
+    (("UO", "OM"), 503, "overloaded", "%ROUTE_NAME% is at its limit of requests in flight"),
 )
 
 
-def json_error(code: str, message: str) -> dict[str, Any]:
+def json_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"json_format": {"error": {"code": code, "message": message}}, "content_type": "application/json"}
 
 
 def local_replies(max_body_bytes: int) -> dict[str, Any]:
+    """Envoy's own answers in our shape, and in OpenAI's on /v1 paths."""
+    return {"mappers": [*answers(max_body_bytes, models.openai_json_error, openai=True),
+                        *answers(max_body_bytes, json_error)]}
+
+
+def answers(max_body_bytes: int, shape: Callable[[int, str, str], dict[str, Any]], openai: bool = False
+            ) -> list[dict[str, Any]]:
     mappers = [{
         "filter": {"response_flag_filter": {"flags": list(flags)}},
         "headers_to_add": [{"header": {"key": "retry-after", "value": "1"},
                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}] + (
             [{"header": {"key": routes.UNSERVED, "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
             if code == "backend_unavailable" else []),
-        "body_format_override": json_error(code, message),
-    } for flags, code, message in FAILURES]
-    mappers += [{"filter": status_is(413), "body_format_override": json_error(
-                    "body_too_large", f"request body exceeds the limit of {max_body_bytes} bytes")},
+        "body_format_override": shape(status, code, message),
+    } for flags, status, code, message in FAILURES]
+    mappers += [{"filter": status_is(413), "body_format_override": shape(
+                    413, "body_too_large", f"request body exceeds the limit of {max_body_bytes} bytes")},
                 # A request Envoy refuses itself (an encoded slash, a NUL, a bad header).
-                {"filter": status_is(400), "body_format_override": json_error(
-                    "bad_request", "Envoy refused the request: %RESPONSE_CODE_DETAILS%")}]
-    return {"mappers": mappers}
+                {"filter": status_is(400), "body_format_override": shape(
+                    400, "bad_request", "Envoy refused the request: %RESPONSE_CODE_DETAILS%")}]
+    if openai:
+        on_v1 = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": models.PREFIX}}}}
+        mappers = [m | {"filter": {"and_filter": {"filters": [on_v1, m["filter"]]}}} for m in mappers]
+    return mappers
 
 
 def status_is(status: int) -> dict[str, Any]:
@@ -54,15 +65,28 @@ def status_is(status: int) -> dict[str, Any]:
         "default_value": status, "runtime_key": f"meshworker.local_reply_{status}"}}}}
 
 
+def peer_only_headers_dropped() -> dict[str, Any]:
+    """What only a peer or our own filters may say (x-mesh-*), gone before the route is
+    picked (an early header mutation): a client's x-mesh-model must not choose a model
+    route for a body that names another, or none."""
+    return {"name": "meshworker.peer_only_headers", "typed_config": typed(
+        "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation", {
+            "mutations": [{"remove": h} for h in routes.PEER_ONLY_HEADERS]})}
+
+
 def http_manager(view: MeshView, name: str) -> dict[str, Any]:
+    client = name == routes.CLIENT
     shape: dict[str, Any] = {
         "stat_prefix": name, "codec_type": "AUTO",
         "rds": {"route_config_name": name, "config_source": ADS},
-        # Off unless a route turns it on: only a body of unknown length is held (routes.py).
-        "http_filters": [{"name": routes.BUFFER_FILTER, "disabled": True, "typed_config": typed(
-            "envoy.extensions.filters.http.buffer.v3.Buffer", {"max_request_bytes": view.max_body_bytes})},
+        "http_filters": [
+            *(models.filters() if client else []),
+            # Off unless a route turns it on: only a body of unknown length is held (routes.py).
+            {"name": routes.BUFFER_FILTER, "disabled": True, "typed_config": typed(
+                "envoy.extensions.filters.http.buffer.v3.Buffer", {"max_request_bytes": view.max_body_bytes})},
             {"name": "envoy.filters.http.router", "typed_config": typed(
                 "envoy.extensions.filters.http.router.v3.Router", {"suppress_envoy_headers": True})}],
+        **({"early_header_mutation_extensions": [peer_only_headers_dropped()]} if client else {}),
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
         "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
         "local_reply_config": local_replies(view.max_body_bytes),

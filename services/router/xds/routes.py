@@ -21,9 +21,10 @@ from services.router.xds.view import LocalService, MeshView
 
 CLIENT, PEER = "client", "peer"
 WORKER, ROUTE = "x-mesh-worker", "x-mesh-route"
-# Headers only peers may set: dropped from what a client sends to :8000.
-SERVICE, ENVELOPE = "x-mesh-service", "x-mesh-envelope"
-PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE)
+# Headers only peers (and our own filters) may set: dropped from what a client sends to
+# :8000 before any route is picked (listeners.py).
+SERVICE, ENVELOPE, MODEL = "x-mesh-service", "x-mesh-envelope", "x-mesh-model"
+PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE, MODEL)
 # A service without a timeout of ours (remote only): its peer applies the backend's own.
 REMOTE_TIMEOUT_S = 300.0
 # Nothing reached a backend yet: the connection failed, or a peer said so (UNSERVED).
@@ -182,15 +183,15 @@ def lookup_route(view: MeshView) -> dict[str, Any]:
     return route
 
 
-def client_routes(view: MeshView) -> RouteConfiguration:
+def client_routes(view: MeshView, openai: list[dict[str, Any]]) -> RouteConfiguration:
+    """`openai`: the /v1 routes (models.py)."""
     routes = refusals(view)
     for svc in view.local:
         routes += local_routes(view, svc)
-    routes += remote_routes(view) + nowhere_routes(view) + [lookup_route(view), to_api({"prefix": "/"})]
+    routes += remote_routes(view) + nowhere_routes(view) + openai + [lookup_route(view), to_api({"prefix": "/"})]
     return make(RouteConfiguration, {
-        # Our own removals first, then the routes' additions (the default order is the reverse).
-        "name": CLIENT, "request_headers_to_remove": list(PEER_ONLY_HEADERS),
-        "most_specific_header_mutations_wins": True,
+        # The routes' additions win over the virtual host's (the default order is the reverse).
+        "name": CLIENT, "most_specific_header_mutations_wins": True,
         "virtual_hosts": [{"name": CLIENT, "domains": ["*"], "routes": routes,
                            "response_headers_to_add": [header(WORKER, view.worker_id, "ADD_IF_ABSENT"),
                                                        header(ROUTE, "local", "ADD_IF_ABSENT")],
@@ -198,9 +199,10 @@ def client_routes(view: MeshView) -> RouteConfiguration:
     })
 
 
-def peer_routes(view: MeshView) -> RouteConfiguration:
-    """Forwarded requests name their service in a header; only local backends serve."""
-    routes = refusals(view)
+def peer_routes(view: MeshView, openai: list[dict[str, Any]]) -> RouteConfiguration:
+    """Forwarded requests name their service (or `openai`: their model) in a header; only
+    local backends serve."""
+    routes = refusals(view) + openai
     for svc in view.local:
         service_header = {"name": SERVICE, "string_match": {"exact": svc.name}}
         envelope = named(post(exact(svc.name)), ENVELOPE)

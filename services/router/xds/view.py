@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from services.common.config import ServiceConfig
+from services.common.models import SATURATED, Model
 from services.identity.mesh_ca import TlsCredentials
 
 
@@ -52,6 +53,30 @@ class RemoteService:
 
 
 @dataclass(frozen=True)
+class ModelProvider:
+    """One node that serves a model, reached at its peer listener (this node's own too)."""
+
+    peer: Peer
+    service: str  # the provider's service that serves the model
+    load_percent: int  # in flight over capacity at that backend (SATURATED: full)
+    local: bool = False
+
+    @property
+    def saturated(self) -> bool:
+        return self.load_percent >= SATURATED
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """A model of the mesh: the service here that serves it (None: none), and every
+    provider when some peer serves it too (empty: only this node does)."""
+
+    model: Model
+    local_service: str | None
+    providers: tuple[ModelProvider, ...] = ()
+
+
+@dataclass(frozen=True)
 class MeshView:
     """Everything one configuration of this node's Envoy is made from."""
 
@@ -68,6 +93,8 @@ class MeshView:
     remote: tuple[RemoteService, ...] = ()
     nowhere: tuple[str, ...] = ()  # names a recent lookup found no provider of
     tls: TlsCredentials | None = None  # None: no peer listener, and no forwarding
+    models: tuple[ModelRoute, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()  # a name clients use -> a model id of `models`
 
     def remote_of(self, name: str) -> RemoteService | None:
         return next((r for r in self.remote if r.name == name), None)

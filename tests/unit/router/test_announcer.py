@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from grpc_loopback import serving
 
+from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 from services.router.announcer import Announcer
 
@@ -24,7 +25,8 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
 
     async def Announce(self, request, context):
         self.announced.append(request.service)
-        if request.service == "b":
+        self.models = list(request.models)
+        if request.service in ("b", CATALOG):
             self.b_arrived.set()
         else:
             await self.b_arrived.wait()
@@ -39,7 +41,11 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
 async def dht_and_announcer():
     dht = RecordingDht()
     async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
-        yield dht, Announcer(channel, 60, {}, model_of=lambda service: "")
+        yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW))
+
+
+CATALOG_NOW: list[dht_pb2.Model] = []
+SMOL = dht_pb2.Model(id="smol", kind="chat", service="llm", load_percent=0)
 
 
 async def test_services_are_announced_together_not_one_after_another(dht_and_announcer):
@@ -57,3 +63,32 @@ async def test_an_unhealthy_service_is_withdrawn_once(dht_and_announcer):
 
     assert await announcer._sync() and await announcer._sync()
     assert dht.withdrawn == ["c"]
+
+
+async def test_the_catalog_is_stored_when_it_changes_and_withdrawn_when_it_empties(dht_and_announcer):
+    dht, announcer = dht_and_announcer
+    CATALOG_NOW[:] = [SMOL]
+    try:
+        assert await announcer._sync_catalog() and await announcer._sync_catalog()
+        assert dht.announced == [CATALOG] and dht.models == [SMOL]  # once: nothing changed
+
+        CATALOG_NOW[:] = [dht_pb2.Model(id="smol", kind="chat", service="llm", load_percent=100)]
+        assert await announcer._sync_catalog()
+        assert dht.announced == [CATALOG, CATALOG] and dht.models[0].load_percent == 100
+
+        CATALOG_NOW[:] = []
+        assert await announcer._sync_catalog()
+        assert dht.withdrawn == [CATALOG]
+    finally:
+        CATALOG_NOW.clear()
+
+
+async def test_a_drained_node_withdraws_its_catalog(dht_and_announcer):
+    dht, announcer = dht_and_announcer
+    CATALOG_NOW[:] = [SMOL]
+    try:
+        assert await announcer._sync_catalog()
+        await announcer.drain()
+        assert CATALOG in dht.withdrawn
+    finally:
+        CATALOG_NOW.clear()

@@ -103,11 +103,17 @@ def test_a_declared_body_over_the_limit_is_refused_first(tmp_path):
     assert first["match"]["headers"][0]["range_match"]["start"] == "1001"
 
 
-def test_clients_cannot_set_peer_headers(tmp_path):
-    config = as_dict(resources.build(view(tmp_path), 1).resources[resources.ROUTE]["client"])
-    assert {"x-mesh-service", "x-mesh-envelope", "x-mesh-worker", "x-mesh-route"} <= set(
-        config["request_headers_to_remove"])
-    assert config["most_specific_header_mutations_wins"] is True  # removals before the routes' additions
+def http_manager(v: MeshView, listener: str) -> dict:
+    found = as_dict(resources.build(v, 1).resources[resources.LISTENER][listener])
+    return found["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def test_clients_cannot_set_peer_headers_before_a_route_is_picked(tmp_path):
+    [early] = http_manager(view(tmp_path), "client")["early_header_mutation_extensions"]
+    removed = {m["remove"] for m in early["typed_config"]["mutations"]}
+    assert removed == {"x-mesh-service", "x-mesh-envelope", "x-mesh-worker", "x-mesh-route", "x-mesh-model"}
+    # a peer's own headers name the service or model it forwards: kept on the peer listener
+    assert "early_header_mutation_extensions" not in http_manager(view(tmp_path), "peer")
 
 
 def test_the_peer_listener_routes_only_to_local_backends(tmp_path):

@@ -1,0 +1,55 @@
+"""The mesh's models as routes: this node's offers and the catalog records of its peers.
+
+Pure. An offer is one model served by one worker's service with that backend's load; a
+model's route lists every provider with its peer listener, this node's own first,
+once some peer serves the model too (xds/models.py decides what that becomes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.common.models import Offer
+from services.common.rpc import router_pb2
+from services.router.providers import Provider
+from services.router.xds.view import ModelProvider, ModelRoute, Peer
+
+
+def remote_offers(catalog: Iterable[Provider]) -> list[tuple[Peer, Offer]]:
+    """Each peer's offers with where to reach it; a record without a usable URL is skipped."""
+    found = []
+    for record in catalog:
+        peer = Peer.from_url(record.worker_id, record.url)
+        if peer is not None:
+            found += [(peer, offer) for offer in record.offers]
+    return found
+
+
+def model_routes(local: list[Offer], remote: list[tuple[Peer, Offer]], own_listener: Peer | None
+                 ) -> tuple[ModelRoute, ...]:
+    """One route per model id, sorted. `remote`: [] without TLS (no forwarding).
+    `own_listener`: this node's peer listener, None before Envoy bound it (until then a
+    model served here is served only here)."""
+    ids = sorted({o.model.id for o in local} | {o.model.id for _, o in remote})
+    routes = []
+    for model_id in ids:
+        here = next((o for o in local if o.model.id == model_id), None)
+        there = [(p, o) for p, o in remote if o.model.id == model_id]
+        providers = [ModelProvider(p, o.service, o.load_percent) for p, o in there]
+        if providers and here is not None:
+            if own_listener is None:
+                providers = []
+            else:
+                providers.insert(0, ModelProvider(own_listener, here.service, here.load_percent, local=True))
+        model = here.model if here is not None else there[0][1].model
+        routes.append(ModelRoute(model, here.service if here else None, tuple(providers)))
+    return tuple(routes)
+
+
+def providers_of(route: ModelRoute, worker_id: str) -> list[router_pb2.ModelProvider]:
+    """What MeshModels shows of a model's providers (a model served only here has none in
+    its route: it is this node's)."""
+    if not route.providers:
+        return [router_pb2.ModelProvider(worker_id=worker_id, service=route.local_service or "", local=True)]
+    return [router_pb2.ModelProvider(worker_id=p.peer.worker_id, service=p.service, local=p.local,
+                                     load_percent=p.load_percent) for p in route.providers]
