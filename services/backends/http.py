@@ -1,15 +1,17 @@
 """What every built-in backend program shares: its error shape, JSON bodies, a model
 loaded in the background with a health answer, and serving on a unix socket.
 
-- `ApiError` / `error_response` / `error_handlers`: every error a backend returns is
-  `{"error": {"code": "<snake_case>", "message": "<human text>"}}` with the right status,
-  Starlette's own 404/405 and unexpected exceptions included (DESIGN.md, "Errors").
+- `ApiError` / `error_body` / `error_handlers`: every error a backend returns has one
+  shape, chosen by path (DESIGN.md, "Errors"), Starlette's own 404/405 and unexpected
+  exceptions included: under /v1 OpenAI's `{"error": {"message", "type", "param",
+  "code"}}`, elsewhere the project's `{"error": {"code": "<snake_case>", "message"}}`.
 - `read_json_object`: the request body as a JSON object, or a 400 naming what is wrong.
+- `check_model`: OpenAI's `model` field against the one model a backend serves.
 - `ModelSlot`: one model, loaded once in a daemon thread at start-up, so the socket is
   bound (and answers 503 `model_loading`) while a model takes seconds to load, and a
   SIGTERM during the load is not held up by it; `/health` is 200 only once it is loaded,
   with load time and resident memory (`rss_bytes`).
-- `model_list`: the OpenAI `GET /v1/models` answer.
+- `model_list`: the OpenAI `GET /v1/models` answer, with what the mesh router needs.
 - `serve_app`: uvicorn on a private unix socket, after removing a stale socket file.
 """
 
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import uvicorn
 from starlette.exceptions import HTTPException
@@ -35,7 +37,12 @@ from services.common import unix_socket
 
 log = logging.getLogger(__name__)
 
-ModelT = TypeVar("ModelT")
+
+class Model(Protocol):
+    name: str  # the id clients give in OpenAI's `model` field
+
+
+ModelT = TypeVar("ModelT", bound=Model)
 GRACEFUL_STOP_SECONDS = 5
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
@@ -43,15 +50,28 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large
 class ApiError(Exception):
     """A request the backend refuses; becomes the JSON error body with this status."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.param = param  # the offending request field, where there is one
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_body(path: str, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error object for a request to `path`. Under /v1 it is OpenAI's, which OpenAI
+    clients parse (the official ones read `type`, `code` and `param`); elsewhere the
+    project's, which the seed's callers and the api's envelope read."""
+    if path != "/v1" and not path.startswith("/v1/"):
+        return {"error": {"code": code, "message": message}}
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(request: Request, status: int, code: str, message: str,
+                   param: str | None = None) -> JSONResponse:
+    body = error_body(request.url.path, status, code, message, param)
+    return JSONResponse(body, status_code=status)
 
 
 async def read_json_object(request: Request) -> dict[str, Any]:
@@ -70,27 +90,43 @@ def error_handlers(service: str) -> dict[Any, Callable[..., Any]]:
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(request, exc.status, exc.code, exc.message, exc.param)
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         # Starlette's own 404/405 etc. would be plain text.
         assert isinstance(exc, HTTPException)
         code = _HTTP_CODES.get(exc.status_code, "bad_request")
-        response = error_response(exc.status_code, code, str(exc.detail))
+        response = error_response(request, exc.status_code, code, str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. Allow on 405
         return response
 
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(500, "internal_error", f"internal error in the {service} backend")
+        return error_response(request, 500, "internal_error", f"internal error in the {service} backend")
 
     return {ApiError: api_error, HTTPException: http_error, 500: internal_error}
 
 
-def model_list(model_name: str) -> JSONResponse:
+def check_model(body: dict[str, Any], served: str) -> None:
+    """Refuse a request for another model than `served` with OpenAI's 404 `model_not_found`,
+    so a request that reaches the wrong backend is never answered by the model it has.
+    A missing or null `model` means this backend's one model: callers from before the
+    mesh routed by model send none."""
+    wanted = body.get("model")
+    if wanted is None or wanted == served:
+        return
+    if not isinstance(wanted, str):
+        raise ApiError(400, "invalid_request", "model must be a string", param="model")
+    raise ApiError(404, "model_not_found", f"the model `{wanted}` does not exist here; this backend "
+                   f"serves `{served}`", param="model")
+
+
+def model_list(model_id: str, kind: Literal["chat", "embedding"], context_length: int) -> JSONResponse:
     """The OpenAI `GET /v1/models` answer for a backend that serves one model; clients
-    and health probes of OpenAI-compatible servers (vLLM, Ollama) ask it first."""
+    and health probes of OpenAI-compatible servers (vLLM, Ollama) ask it first. `kind`
+    and `context_length` (tokens) are ours: the mesh router picks providers by them."""
     return JSONResponse({"object": "list", "data": [
-        {"id": model_name, "object": "model", "created": 0, "owned_by": "meshworker"}]})
+        {"id": model_id, "object": "model", "created": 0, "owned_by": "meshworker",
+         "kind": kind, "context_length": context_length}]})
 
 
 def rss_bytes() -> int:
@@ -149,6 +185,11 @@ class ModelSlot(Generic[ModelT]):
             log.info("%s model loaded in %.1fs, rss %d MiB", self.service, self.load_seconds, rss_bytes() >> 20)
         finally:
             self._done.set()
+
+    @property
+    def name(self) -> str | None:
+        """The model's id once it is loaded."""
+        return None if self.model is None else self.model.name
 
     def get(self) -> ModelT:
         if self.model is not None:

@@ -2,20 +2,23 @@
 
 Routes:
   GET  /health         200 {"status": "ok", "model", "dim", "max_tokens", "load_seconds",
-                       "rss_bytes"} once the model is loaded; 503 `model_loading` before,
-                       503 `model_unavailable` (with the reason) when it cannot load.
+                       "rss_bytes", "inflight", "capacity"} once the model is loaded; 503
+                       `model_loading` before, `model_unavailable` (with the reason) when
+                       it cannot load.
   POST /               {"texts": [str, ...]} -> {"embeddings": [[float]], "model", "dim"}
                        (the seed's envelope inside `data` at the api).
   POST /v1/embeddings  the OpenAI embeddings API: {"input": str | [str], "model"?,
                        "encoding_format"?: "float" | "base64", "dimensions"?} ->
                        {"object": "list", "data": [{"object": "embedding", "index",
-                       "embedding"}], "model", "usage": {"prompt_tokens", "total_tokens"}}.
-  GET  /v1/models      the OpenAI model list, with this one model.
+                       "embedding"}], "model", "usage": {"prompt_tokens", "total_tokens"}};
+                       a `model` other than this one's id is a 404 `model_not_found`.
+  GET  /v1/models      the OpenAI model list, with this one model (kind "embedding").
+  GET  /metrics        Prometheus text (services/backends/model_metrics.py).
 
 Vectors have unit length, so a dot product is the cosine similarity. Texts longer than
 the model reads (`max_tokens` word pieces) are cut, as sentence-transformers does. Bad
-input is a 400 in the one error shape (services/backends/http.py): no texts, a text
-that is not a string, more texts than `max_texts`, more characters than `max_chars`.
+input is a 400 in the error shape of its path (services/backends/http.py): no texts, a
+text that is not a string, more texts than `max_texts`, more characters than `max_chars`.
 """
 
 from __future__ import annotations
@@ -29,12 +32,21 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from services.backends.embeddings import engine
-from services.backends.http import ApiError, ModelSlot, error_handlers, model_list, read_json_object
+from services.backends.http import (
+    ApiError,
+    ModelSlot,
+    check_model,
+    error_handlers,
+    model_list,
+    read_json_object,
+)
+from services.backends.model_metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +55,26 @@ DEFAULT_MAX_TEXTS = 256
 # Characters over all texts of one request: 256 texts of ~1 KiB, more than the model
 # reads of each (256 word pieces), so only a request that cannot be meant is refused.
 DEFAULT_MAX_CHARS = 256 * 1024
+ENDPOINTS = {"/": "simple", "/v1/embeddings": "embedding"}
 
 
 async def health(request: Request) -> JSONResponse:
     slot: ModelSlot[engine.Embedder] = request.app.state.slot
     model = slot.get()
-    return slot.health({"model": model.name, "dim": model.dim, "max_tokens": model.max_tokens})
+    return slot.health({"model": model.name, "dim": model.dim, "max_tokens": model.max_tokens,
+                        "inflight": request.app.state.metrics.inflight,
+                        "capacity": request.app.state.limiter.total_tokens})
 
 
 async def models(request: Request) -> JSONResponse:
     model = request.app.state.slot.get()
-    return model_list(model.name)
+    return model_list(model.name, "embedding", model.max_tokens)
 
 
 async def embed_texts(request: Request) -> JSONResponse:
     body = await read_json_object(request)
     if "texts" not in body:
-        raise ApiError(400, "invalid_request", "texts (a list of strings) is required")
+        raise ApiError(400, "invalid_request", "texts (a list of strings) is required", "texts")
     texts = _checked_texts(request, body["texts"], "texts")
     model, result = await _embed(request, texts)
     return JSONResponse({"embeddings": result.vectors.tolist(), "model": model.name, "dim": model.dim})
@@ -67,8 +82,9 @@ async def embed_texts(request: Request) -> JSONResponse:
 
 async def openai_embeddings(request: Request) -> JSONResponse:
     body = await read_json_object(request)
+    check_model(body, request.app.state.slot.get().name)
     if "input" not in body:
-        raise ApiError(400, "invalid_request", "input (a string or a list of strings) is required")
+        raise ApiError(400, "invalid_request", "input (a string or a list of strings) is required", "input")
     raw = body["input"]
     texts = _checked_texts(request, [raw] if isinstance(raw, str) else raw, "input")
     encode = _encoder(body.get("encoding_format", "float"))
@@ -83,21 +99,22 @@ async def openai_embeddings(request: Request) -> JSONResponse:
 def _checked_texts(request: Request, value: Any, field: str) -> list[str]:
     """The texts of a request, or a 400 that says which limit they break."""
     if not isinstance(value, list):
-        raise ApiError(400, "invalid_request", f"{field} must be a list of strings")
+        raise ApiError(400, "invalid_request", f"{field} must be a list of strings", field)
     if not value:
-        raise ApiError(400, "empty_input", f"{field} is empty: give at least one text")
+        raise ApiError(400, "empty_input", f"{field} is empty: give at least one text", field)
     limit = request.app.state.max_texts
     if len(value) > limit:
-        raise ApiError(400, "too_many_texts", f"{field} has {len(value)} texts; at most {limit} per request")
+        raise ApiError(400, "too_many_texts", f"{field} has {len(value)} texts; at most {limit} per request",
+                       field)
     for i, text in enumerate(value):
         if not isinstance(text, str):
             # Token-id arrays (allowed by OpenAI) are refused too: ids of another tokenizer
             # would embed nonsense.
-            raise ApiError(400, "invalid_text", f"{field}[{i}] is not a string")
+            raise ApiError(400, "invalid_text", f"{field}[{i}] is not a string", field)
     chars, max_chars = sum(map(len, value)), request.app.state.max_chars
     if chars > max_chars:
         raise ApiError(400, "input_too_long",
-                       f"{field} has {chars} characters in all; at most {max_chars} per request")
+                       f"{field} has {chars} characters in all; at most {max_chars} per request", field)
     return value
 
 
@@ -107,7 +124,7 @@ def _encoder(encoding_format: Any) -> Callable[[Any], Any]:
     if encoding_format == "base64":
         # What the official OpenAI clients ask for by default: little-endian float32 bytes.
         return lambda vector: base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    raise ApiError(400, "invalid_request", "encoding_format must be 'float' or 'base64'")
+    raise ApiError(400, "invalid_request", "encoding_format must be 'float' or 'base64'", "encoding_format")
 
 
 def _check_dimensions(request: Request, dimensions: Any) -> None:
@@ -115,7 +132,8 @@ def _check_dimensions(request: Request, dimensions: Any) -> None:
         return
     dim = request.app.state.slot.get().dim
     if dimensions != dim or isinstance(dimensions, bool):
-        raise ApiError(400, "invalid_request", f"dimensions must be {dim} (this model's size) or absent")
+        raise ApiError(400, "invalid_request", f"dimensions must be {dim} (this model's size) or absent",
+                       "dimensions")
 
 
 async def _embed(request: Request, texts: list[str]) -> tuple[engine.Embedder, engine.Embeddings]:
@@ -123,6 +141,7 @@ async def _embed(request: Request, texts: list[str]) -> tuple[engine.Embedder, e
     # The model is CPU-bound and blocking: a worker thread keeps /health answering, and a
     # limiter of one runs one forward at a time, since each already uses every core.
     result = await anyio.to_thread.run_sync(model.embed, texts, limiter=request.app.state.limiter)
+    request.app.state.metrics.prompt_tokens.labels(model.name).inc(result.tokens)
     log.debug("embedded %d texts, %d tokens", len(texts), result.tokens)
     return model, result
 
@@ -140,17 +159,22 @@ def create_app(
     max_chars: int = DEFAULT_MAX_CHARS,
 ) -> Starlette:
     """The rag-embeddings ASGI app; run it with lifespan on, which starts loading the model."""
+    slot = ModelSlot[engine.Embedder](SERVICE)
+    metrics = ModelMetrics(slot, ENDPOINTS)
     app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/", embed_texts, methods=["POST"]),
             Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],
+        middleware=[Middleware(metrics.middleware)],
         exception_handlers=error_handlers(SERVICE),
         lifespan=_lifespan,
     )
-    app.state.slot = ModelSlot[engine.Embedder](SERVICE)
+    app.state.slot = slot
+    app.state.metrics = metrics
     app.state.load = load
     app.state.max_texts = max_texts
     app.state.max_chars = max_chars

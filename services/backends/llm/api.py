@@ -8,8 +8,9 @@ Three request forms, all validated here into one `Job`:
 
 Options as OpenAI names them: max_tokens (max_completion_tokens too), temperature,
 top_p, stop, n (1 only), stream, stream_options.include_usage; a null is the same as
-leaving the field out. Unknown fields (model, user, seed, penalties...) are ignored, as
-OpenAI-compatible servers commonly do.
+leaving the field out. `model` is the app's to check (http.check_model); other fields
+(user, seed, penalties...) are ignored, as OpenAI-compatible servers commonly do. A 400
+names the offending field as its `param`.
 Responses and stream chunks follow OpenAI's objects; `sse()` frames one server-sent event.
 """
 
@@ -45,6 +46,7 @@ class Job:
     include_usage: bool = False
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.monotonic)  # the clock of its time to first token
 
 
 def parse(kind: str, body: dict[str, Any], max_tokens_limit: int) -> Job:
@@ -55,25 +57,26 @@ def parse(kind: str, body: dict[str, Any], max_tokens_limit: int) -> Job:
     else:
         source = {"prompt": _prompt(body.get("prompt"))}
     if body.get("n", 1) != 1:
-        raise ApiError(400, "invalid_request", "n must be 1: one choice per request")
+        raise ApiError(400, "invalid_request", "n must be 1: one choice per request", "n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool) or (stream and kind == "simple"):
-        raise ApiError(400, "invalid_request", "stream must be a boolean (and is for the /v1 APIs)")
+        raise ApiError(400, "invalid_request", "stream must be a boolean (and is for the /v1 APIs)", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise ApiError(400, "invalid_request", "stream_options must be an object")
+        raise ApiError(400, "invalid_request", "stream_options must be an object", "stream_options")
     return Job(kind=kind, sampling=_sampling(kind, body, max_tokens_limit), stream=stream,
                include_usage=options.get("include_usage") is True, **source)
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise ApiError(400, "invalid_request", "messages must be a non-empty list")
+        raise ApiError(400, "invalid_request", "messages must be a non-empty list", "messages")
     messages = []
     for i, message in enumerate(value):
         if not isinstance(message, dict) or message.get("role") not in _ROLES:
             raise ApiError(400, "invalid_request",
-                           f"messages[{i}] must be an object with role one of {', '.join(_ROLES)}")
+                           f"messages[{i}] must be an object with role one of {', '.join(_ROLES)}",
+                           "messages")
         messages.append({"role": message["role"], "content": _content(message.get("content"), i)})
     return messages
 
@@ -87,27 +90,29 @@ def _content(content: Any, i: int) -> str:
         for part in content
     ):
         return "".join(part["text"] for part in content)
-    raise ApiError(400, "invalid_request", f"messages[{i}].content must be text (this model reads no images)")
+    raise ApiError(400, "invalid_request", f"messages[{i}].content must be text (this model reads no images)",
+                   "messages")
 
 
 def _prompt(value: Any) -> str:
     if isinstance(value, list) and len(value) == 1:  # OpenAI allows a batch; one is fine
         value = value[0]
     if not isinstance(value, str) or not value:
-        raise ApiError(400, "invalid_request", "prompt must be a non-empty string")
+        raise ApiError(400, "invalid_request", "prompt must be a non-empty string", "prompt")
     return value
 
 
 def _sampling(kind: str, body: dict[str, Any], limit: int) -> Sampling:
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens", DEFAULT_MAX_TOKENS[kind]))
     if not _is_int(max_tokens) or not 1 <= max_tokens <= limit:
-        raise ApiError(400, "invalid_max_tokens", f"max_tokens must be an integer from 1 to {limit}")
+        raise ApiError(400, "invalid_max_tokens", f"max_tokens must be an integer from 1 to {limit}",
+                       "max_tokens")
     temperature = body.get("temperature", Sampling.temperature)
     if not _is_number(temperature) or not 0 <= temperature <= 2:
-        raise ApiError(400, "invalid_request", "temperature must be a number from 0 to 2")
+        raise ApiError(400, "invalid_request", "temperature must be a number from 0 to 2", "temperature")
     top_p = body.get("top_p", Sampling.top_p)
     if not _is_number(top_p) or not 0 < top_p <= 1:
-        raise ApiError(400, "invalid_request", "top_p must be a number above 0, at most 1")
+        raise ApiError(400, "invalid_request", "top_p must be a number above 0, at most 1", "top_p")
     return Sampling(max_tokens, float(temperature), float(top_p), _stops(body.get("stop")))
 
 
@@ -115,7 +120,8 @@ def _stops(value: Any) -> tuple[str, ...]:
     stops = [value] if isinstance(value, str) else [] if value is None else value
     if (not isinstance(stops, list) or len(stops) > _MAX_STOPS
             or not all(isinstance(s, str) and s for s in stops)):
-        raise ApiError(400, "invalid_request", f"stop must be a string or a list of at most {_MAX_STOPS}")
+        raise ApiError(400, "invalid_request", f"stop must be a string or a list of at most {_MAX_STOPS}",
+                       "stop")
     return tuple(stops)
 
 

@@ -3,14 +3,17 @@
 Routes:
   GET  /health               200 {"status": "ok", "model", "dtype", "context_tokens",
                              "max_tokens_limit", "load_seconds", "rss_bytes", "busy",
-                             "generations", "cancelled"} once the model is loaded; 503
-                             `model_loading` before, `model_unavailable` if it cannot load.
+                             "generations", "cancelled", "inflight", "capacity"} once the
+                             model is loaded; 503 `model_loading` before,
+                             `model_unavailable` if it cannot load.
   POST /                     the seed's form {"prompt", "max_tokens"?} -> {"text", "usage":
                              {"prompt_tokens", "completion_tokens", "total_tokens"}, "model",
                              "finish_reason"}.
   POST /v1/chat/completions  the OpenAI APIs (services/backends/llm/api.py), with
-  POST /v1/completions       `"stream": true` as server-sent events, then `data: [DONE]`.
-  GET  /v1/models            the OpenAI model list, with this one model.
+  POST /v1/completions       `"stream": true` as server-sent events, then `data: [DONE]`;
+                             a `model` other than this one's id is a 404 `model_not_found`.
+  GET  /v1/models            the OpenAI model list, with this one model (kind "chat").
+  GET  /metrics              Prometheus text (services/backends/model_metrics.py).
 
 One model on a few cores: generations run one at a time (`Runner`), each in a worker
 thread that hands its text to the event loop token by token, so /health keeps answering
@@ -25,38 +28,53 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Send
 
-from services.backends.http import ApiError, ModelSlot, error_handlers, model_list, read_json_object
+from services.backends.http import (
+    ApiError,
+    ModelSlot,
+    check_model,
+    error_body,
+    error_handlers,
+    model_list,
+    read_json_object,
+)
 from services.backends.llm import api, engine
 from services.backends.llm.engine import Completion, Sampling, TextModel
+from services.backends.model_metrics import GenerationMetrics
 
 log = logging.getLogger(__name__)
 
 SERVICE = "llm-inference"
+CAPACITY = 1  # generations at once: the Runner's one lock
+ENDPOINTS = {"/": "simple", "/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
 
 class Runner:
     """Runs generations on the one model one at a time, each in a worker thread, and
     streams each one's text back to the event loop through an asyncio queue."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: GenerationMetrics) -> None:
         self._lock = asyncio.Lock()
+        self._metrics = metrics
         self.busy = False
         self.generations = 0
         self.cancelled = 0
 
-    async def stream(self, model: TextModel, ids: list[int], sampling: Sampling,
-                     cancel: threading.Event) -> AsyncIterator[str | Completion]:
-        """Pieces of text as they come, then the `Completion`. Leaving early (a closed
+    async def stream(self, model: TextModel, ids: list[int], sampling: Sampling, cancel: threading.Event,
+                     started: float) -> AsyncIterator[str | Completion]:
+        """Pieces of text as they come, then the `Completion`, timed in the metrics from
+        `started` (the request's arrival, on the monotonic clock). Leaving early (a closed
         generator) sets `cancel`, which stops the generation at its next token."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Completion | Exception] = asyncio.Queue()
@@ -84,6 +102,8 @@ class Runner:
                 if isinstance(item, Exception):
                     raise item
                 yield item
+            self._metrics.generated(model.name, item.prompt_tokens, item.completion_tokens, started,
+                                    item.first_token_at, time.monotonic())
             yield item
         finally:
             cancel.set()  # no-op once finished
@@ -119,23 +139,27 @@ async def health(request: Request) -> JSONResponse:
         "model": model.name, "dtype": model.dtype, "context_tokens": _context(request, model),
         "max_tokens_limit": request.app.state.max_tokens_limit, "busy": runner.busy,
         "generations": runner.generations, "cancelled": runner.cancelled,
+        "inflight": request.app.state.metrics.inflight, "capacity": CAPACITY,
     })
 
 
 async def models(request: Request) -> JSONResponse:
     model = request.app.state.slot.get()
-    return model_list(model.name)
+    return model_list(model.name, "chat", _context(request, model))
 
 
 def _handler(kind: str) -> Callable[[Request], Any]:
     async def handle(request: Request) -> JSONResponse | EventStream:
-        job = api.parse(kind, await read_json_object(request), request.app.state.max_tokens_limit)
+        body = await read_json_object(request)
         model = request.app.state.slot.get()
+        if kind != "simple":  # the seed's form names no model
+            check_model(body, model.name)
+        job = api.parse(kind, body, request.app.state.max_tokens_limit)
         ids = await _prompt_ids(request, model, job)
         if job.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return EventStream(_events(request, job, model, ids), headers=headers)
-        done = await _complete(request, model, ids, job.sampling)
+        done = await _complete(request, model, ids, job)
         return JSONResponse(api.response(job, model.name, done))
 
     return handle
@@ -157,16 +181,18 @@ async def _prompt_ids(request: Request, model: TextModel, job: api.Job) -> list[
     if len(ids) + wanted > context:
         raise ApiError(400, "context_length_exceeded",
                        f"this model's context is {context} tokens; the prompt has {len(ids)} "
-                       f"and max_tokens asks for {wanted} more")
+                       f"and max_tokens asks for {wanted} more",
+                       "messages" if job.kind == "chat" else "prompt")
     return ids
 
 
-async def _complete(request: Request, model: TextModel, ids: list[int], sampling: Sampling) -> Completion:
+async def _complete(request: Request, model: TextModel, ids: list[int], job: api.Job) -> Completion:
     """Generate the whole answer; a client that disconnects meanwhile stops it."""
     cancel = threading.Event()
     watcher = asyncio.create_task(_cancel_on_disconnect(request, cancel))
+    items = request.app.state.runner.stream(model, ids, job.sampling, cancel, job.started)
     try:
-        async with contextlib.aclosing(request.app.state.runner.stream(model, ids, sampling, cancel)) as items:
+        async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, Completion):
                     return item
@@ -190,7 +216,8 @@ async def _events(request: Request, job: api.Job, model: TextModel, ids: list[in
     runner: Runner = request.app.state.runner
     done: Completion | None = None
     try:
-        async with contextlib.aclosing(runner.stream(model, ids, job.sampling, threading.Event())) as items:
+        items = runner.stream(model, ids, job.sampling, threading.Event(), job.started)
+        async with contextlib.aclosing(items):
             async for item in items:
                 if isinstance(item, str):
                     yield api.sse(api.chunk(job, model.name, text=item))
@@ -198,7 +225,7 @@ async def _events(request: Request, job: api.Job, model: TextModel, ids: list[in
                     done = item
     except Exception as exc:  # the headers are sent: report it in the stream
         log.exception("generation failed mid-stream")
-        yield api.sse({"error": {"code": "generation_failed", "message": str(exc)}})
+        yield api.sse(error_body(request.url.path, 500, "generation_failed", str(exc)))
     if done is not None:
         yield api.sse(api.chunk(job, model.name, finish_reason=done.finish_reason))
         if job.include_usage:
@@ -208,7 +235,7 @@ async def _events(request: Request, job: api.Job, model: TextModel, ids: list[in
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    app.state.runner = Runner()
+    app.state.runner = Runner(app.state.metrics)
     app.state.slot.start(app.state.load)
     yield
 
@@ -223,18 +250,21 @@ def create_app(
     `context_tokens` may lower the model's context (prompt plus answer), e.g. to bound
     the time one request can take on a slow CPU; None keeps the model's own.
     """
+    slot = ModelSlot[TextModel](SERVICE)
+    metrics = GenerationMetrics(slot, ENDPOINTS)
     app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
-            Route("/", _handler("simple"), methods=["POST"]),
-            Route("/v1/chat/completions", _handler("chat"), methods=["POST"]),
-            Route("/v1/completions", _handler("completion"), methods=["POST"]),
+            *(Route(path, _handler(kind), methods=["POST"]) for path, kind in ENDPOINTS.items()),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],
+        middleware=[Middleware(metrics.middleware)],
         exception_handlers=error_handlers(SERVICE),
         lifespan=_lifespan,
     )
-    app.state.slot = ModelSlot[TextModel](SERVICE)
+    app.state.slot = slot
+    app.state.metrics = metrics
     app.state.load = load
     app.state.max_tokens_limit = max_tokens_limit
     app.state.context_tokens = context_tokens

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,14 @@ class Sampling:
 @dataclass(frozen=True)
 class Completion:
     """A finished generation. finish_reason: "stop" (end of turn or a stop string),
-    "length" (max_tokens reached) or "cancelled" (the caller set `cancel`)."""
+    "length" (max_tokens reached) or "cancelled" (the caller set `cancel`).
+    `first_token_at`: when the first token was made (time.monotonic()), None if none was."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    first_token_at: float | None = None
 
 
 class TextModel:
@@ -132,7 +135,7 @@ class TextModel:
         ids = stream.ids
         ended = bool(ids) and ids[-1] in self._eos_ids
         reason = ("stop" if stream.stopped or ended else "cancelled" if cancel.is_set() else "length")
-        return Completion(stream.text, len(prompt_ids), len(ids) - int(ended), reason)
+        return Completion(stream.text, len(prompt_ids), len(ids) - int(ended), reason, stream.first_token_at)
 
 
 class _StopWhen:
@@ -165,11 +168,16 @@ class _TextStream:
         self.ids: list[int] = []
         self.text = ""
         self.stopped = False  # a stop string was found
+        # Timed here, where the token is made: its text may be held back (a split
+        # character, a possible stop string) past the time it took.
+        self.first_token_at: float | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:  # generate() first hands over the prompt itself
             self._prompt_seen = True
             return
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
         self.ids.extend(value.reshape(-1).tolist())
         text = self._tokenizer.decode(self.ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):

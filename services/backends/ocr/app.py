@@ -7,7 +7,7 @@ Routes:
   POST /ocr     the same JSON, or multipart/form-data with file field `image` (+ `lang`).
 
 Every error is {"error": {"code": "<snake_case>", "message": "<human text>"}}
-(services/backends/http.py).
+(services/backends/http.py; no path of this backend is under /v1).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def health(request: Request) -> JSONResponse:
         # Served without lifespan (some test drivers): probe now, once.
         status = request.app.state.engine = await anyio.to_thread.run_sync(probe_engine)
     if status.version is None:
-        return error_response(503, "engine_unavailable", status.problem)
+        return error_response(request, 503, "engine_unavailable", status.problem)
     return JSONResponse(
         {"status": "ok", "engine": f"tesseract {status.version}", "languages": status.languages}
     )
@@ -121,11 +121,11 @@ async def _recognise(request: Request, image_bytes: bytes, lang: str) -> dict[st
 
 async def _engine_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, engine.BadImage):
-        return error_response(400, "bad_image", str(exc))
+        return error_response(request, 400, "bad_image", str(exc))
     if isinstance(exc, engine.UnknownLanguage):
-        return error_response(400, "unknown_language", str(exc))
+        return error_response(request, 400, "unknown_language", str(exc))
     log.error("ocr engine failed: %s", exc)
-    return error_response(503, "engine_unavailable", str(exc))
+    return error_response(request, 503, "engine_unavailable", str(exc))
 
 
 def _usable_cpus() -> int:

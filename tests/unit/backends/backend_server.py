@@ -1,5 +1,5 @@
-"""A backend app served for a test: uvicorn on a unix socket in a background thread, and
-one-shot HTTP calls to it."""
+"""A backend app served for a test: uvicorn on a unix socket in a background thread,
+one-shot HTTP calls to it, and checks of its two error shapes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @contextmanager
@@ -56,6 +57,43 @@ def call(sock: str, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         return asyncio.run(call_async(sock, method, path, **kwargs))
     except aiohttp.ClientConnectionError:
         return 0, None
+
+
+async def get_text(sock: str, path: str) -> tuple[int, str]:
+    """GET a text (not JSON) answer, e.g. /metrics."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session,
+        session.get(f"http://backend{path}") as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+def samples(sock: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The backend's /metrics as {(sample name, labels): value}."""
+    status, text = asyncio.run(get_text(sock, "/metrics"))
+    assert status == 200, text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
+    """The project's error shape, of every path outside /v1."""
+    assert status == want_status, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == want_code
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+def assert_openai_error(status: int, body: Any, want_status: int, want_code: str,
+                        param: str | None = None) -> None:
+    """OpenAI's error shape, of every path under /v1."""
+    assert status == want_status, body
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, body
+    kind = "server_error" if want_status >= 500 else "invalid_request_error"
+    assert (error["type"], error["code"], error["param"]) == (kind, want_code, param)
+    assert isinstance(error["message"], str) and error["message"]
 
 
 def model_server_fixtures(create_app: Callable[[], Any]) -> tuple[Any, Any, Any]:

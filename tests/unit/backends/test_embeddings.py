@@ -6,6 +6,7 @@ They need the `embeddings` extra (torch CPU, sentence-transformers, gt-all-minil
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib.util
 import shutil
@@ -21,7 +22,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from backend_server import call, model_server_fixtures, running
+from backend_server import (
+    assert_error,
+    assert_openai_error,
+    call,
+    call_async,
+    model_server_fixtures,
+    running,
+    samples,
+)
 
 from services.backends.embeddings import engine
 from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
@@ -29,19 +38,13 @@ from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
 pytestmark = pytest.mark.timeout(90)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 GUITAR = "A man is playing a guitar."
 GUITAR_PARAPHRASE = "Someone is strumming a guitar."
 STOCKS = "The stock market fell sharply today."
 
 
 served, sock, loaded_model = model_server_fixtures(create_app)
-
-
-def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
-    assert status == want_status, body
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == want_code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
 def assert_paraphrases_closer(vectors: np.ndarray) -> None:
@@ -59,8 +62,9 @@ def test_health_reports_model_dim_load_time_memory(sock: str) -> None:
     status, body = call(sock, "GET", "/health")
     assert status == 200, body
     assert body["status"] == "ok"
-    assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert body["model"] == MODEL
     assert (body["dim"], body["max_tokens"]) == (384, 256)
+    assert (body["inflight"], body["capacity"]) == (0, 1)
     assert 0 < body["load_seconds"] < 60
     assert body["rss_bytes"] > 100 * 2**20
 
@@ -74,11 +78,11 @@ def test_plain_api_paraphrases_closer_than_unrelated(sock: str) -> None:
 
 
 def test_openai_api_paraphrases_closer_than_unrelated(sock: str) -> None:
-    payload = {"input": [GUITAR, GUITAR_PARAPHRASE, STOCKS], "model": "anything"}
+    payload = {"input": [GUITAR, GUITAR_PARAPHRASE, STOCKS], "model": MODEL}
     status, body = call(sock, "POST", "/v1/embeddings", json=payload)
     assert status == 200, body
     assert body["object"] == "list"
-    assert body["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert body["model"] == MODEL
     assert [(d["object"], d["index"]) for d in body["data"]] == [("embedding", i) for i in range(3)]
     assert_paraphrases_closer(np.array([d["embedding"] for d in body["data"]]))
     usage = body["usage"]
@@ -100,48 +104,74 @@ def test_same_text_same_vector_across_apis(sock: str) -> None:
     assert np.allclose(plain["embeddings"][0], openai["data"][0]["embedding"], atol=1e-5)
 
 
-def test_models_lists_the_model(sock: str) -> None:
+def test_models_lists_the_model_with_kind_and_context(sock: str) -> None:
     status, body = call(sock, "GET", "/v1/models")
     assert status == 200
-    assert [m["id"] for m in body["data"]] == ["sentence-transformers/all-MiniLM-L6-v2"]
+    assert body == {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
+                                                "owned_by": "meshworker", "kind": "embedding",
+                                                "context_length": 256}]}
+
+
+def test_another_model_is_404_and_no_model_is_this_one(sock: str) -> None:
+    status, body = call(sock, "POST", "/v1/embeddings", json={"input": "x", "model": "text-embedding-3-small"})
+    assert_openai_error(status, body, 404, "model_not_found", param="model")
+    assert "text-embedding-3-small" in body["error"]["message"]
+    for model in (MODEL, None):
+        status, body = call(sock, "POST", "/v1/embeddings", json={"input": "x", "model": model})
+        assert status == 200 and body["model"] == MODEL, body
+    # The seed's form names no model: a `model` there is not looked at.
+    assert call(sock, "POST", "/", json={"texts": ["x"], "model": "other"})[0] == 200
 
 
 # --- bad input --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("path", "payload", "code"),
+    ("payload", "code"),
     [
-        ("/", {"texts": []}, "empty_input"),
-        ("/v1/embeddings", {"input": []}, "empty_input"),
-        ("/", {"texts": ["ok", 7]}, "invalid_text"),
-        ("/v1/embeddings", {"input": ["ok", None]}, "invalid_text"),
-        ("/v1/embeddings", {"input": [[101, 2023]]}, "invalid_text"),  # token ids
-        ("/", {"texts": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts"),
-        ("/v1/embeddings", {"input": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts"),
-        ("/", {"texts": ["y" * 200_000, "z" * 100_000]}, "input_too_long"),
-        ("/v1/embeddings", {"input": "w" * 300_000}, "input_too_long"),
-        ("/", {}, "invalid_request"),
-        ("/", {"texts": "not a list"}, "invalid_request"),
-        ("/v1/embeddings", {"texts": ["wrong field"]}, "invalid_request"),
-        ("/v1/embeddings", {"input": 5}, "invalid_request"),
-        ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "invalid_request"),
-        ("/v1/embeddings", {"input": "x", "dimensions": 128}, "invalid_request"),
-        ("/", ["texts"], "invalid_request"),
+        ({"texts": []}, "empty_input"),
+        ({"texts": ["ok", 7]}, "invalid_text"),
+        ({"texts": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts"),
+        ({"texts": ["y" * 200_000, "z" * 100_000]}, "input_too_long"),
+        ({}, "invalid_request"),
+        ({"texts": "not a list"}, "invalid_request"),
+        (["texts"], "invalid_request"),
     ],
 )
-def test_bad_input_is_400(sock: str, path: str, payload: Any, code: str) -> None:
-    assert_error(*call(sock, "POST", path, json=payload), 400, code)
+def test_bad_input_to_the_seeds_form_is_400(sock: str, payload: Any, code: str) -> None:
+    assert_error(*call(sock, "POST", "/", json=payload), 400, code)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "param"),
+    [
+        ({"input": []}, "empty_input", "input"),
+        ({"input": ["ok", None]}, "invalid_text", "input"),
+        ({"input": [[101, 2023]]}, "invalid_text", "input"),  # token ids
+        ({"input": ["x"] * (DEFAULT_MAX_TEXTS + 1)}, "too_many_texts", "input"),
+        ({"input": "w" * 300_000}, "input_too_long", "input"),
+        ({"texts": ["wrong field"]}, "invalid_request", "input"),
+        ({"input": 5}, "invalid_request", "input"),
+        ({"input": "x", "encoding_format": "int8"}, "invalid_request", "encoding_format"),
+        ({"input": "x", "dimensions": 128}, "invalid_request", "dimensions"),
+        ({"input": "x", "model": 7}, "invalid_request", "model"),
+        (["input"], "invalid_request", None),
+    ],
+)
+def test_bad_input_to_openai_is_400_in_its_shape(sock: str, payload: Any, code: str, param: str | None) -> None:
+    assert_openai_error(*call(sock, "POST", "/v1/embeddings", json=payload), 400, code, param)
 
 
 def test_invalid_json_is_400(sock: str) -> None:
     headers = {"Content-Type": "application/json"}
     assert_error(*call(sock, "POST", "/", data=b"{nope", headers=headers), 400, "invalid_json")
+    assert_openai_error(*call(sock, "POST", "/v1/embeddings", data=b"{nope", headers=headers), 400, "invalid_json")
 
 
 def test_unknown_route_and_method_keep_error_shape(sock: str) -> None:
     assert_error(*call(sock, "GET", "/nope"), 404, "not_found")
-    assert_error(*call(sock, "GET", "/v1/embeddings"), 405, "method_not_allowed")
+    assert_openai_error(*call(sock, "GET", "/v1/nope"), 404, "not_found")
+    assert_openai_error(*call(sock, "GET", "/v1/embeddings"), 405, "method_not_allowed")
 
 
 def test_still_serves_after_bad_input(sock: str) -> None:
@@ -155,6 +185,62 @@ def test_max_texts_is_configurable(loaded_model: Callable[[], engine.Embedder]) 
         assert call(path, "POST", "/", json={"texts": ["a", "b"]})[0] == 200
         assert_error(*call(path, "POST", "/", json={"texts": ["a", "b", "c"]}), 400, "too_many_texts")
         assert_error(*call(path, "POST", "/", json={"texts": ["0123456789x"]}), 400, "input_too_long")
+
+
+# --- load and metrics -------------------------------------------------------------------
+
+
+class GatedEmbedder:
+    """The real model, whose `embed` waits until the test lets it go on."""
+
+    def __init__(self, model: engine.Embedder):
+        self._model = model
+        self.name, self.dim, self.max_tokens = model.name, model.dim, model.max_tokens
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def embed(self, texts: list[str]) -> engine.Embeddings:
+        self.entered.set()
+        assert self.release.wait(30), "test never released the embedding"
+        return self._model.embed(texts)
+
+
+def test_health_counts_a_request_in_flight(loaded_model: Callable[[], engine.Embedder]) -> None:
+    gated = GatedEmbedder(loaded_model())
+
+    async def scenario(path: str) -> tuple[dict[str, Any], tuple[int, Any], dict[str, Any]]:
+        request = asyncio.create_task(call_async(path, "POST", "/v1/embeddings", json={"input": "x"}))
+        try:
+            assert await asyncio.to_thread(gated.entered.wait, 30), "the request never reached the model"
+            during = (await call_async(path, "GET", "/health"))[1]
+        finally:
+            gated.release.set()
+        answer = await request
+        return during, answer, (await call_async(path, "GET", "/health"))[1]
+
+    with running(create_app(load=lambda: gated)) as path:
+        during, answer, after = asyncio.run(scenario(path))
+    assert (during["inflight"], during["capacity"]) == (1, 1)
+    assert answer[0] == 200 and after["inflight"] == 0
+
+
+def test_metrics_count_requests_and_tokens(loaded_model: Callable[[], engine.Embedder]) -> None:
+    with running(create_app(load=loaded_model)) as path:
+        status, body = call(path, "POST", "/v1/embeddings", json={"input": [GUITAR, STOCKS]})
+        assert status == 200, body
+        assert call(path, "POST", "/v1/embeddings", json={"input": "x", "model": "other"})[0] == 404
+        assert call(path, "POST", "/", json={"texts": [GUITAR]})[0] == 200
+        values = samples(path)
+    model = ("model", MODEL)
+
+    def requests(endpoint: str, code: str) -> float:
+        return values[("meshworker_model_requests_total",
+                       frozenset({model, ("endpoint", endpoint), ("code", code)}))]
+
+    assert (requests("embedding", "2xx"), requests("embedding", "4xx"), requests("simple", "2xx")) == (1, 1, 1)
+    read = values[("meshworker_model_prompt_tokens_total", frozenset({model}))]
+    assert read == body["usage"]["prompt_tokens"] + loaded_model().count_tokens([GUITAR])
+    assert values[("meshworker_model_requests_in_flight", frozenset({model}))] == 0
+    assert not any(name.startswith("meshworker_model_completion") for name, _ in values)
 
 
 # --- readiness --------------------------------------------------------------------------
@@ -171,6 +257,8 @@ def test_503_while_loading_then_ready(loaded_model: Callable[[], engine.Embedder
         with running(create_app(load=slow_load), ready_status=None) as path:
             assert_error(*call(path, "GET", "/health"), 503, "model_loading")
             assert_error(*call(path, "POST", "/", json={"texts": ["x"]}), 503, "model_loading")
+            assert_openai_error(*call(path, "POST", "/v1/embeddings", json={"input": "x"}), 503, "model_loading")
+            assert_openai_error(*call(path, "GET", "/v1/models"), 503, "model_loading")
             release.set()
             deadline = time.monotonic() + 10
             while call(path, "GET", "/health")[0] != 200:

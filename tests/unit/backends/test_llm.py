@@ -19,7 +19,15 @@ from typing import Any, ClassVar
 
 import aiohttp
 import pytest
-from backend_server import call, call_async, model_server_fixtures, running
+from backend_server import (
+    assert_error,
+    assert_openai_error,
+    call,
+    call_async,
+    model_server_fixtures,
+    running,
+    samples,
+)
 
 from services.backends.http import ApiError
 from services.backends.llm import api, engine
@@ -68,11 +76,12 @@ def wait_health(sock: str, predicate: Callable[[dict[str, Any]], bool], timeout:
         time.sleep(0.05)
 
 
-def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
-    assert status == want_status, body
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == want_code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+def assert_error_of(path: str, reply: tuple[int, Any], status: int, code: str, param: str | None) -> None:
+    """The error shape of `path`: OpenAI's, naming `param`, under /v1; ours elsewhere."""
+    if path.startswith("/v1/"):
+        assert_openai_error(*reply, status, code, param)
+    else:
+        assert_error(*reply, status, code)
 
 
 # --- request parsing and the token stream, no model -------------------------------------
@@ -170,6 +179,7 @@ def test_health_reports_model_context_load_time_memory(sock: str) -> None:
     assert status == 200, body
     assert (body["status"], body["model"]) == ("ok", MODEL)
     assert body["context_tokens"] == 8192 and body["max_tokens_limit"] == 512
+    assert (body["inflight"], body["capacity"]) == (0, 1)
     assert body["dtype"] in ("bfloat16", "float32")
     assert 0 < body["load_seconds"] < 90 and body["rss_bytes"] > 200 * 2**20
 
@@ -266,26 +276,114 @@ def test_health_answers_while_generating_and_requests_take_turns(sock: str) -> N
 @pytest.mark.parametrize("path", ["/", "/v1/chat/completions", "/v1/completions"])
 def test_max_tokens_out_of_range_is_400(sock: str, path: str, max_tokens: Any) -> None:
     payload = {"prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
-    assert_error(*call(sock, "POST", path, json=payload), 400, "invalid_max_tokens")
+    assert_error_of(path, call(sock, "POST", path, json=payload), 400, "invalid_max_tokens", "max_tokens")
 
 
-@pytest.mark.parametrize("path", ["/", "/v1/chat/completions", "/v1/completions"])
-def test_prompt_longer_than_context_is_400(sock: str, path: str) -> None:
+@pytest.mark.parametrize(("path", "param"), [("/", None), ("/v1/chat/completions", "messages"),
+                                             ("/v1/completions", "prompt")])
+def test_prompt_longer_than_context_is_400(sock: str, path: str, param: str | None) -> None:
     long_text = "word " * 9000  # ~9000 tokens; the context is 8192
     payload = {"prompt": long_text, "messages": [{"role": "user", "content": long_text}], "max_tokens": 8}
     status, body = call(sock, "POST", path, json=payload)
-    assert_error(status, body, 400, "context_length_exceeded")
+    assert_error_of(path, (status, body), 400, "context_length_exceeded", param)
     assert "8192" in body["error"]["message"]
 
 
 def test_bad_requests_and_routes_keep_error_shape(sock: str) -> None:
-    assert_error(*call(sock, "POST", "/v1/chat/completions", json={"messages": "hi"}), 400, "invalid_request")
-    assert_error(*call(sock, "POST", "/", data=b"{oops", headers={"Content-Type": "application/json"}),
-                 400, "invalid_json")
-    assert_error(*call(sock, "GET", "/v1/nope"), 404, "not_found")
-    assert_error(*call(sock, "GET", "/v1/completions"), 405, "method_not_allowed")
+    assert_openai_error(*call(sock, "POST", "/v1/chat/completions", json={"messages": "hi"}), 400,
+                        "invalid_request", param="messages")
+    assert_openai_error(*call(sock, "POST", "/v1/completions", json={"prompt": "hi", "temperature": 9}), 400,
+                        "invalid_request", param="temperature")
+    invalid_json = {"data": b"{oops", "headers": {"Content-Type": "application/json"}}
+    assert_error(*call(sock, "POST", "/", **invalid_json), 400, "invalid_json")
+    assert_openai_error(*call(sock, "POST", "/v1/completions", **invalid_json), 400, "invalid_json")
+    assert_error(*call(sock, "GET", "/nope"), 404, "not_found")
+    assert_openai_error(*call(sock, "GET", "/v1/nope"), 404, "not_found")
+    assert_openai_error(*call(sock, "GET", "/v1/completions"), 405, "method_not_allowed")
+
+
+def test_models_lists_the_model_with_kind_and_context(sock: str) -> None:
     status, body = call(sock, "GET", "/v1/models")
-    assert status == 200 and [m["id"] for m in body["data"]] == [MODEL]
+    assert status == 200
+    assert body == {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0,
+                                                "owned_by": "meshworker", "kind": "chat",
+                                                "context_length": 8192}]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_another_model_is_404_and_not_generated(sock: str, path: str, stream: bool) -> None:
+    before = call(sock, "GET", "/health")[1]["generations"]
+    payload = {"model": "gpt-4o", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 4, "stream": stream}
+    status, body = call(sock, "POST", path, json=payload)
+    assert_openai_error(status, body, 404, "model_not_found", param="model")
+    assert "gpt-4o" in body["error"]["message"]
+    assert call(sock, "GET", "/health")[1]["generations"] == before
+
+
+@pytest.mark.parametrize("model", [MODEL, None])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_this_model_or_none_is_served(sock: str, path: str, model: str | None) -> None:
+    payload = {"model": model, "prompt": "hi", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    status, body = call(sock, "POST", path, json=payload)
+    assert status == 200 and body["model"] == MODEL, body
+
+
+def test_the_seeds_form_does_not_look_at_model(sock: str) -> None:
+    status, body = call(sock, "POST", "/", json={"prompt": "hi", "max_tokens": 2, "model": "gpt-4o"})
+    assert status == 200 and body["model"] == MODEL, body
+
+
+def test_health_counts_requests_generating_and_waiting(sock: str) -> None:
+    async def first_event(session: aiohttp.ClientSession, path: str, payload: dict[str, Any]
+                          ) -> aiohttp.ClientResponse:
+        resp = await session.post(f"http://llm{path}", json=payload)
+        assert resp.status == 200 and (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
+        return resp
+
+    async def scenario() -> dict[str, Any]:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session:
+            # A completion stream's first event is its first token: it is generating. A
+            # chat stream's is the role, sent before it waits for the model: it is waiting.
+            generating = await first_event(session, "/v1/completions", {**COUNTING, "max_tokens": 512,
+                                                                         "stream": True})
+            waiting = await first_event(session, "/v1/chat/completions", {
+                "messages": [{"role": "user", "content": "hi"}], "max_tokens": 512, "stream": True})
+            health = (await call_async(sock, "GET", "/health"))[1]
+            generating.close()
+            waiting.close()
+            return health
+
+    health = asyncio.run(scenario())
+    assert (health["inflight"], health["capacity"], health["busy"]) == (2, 1, True)
+    wait_health(sock, lambda h: h["inflight"] == 0 and not h["busy"], timeout=10)
+
+
+def test_metrics_count_requests_tokens_and_their_times(loaded_model: Callable[[], engine.TextModel]) -> None:
+    with running(create_app(load=loaded_model)) as path:
+        status, body = call(path, "POST", "/v1/completions", json={**COUNTING, "max_tokens": 4})
+        assert status == 200, body
+        stream = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0,
+                  "stream": True, "stream_options": {"include_usage": True}}
+        streamed = json.loads(asyncio.run(read_events(path, "/v1/chat/completions", stream))[1][-2])["usage"]
+        assert call(path, "POST", "/v1/chat/completions", json={**stream, "model": "other"})[0] == 404
+        values = samples(path)
+    model = ("model", MODEL)
+
+    def value(name: str, **labels: str) -> float:
+        return values[(name, frozenset({model, *labels.items()}))]
+
+    assert value("meshworker_model_requests_total", endpoint="completion", code="2xx") == 1
+    assert value("meshworker_model_requests_total", endpoint="chat", code="2xx") == 1
+    assert value("meshworker_model_requests_total", endpoint="chat", code="4xx") == 1
+    assert value("meshworker_model_prompt_tokens_total") == body["usage"]["prompt_tokens"] + streamed["prompt_tokens"]
+    assert value("meshworker_model_completion_tokens_total") == 4 + streamed["completion_tokens"]
+    # One sample a generation, streamed or not, of a time that a generation on this CPU takes.
+    assert value("meshworker_model_time_to_first_token_seconds_count") == 2
+    assert 0 < value("meshworker_model_time_to_first_token_seconds_sum") < 60
+    assert value("meshworker_model_time_per_output_token_seconds_count") == 2
+    assert value("meshworker_model_requests_in_flight") == 0
 
 
 def test_limits_are_configurable(loaded_model: Callable[[], engine.TextModel]) -> None:
@@ -293,8 +391,9 @@ def test_limits_are_configurable(loaded_model: Callable[[], engine.TextModel]) -
         assert call(path, "POST", "/", json={"prompt": "hi", "max_tokens": 8})[0] == 200
         assert_error(*call(path, "POST", "/", json={"prompt": "hi", "max_tokens": 9}), 400, "invalid_max_tokens")
         status, body = call(path, "POST", "/v1/completions", json={"prompt": "word " * 60, "max_tokens": 8})
-        assert_error(status, body, 400, "context_length_exceeded")
+        assert_openai_error(status, body, 400, "context_length_exceeded", param="prompt")
         assert call(path, "GET", "/health")[1]["context_tokens"] == 64
+        assert call(path, "GET", "/v1/models")[1]["data"][0]["context_length"] == 64
 
 
 def test_unavailable_reason_names_the_extra_and_model_package(monkeypatch: pytest.MonkeyPatch) -> None:

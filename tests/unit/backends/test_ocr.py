@@ -26,7 +26,7 @@ import aiohttp
 import pytesseract
 import pytest
 import uvicorn
-from backend_server import call, call_async, running
+from backend_server import assert_error, call, call_async, running
 from PIL import Image, ImageDraw, ImageFont
 
 from services.backends.ocr import engine
@@ -68,13 +68,6 @@ def sock() -> Iterator[str]:
     """Socket path of a vision-ocr server running in a background thread for the module."""
     with running(create_app(), ready_status=None, timeout=20) as path:
         yield path
-
-
-def assert_error(status: int, body: Any, want_status: int, want_code: str) -> None:
-    assert status == want_status, body
-    assert set(body) == {"error"}
-    assert body["error"]["code"] == want_code
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
 
 
 def b64(data: bytes) -> str:
