@@ -94,8 +94,9 @@ async def stats(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     node = node_of(request)
-    health, envoy = await asyncio.gather(node.component_health(), node.envoy.prometheus())
-    text = await metrics.exposition(node.metrics, node.channels, health, envoy)
+    health, envoy, backends = await asyncio.gather(node.component_health(), node.envoy.prometheus(),
+                                                   metrics.backend_pages(node.cfg.services, node.backends))
+    text = await metrics.exposition(node.metrics, node.channels, health, envoy, backends)
     return PlainTextResponse(text, media_type=EXPOSITION)
 
 
