@@ -17,9 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import uvloop
@@ -36,6 +37,7 @@ from services.router.announcer import ANNOUNCE_DEADLINE_S
 
 log = logging.getLogger("meshworker")
 SUPERVISORD_CONF = Path(__file__).resolve().parent.parent / "supervisord.conf"
+T = TypeVar("T")
 
 
 def configure_logging(component: str, level: str) -> None:
@@ -237,18 +239,35 @@ def peers(cfg: Config) -> int:
     return 0
 
 
-def drain(cfg: Config) -> int:
-    """Withdraw this node's services from the mesh; it keeps serving what reaches it."""
-    async def call() -> list[str]:
+def router_call(cfg: Config, call: Callable[[router_pb2_grpc.RouterStub], Awaitable[T]]) -> T:
+    """One call to this node's router (`call` gives its deadline); NotRunning when it does not answer."""
+    async def run() -> T:
         async with grpcclient.channel(cfg, "router") as channel:
-            reply = await router_pb2_grpc.RouterStub(channel).Drain(
-                router_pb2.DrainRequest(), timeout=ANNOUNCE_DEADLINE_S + grpcclient.DEADLINE_S)
-            return list(reply.withdrawn)
+            return await call(router_pb2_grpc.RouterStub(channel))
     try:
-        withdrawn = asyncio.run(call())
+        return asyncio.run(run())
     except grpc.aio.AioRpcError as err:
         raise NotRunning(f"the router of {cfg.worker_id} is not answering: {err.code().name}") from None
-    print(f"drained {cfg.worker_id}: withdrew {', '.join(withdrawn) or 'nothing'}; "
+
+
+def models(cfg: Config) -> int:
+    reply = router_call(cfg, lambda router: router.MeshModels(router_pb2.MeshModelsRequest(),
+                                                              timeout=grpcclient.DEADLINE_S))
+    print_table(["MODEL", "KIND", "CONTEXT", "WORKER", "WHERE", "SERVICE", "LOAD"], [
+        [m.id, m.kind or "-", m.context_length or "-", p.worker_id, "local" if p.local else "remote",
+         p.service or "-", f"{p.load_percent}%"] for m in reply.models for p in m.providers])
+    aliases = [[alias, m.id] for m in reply.models for alias in m.aliases]
+    if aliases:
+        print("\nAliases ([models] aliases in this node's config):")
+        print_table(["ALIAS", "MODEL"], aliases)
+    return 0
+
+
+def drain(cfg: Config) -> int:
+    """Withdraw this node's services from the mesh; it keeps serving what reaches it."""
+    reply = router_call(cfg, lambda router: router.Drain(
+        router_pb2.DrainRequest(), timeout=ANNOUNCE_DEADLINE_S + grpcclient.DEADLINE_S))
+    print(f"drained {cfg.worker_id}: withdrew {', '.join(reply.withdrawn) or 'nothing'}; "
           "restart the node to announce its services again")
     return 0
 
@@ -264,6 +283,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("status", help="components, services and routing counters of this node")
     commands.add_parser("services", help="every service of the mesh and its providers")
     commands.add_parser("peers", help="the DHT peers this node knows, with their round-trip time")
+    commands.add_parser("models", help="every model of the mesh, the nodes that serve it and their load")
     commands.add_parser("drain", help="withdraw this node's services from the mesh")
     run = commands.add_parser("run", help="run one component (what supervisord starts)")
     run.add_argument("component", help="nebula-agent, dht, router, api, gateway (Envoy) or svc-<name>")
@@ -288,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run_component(cfg, args.component)
     try:
-        return {"status": status, "services": services, "peers": peers, "drain": drain}[args.command](cfg)
+        return {"status": status, "services": services, "peers": peers, "models": models,
+                "drain": drain}[args.command](cfg)
     except NotRunning as err:
         print(err, file=sys.stderr)
         return 1
