@@ -7,6 +7,7 @@ import time
 import grpc
 
 from services.common import grpcclient
+from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, router_pb2
 
 # What a local provider shows instead of its upstream: anyone who can reach /mesh/services
@@ -15,14 +16,15 @@ LOCAL_URL = "local"
 
 
 async def known_services(router) -> list[str]:
-    """Local, cached, and those with records on our dht node (all of them in a mesh ≤ k)."""
+    """Local, cached, and those with records on our dht node (all of them in a mesh ≤ k);
+    the model catalog's key is no service (/v1/models shows it)."""
     names = [s.name for s in router.cfg.services] + list(router.cache.entries)
     try:
         stored = await router.dht.ListServices(dht_pb2.ListServicesRequest(), timeout=grpcclient.DEADLINE_S)
         names += list(stored.services)
     except grpc.aio.AioRpcError:
         pass
-    return sorted(set(names))
+    return sorted(set(names) - {CATALOG})
 
 
 async def remote_views(router, service: str, now: float) -> list[router_pb2.ProviderView]:

@@ -1,6 +1,7 @@
 """Three full nodes in network namespaces: discovery, forwarding, failover, trust.
 
-A hosts vision-ocr, llm-inference and `twin`; B hosts `echo` and `twin`; C hosts nothing
+A hosts vision-ocr, llm-inference, `twin` and `chat`; B hosts `echo`, `twin` and `chat`
+(`chat`: an OpenAI-compatible test double serving the model `double-1`); C hosts nothing
 and serves everything by forwarding. Tests run in file order: the cut-off test goes last.
 """
 
@@ -18,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from kademlia.network import Server
 from kademlia.utils import digest
@@ -32,10 +34,17 @@ pytestmark = pytest.mark.timeout(300)
 SECRET = "mesh-test-secret-0123456789"
 TTL_S = 6
 ECHO = Path(__file__).parent.parent / "echo_backend.py"
+DOUBLE = Path(__file__).parent.parent / "openai_double.py"
+DOUBLE_MODEL, DOUBLE_PORT, DOUBLE_DELAY_S = "double-1", 9102, 0.2
 
 
 def backend(name: str, port: int) -> str:
     return f'[service.{name}]\nurl = "http://127.0.0.1:{port}"\ncommand = "{sys.executable} {ECHO} {port} {name}"\n'
+
+
+def chat_double(worker: str) -> str:
+    return (f'[service.chat]\nurl = "http://127.0.0.1:{DOUBLE_PORT}"\n'
+            f'command = "{sys.executable} {DOUBLE} {DOUBLE_PORT} {DOUBLE_MODEL} {worker} {DOUBLE_DELAY_S}"\n')
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +65,11 @@ def mesh(lab, start_module_node):
         return start_module_node(config, host=host, MESHWORKER_WORKER_ID=name, MESHWORKER_DHT_SEEDS=seeds,
                                  MESHWORKER_ADVERTISE_URL=f"https://{host.address}:8443", **common)
 
-    nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin"]\n' + backend("twin", 9101), "")}
+    nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin", "chat"]\n'
+                        + backend("twin", 9101) + chat_double("a"), "")}
     seed = f"{a.address}:8468"
-    nodes["b"] = start(b, "b", 'services = ["echo", "twin"]\n' + backend("echo", 9100) + backend("twin", 9101), seed)
+    nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat"]\n' + backend("echo", 9100)
+                       + backend("twin", 9101) + chat_double("b"), seed)
     nodes["c"] = start(c, "c", "services = []\n", seed)
     wait_for(lambda: providers(nodes["c"], "twin") == ["a", "b"] and providers(nodes["c"], "echo") == ["b"],
              30, "C to see every provider")
@@ -148,6 +159,83 @@ def test_mesh_views_list_services_and_peers(mesh):
     assert {p["address"].split(":")[0] for p in peers} == {"10.77.0.11", "10.77.0.12"}
     assert all(p["reachable"] and p["rtt_seconds"] > 0 for p in peers)
     assert mesh["c"].get("/health").json()["dht_peers"] == 2
+
+
+def sdk(node):
+    return openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused", max_retries=0)
+
+
+def mesh_models(node) -> dict[str, list[tuple[str, int]]]:
+    """model id -> [(worker, load_percent)] as `node` lists them, asked from inside its host."""
+    def ask():
+        return {m.id: [(n["worker_id"], n["load_percent"]) for n in m.nodes] for m in sdk(node).models.list()}
+    return node.host.call(ask)
+
+
+def test_every_node_lists_the_models_of_the_mesh_and_who_serves_them(mesh):
+    def complete():
+        models = mesh_models(mesh["c"])
+        return models if DOUBLE_MODEL in models and len(models[DOUBLE_MODEL]) == 2 else None
+    models = wait_for(complete, 30, "C to list the double's two providers")
+    llm = next(m for m in models if "SmolLM2" in m)
+    assert [w for w, _ in models[llm]] == ["a"] and sorted(w for w, _ in models[DOUBLE_MODEL]) == ["a", "b"]
+
+
+def test_a_node_without_models_streams_a_chat_from_the_node_that_has_it(mesh):
+    def chat():
+        client = sdk(mesh["c"])
+        llm = next(m.id for m in client.models.list() if "SmolLM2" in m.id)
+        raw = client.chat.completions.with_raw_response.create(
+            model=llm, messages=[{"role": "user", "content": "Count to five."}], max_tokens=8, stream=True)
+        pieces = [c.choices[0].delta.content for c in raw.parse() if c.choices and c.choices[0].delta.content]
+        return raw.headers["x-mesh-route"], raw.headers["x-mesh-worker"], pieces
+    route, worker, pieces = mesh["c"].host.call(chat)
+    assert (route, worker) == ("forwarded", "a") and len(pieces) >= 3
+
+
+def served_by(node, count: int) -> list[str]:
+    def ask():
+        client = sdk(node)
+        return [client.chat.completions.create(model=DOUBLE_MODEL, messages=[{"role": "user", "content": "hi"}]
+                                               ).choices[0].message.content for _ in range(count)]
+    return node.host.call(ask)
+
+
+def test_a_node_serves_a_model_itself_while_it_is_not_busier_than_the_others(mesh):
+    assert served_by(mesh["a"], 5) == ["a"] * 5
+
+
+def test_a_provider_kept_busy_gets_few_new_requests(mesh):
+    """B's model is kept busy from outside the mesh (straight to its backend); C's new
+    requests go to A once B's catalog record says so."""
+    b, c, stop = mesh["b"], mesh["c"], threading.Event()
+
+    def keep_busy():
+        def post():
+            conn = http.client.HTTPConnection("127.0.0.1", DOUBLE_PORT, timeout=30)
+            try:
+                conn.request("POST", "/v1/chat/completions", json.dumps({"model": DOUBLE_MODEL}))
+                conn.getresponse().read()
+            except OSError:  # load, not a check: a slow answer only means more of it
+                pass
+            finally:
+                conn.close()
+        for _ in range(200):  # bounded: 40 s at most, stopped early by the test
+            if stop.is_set():
+                return
+            b.host.call(post)
+
+    workers = [threading.Thread(target=keep_busy) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: dict(mesh_models(c)[DOUBLE_MODEL]).get("b", 0) >= 100, 30, "C to see B saturated")
+        served = served_by(c, 20)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=60)
+    assert served.count("a") >= 16, served
 
 
 def test_killing_one_of_two_providers_costs_no_request(mesh):
@@ -280,6 +368,6 @@ def test_cli_tables_and_drain(mesh):
     assert any(line.split()[:3] == ["echo", "b", "remote"] for line in lines[1:])
     peers = cli(mesh["c"], "peers")
     assert "10.77.0.12:8468" in peers and "yes" in peers
-    assert "withdrew echo, twin" in cli(mesh["b"], "drain")
+    assert "withdrew chat, echo, twin" in cli(mesh["b"], "drain")
     wait_for(lambda: providers(mesh["a"], "twin") == ["a"], TTL_S + 5, "B's twin record to be withdrawn")
     assert mesh["b"].get("/service/twin/whoami").json()["name"] == "twin"  # still serves what reaches it

@@ -121,6 +121,12 @@ def balanced(view: MeshView) -> list[ModelRoute]:
     return [r for r in view.models if r.providers and view.tls is not None]
 
 
+def routable(view: MeshView) -> list[ModelRoute]:
+    """The models a request can reach from here: served here, or by peers over mTLS."""
+    local = {s.name for s in view.local}
+    return [r for r in view.models if r.local_service in local or (r.providers and view.tls is not None)]
+
+
 def model_clusters(view: MeshView) -> list:
     return [clusters.peers_cluster(view, cluster_name(r.model.id)) for r in balanced(view)]
 
@@ -149,9 +155,9 @@ def action(view: MeshView, route: ModelRoute) -> dict[str, Any]:
 
 
 def client_routes(view: MeshView) -> list[dict[str, Any]]:
-    known = {r.model.id: r for r in view.models}
+    known = {r.model.id: r for r in routable(view)}
     found = [routes.to_api({"path": "/v1/models", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]})]
-    found += [{"name": r.model.id, "match": by_model(r.model.id), **action(view, r)} for r in view.models]
+    found += [{"name": r.model.id, "match": by_model(r.model.id), **action(view, r)} for r in known.values()]
     found += [{"name": target, "match": by_model(alias), **action(view, known[target]),
                "typed_per_filter_config": renamed_to(target)}
               for alias, target in view.aliases if target in known and alias not in known]

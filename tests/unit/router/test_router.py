@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.config import ServiceConfig, load
+from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, router_pb2
 from services.router import main as router_main
 from services.router.main import RouterServicer
@@ -179,7 +180,7 @@ def test_the_stats_rpc_counts_only_lookups(tmp_path):
 
 class ListingDht(FakeDht):
     async def ListServices(self, request, timeout):
-        return dht_pb2.ListServicesResponse(services=["vision-ocr"])
+        return dht_pb2.ListServicesResponse(services=["vision-ocr", CATALOG])
 
 
 async def test_mesh_services_shows_no_local_socket_paths_or_urls(tmp_path):
@@ -189,6 +190,7 @@ async def test_mesh_services_shows_no_local_socket_paths_or_urls(tmp_path):
 
     views = {v.name: v for v in (await router.MeshServices(router_pb2.MeshServicesRequest(), None)).services}
 
+    assert CATALOG not in views  # the model catalog's key is no service
     ocr = views["vision-ocr"].providers
     assert [(p.worker_id, p.local, p.url) for p in ocr] == [
         ("box-1", True, "local"), ("box-2", False, "https://10.0.0.1:8443")]

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from services.identity.mesh_ca import secret_mode_ca
 from services.identity.revocation import revocation_list
 from services.router.xds import resources
-from tests.unit.router.xds_fixtures import SECRET, view
+from tests.unit.router.xds_fixtures import MODELS, SECRET, view
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,7 +57,8 @@ def validate(tmp_path, bootstrap: dict) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, timeout=50)
 
 
-@pytest.mark.parametrize("changes", [{}, {"tls": None}, {"local": ()}, {"remote": (), "nowhere": ()}, "crl"],
+@pytest.mark.parametrize("changes", [{}, {"tls": None, "models": MODELS[1:2]}, {"local": (), "models": MODELS[2:]},
+                                     {"remote": (), "nowhere": (), "models": (), "aliases": ()}, "crl"],
                          ids=["full", "no-tls", "no-local", "local-only", "revocation-list"])
 def test_envoy_accepts_the_snapshot(tmp_path, changes):
     if changes == "crl":

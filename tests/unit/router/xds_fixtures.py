@@ -5,10 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common.config import ServiceConfig
+from services.common.models import Model
 from services.identity.mesh_ca import secret_mode_credentials
-from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
+from services.router.xds.view import LocalService, MeshView, ModelProvider, ModelRoute, Peer, RemoteService
 
 SECRET = "a mesh secret of the xds tests"
+SMOL, MINILM, BIG = Model("smol", "chat", 8192), Model("minilm", "embedding", 256), Model("big", "chat")
+OWN_LISTENER = Peer("node1", "127.0.0.1", 18443)
+# smol: served here ("echo") and by node2; minilm: only here; big: only by node2 and node3.
+MODELS = (
+    ModelRoute(SMOL, "echo", (ModelProvider(OWN_LISTENER, "echo", 0, local=True),
+                              ModelProvider(Peer("node2", "10.0.0.2", 8443), "llm", 40))),
+    ModelRoute(MINILM, "echo"),
+    ModelRoute(BIG, None, (ModelProvider(Peer("node2", "10.0.0.2", 8443), "llm", 100),
+                           ModelProvider(Peer("node3", "10.0.0.3", 8443), "vllm", 10))),
+)
 
 
 def view(tmp_path: Path, **changes) -> MeshView:
@@ -21,5 +32,5 @@ def view(tmp_path: Path, **changes) -> MeshView:
                LocalService(ServiceConfig("web", "http://localhost:9000", timeout_s=5.0), False)),
         "remote": (RemoteService("echo", (Peer("node2", "10.0.0.2", 8443),), True),
                 RemoteService("ocr", (Peer("node2", "10.0.0.2", 8443), Peer("node3", "10.0.0.3", 8443)), False)),
-        "nowhere": ("nope",), "tls": tls}
+        "nowhere": ("nope",), "tls": tls, "models": MODELS, "aliases": (("gpt-4o-mini", "smol"), ("gone", "x"))}
     return MeshView(**(shape | changes))
