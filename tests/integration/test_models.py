@@ -15,6 +15,8 @@ from pathlib import Path
 import openai
 import pytest
 from meshtest import wait_for
+from openai_server import llama_server
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(300)
 LLM, EMBEDDER = "SmolLM2-135M-Instruct-Q4_1", "sentence-transformers/all-MiniLM-L6-v2"
@@ -35,11 +37,21 @@ def external_embeddings():
 
 
 @pytest.fixture(scope="module")
-def node(start_module_node, external_embeddings):
+def llamacpp():
+    """llama-cpp-python's own OpenAI server: another's backend, listing its model at /v1/models."""
+    with llama_server(socket_path=str(Path(tempfile.mkdtemp(prefix="mw-llama-", dir="/tmp")) / "l.sock")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node, external_embeddings, llamacpp):
     return start_module_node(f"""
-services = ["llm-inference", "rag-embeddings", "ext-embed"]
+services = ["llm-inference", "rag-embeddings", "ext-embed", "llamacpp"]
 [models]
 "gpt-4o-mini" = "{LLM}"
+[service.llamacpp]
+url = "{llamacpp.upstream}"
+health_path = "/v1/models"
 [service.ext-embed]
 url = "{external_embeddings}"
 """)
@@ -226,3 +238,28 @@ def test_a_body_over_the_limit_is_413_in_openais_shape(node):
     conn.close()
     assert reply.status == 413 and error["code"] == "body_too_large"
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+
+
+def test_another_openai_server_registered_as_a_backend_serves_its_model_through_v1(client, llamacpp):
+    listed = {m.id: m for m in client.models.list()}
+    assert listed[llamacpp.model_id].nodes[0]["service"] == "llamacpp"  # from its own /v1/models
+    raw = client.chat.completions.with_raw_response.create(
+        model=llamacpp.model_id, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
+    assert raw.parse().model == llamacpp.model_id and raw.headers["x-mesh-route"] == "local"
+
+
+def test_metrics_per_model_count_requests_and_tokens_on_the_node_page(node, client):
+    def sample(text: str, family: str, **labels: str) -> float:
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == family and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    before = node.get("/metrics").body.decode()
+    client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    after = node.get("/metrics").body.decode()
+    labels = {"model": LLM, "service": "llm-inference"}
+    assert sample(after, "meshworker_model_requests_total", **labels) \
+        == sample(before, "meshworker_model_requests_total", **labels) + 1
+    assert sample(after, "meshworker_model_completion_tokens_total", **labels) \
+        > sample(before, "meshworker_model_completion_tokens_total", **labels)
+    assert sample(after, "meshworker_model_time_to_first_token_seconds_count", **labels) \
+        == sample(before, "meshworker_model_time_to_first_token_seconds_count", **labels) + 1
