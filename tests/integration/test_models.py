@@ -263,3 +263,11 @@ def test_metrics_per_model_count_requests_and_tokens_on_the_node_page(node, clie
         > sample(before, "meshworker_model_completion_tokens_total", **labels)
     assert sample(after, "meshworker_model_time_to_first_token_seconds_count", **labels) \
         == sample(before, "meshworker_model_time_to_first_token_seconds_count", **labels) + 1
+
+
+def test_a_model_named_last_in_a_large_body_is_routed_too(node):
+    # Envoy reads the whole JSON body: where `model` sits in it does not matter.
+    body = json.dumps({"input": ["filler text"] * 2000, "model": EMBEDDER}).encode()
+    reply = node.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
+    assert reply.status == 200, reply.body[:300]
+    assert reply.json()["model"] == EMBEDDER and len(reply.json()["data"]) == 2000

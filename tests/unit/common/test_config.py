@@ -8,6 +8,7 @@ import pytest
 
 from services import cli
 from services.common.config import ConfigError, ServiceConfig, load
+from services.common.models import Model
 
 
 @pytest.fixture
@@ -145,6 +146,10 @@ def test_bad_env_value_names_key_and_form(env, extra, key, form):
 @pytest.mark.parametrize("toml, key, form", [
     ('services = ["x"]\n[service.x]\nurl = "ftp://x"\n', "service.x.url", "http://host:port or unix:/path"),
     ("gatway_port = 8000\n", "gatway_port", "unknown key"),
+    ('services = ["x"]\n[service.x]\nurl = "http://x:1"\nmodels = ["bad id"]\n', "service.x.models", "model id"),
+    ('services = ["x"]\n[service.x]\nurl = "http://x:1"\nmodels = [{id = "m", kind = "tts"}]\n',
+     "service.x.models", "kind = chat | completion | embedding"),
+    ('services = []\n[models]\n"same" = "same"\n', "models.same", "two different ids"),
     ("gateway_port = = 1\n", "config", "not valid TOML"),
 ])
 def test_bad_toml_names_key_and_form(env, tmp_path, toml, key, form):
@@ -178,3 +183,17 @@ def test_cli_exits_2_with_message_naming_the_key(monkeypatch, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "gateway_port" in err
     assert "'abc'" in err
+
+
+def test_models_of_a_service_and_aliases_of_the_mesh(env, tmp_path):
+    write_toml(tmp_path, 'services = ["mine"]\n[models]\n"gpt-4o-mini" = "smol"\n[service.mine]\n'
+                         'url = "http://127.0.0.1:9"\nmodels = ["a", {id = "e", kind = "embedding", context_length = 256}]\n')
+    cfg = load(env)
+    assert cfg.aliases == (("gpt-4o-mini", "smol"),)
+    assert cfg.services[0].models == (Model("a"), Model("e", "embedding", 256))
+    assert load({**env, "MESHWORKER_MODELS": "x=y, z=w"}).aliases == (("x", "y"), ("z", "w"))
+
+
+def test_a_service_without_models_asks_its_backend(env, tmp_path):
+    write_toml(tmp_path, 'services = ["mine"]\n[service.mine]\nurl = "http://127.0.0.1:9"\n')
+    assert load(env).services[0].models == () and load(env).aliases == ()

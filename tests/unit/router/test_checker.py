@@ -7,7 +7,8 @@ from aiohttp import web
 
 from services.common import upstream
 from services.common.config import ServiceConfig
-from services.router.checker import DEFAULT_HEALTH_PATHS, BackendInfo, check_once
+from services.common.models import Model
+from services.router.checker import DEFAULT_HEALTH_PATHS, BackendInfo, check_once, fetch_models
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -18,8 +19,12 @@ async def server():
     async def root(request: web.Request) -> web.Response:
         return web.json_response({"model": "tiny", "load_seconds": 1.5, "rss_bytes": 1234})
 
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "tiny:1b", "object": "model"}]})
+
     app = web.Application()
     app.router.add_get("/", root)
+    app.router.add_get("/v1/models", models)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -57,3 +62,26 @@ def test_backend_info_ignores_answers_that_describe_nothing():
     for answer in (b"Ollama is running", b"[1, 2]", b'{"status": "ok"}'):
         info.update(answer)
     assert info == BackendInfo()
+
+
+def test_a_backends_reported_load_is_in_flight_over_capacity():
+    info = BackendInfo()
+    info.update(b'{"status": "ok", "inflight": 3, "capacity": 4}')
+    assert info.load_percent == 75
+    info.update(b'{"status": "ok"}')  # it stopped saying: idle, one at a time
+    assert (info.inflight, info.capacity, info.load_percent) == (0, 1, 0)
+
+
+async def test_models_come_from_the_backends_own_listing_else_from_config(server):
+    async with upstream.session(server) as session:
+        assert await fetch_models(ServiceConfig("tiny", server), session, 5) == (Model("tiny:1b"),)
+        declared = (Model("mine", "embedding"),)
+        assert await fetch_models(ServiceConfig("tiny", server, models=declared), session, 5) == declared
+        # a backend without /v1/models serves no model: another path of the same server 404s
+        assert await fetch_models(ServiceConfig("tiny", server + "/nothing"), session, 5) == ()
+
+
+async def test_an_unreachable_backends_models_are_unknown_not_none():
+    svc = ServiceConfig("gone", "http://127.0.0.1:9")
+    async with upstream.session(svc.upstream) as session:
+        assert await fetch_models(svc, session, 2) is None
