@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(300)
 SECRET = "mesh-test-secret-0123456789"
 TTL_S = 6
 ECHO = Path(__file__).parent.parent / "echo_backend.py"
-DOUBLE = Path(__file__).parent.parent / "openai_double.py"
+DOUBLE = Path(__file__).resolve().parents[2] / "bench" / "openai_double.py"
 DOUBLE_MODEL, DOUBLE_PORT, DOUBLE_DELAY_S = "double-1", 9102, 0.2
 
 
@@ -193,16 +193,21 @@ def test_a_node_without_models_streams_a_chat_from_the_node_that_has_it(mesh):
     assert (route, worker) == ("forwarded", "a") and len(pieces) >= 3
 
 
-def served_by(node, count: int) -> list[str]:
+def served_by(node, count: int, pause_s: float = 0.0) -> list[str]:
     def ask():
-        client = sdk(node)
-        return [client.chat.completions.create(model=DOUBLE_MODEL, messages=[{"role": "user", "content": "hi"}]
-                                               ).choices[0].message.content for _ in range(count)]
+        client, served = sdk(node), []
+        for _ in range(count):
+            served.append(client.chat.completions.create(
+                model=DOUBLE_MODEL, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)
+            time.sleep(pause_s)
+        return served
     return node.host.call(ask)
 
 
 def test_a_node_serves_a_model_itself_while_it_is_not_busier_than_the_others(mesh):
-    assert served_by(mesh["a"], 5) == ["a"] * 5
+    # Paused between requests for longer than two health checks, so A's backend is seen idle
+    # again (back to back, it is busy all the time, and then B, idle, is rightly preferred).
+    assert served_by(mesh["a"], 5, pause_s=1.2) == ["a"] * 5
 
 
 def test_a_provider_kept_busy_gets_few_new_requests(mesh):
