@@ -25,16 +25,19 @@ def remote_offers(catalog: Iterable[Provider]) -> list[tuple[Peer, Offer]]:
     return found
 
 
-def model_routes(local: list[Offer], remote: list[tuple[Peer, Offer]], own_listener: Peer | None
-                 ) -> tuple[ModelRoute, ...]:
+def model_routes(local: list[Offer], remote: list[tuple[Peer, Offer]], own_listener: Peer | None,
+                 down: list[Offer] = ()) -> tuple[ModelRoute, ...]:
     """One route per model id, sorted. `remote`: [] without TLS (no forwarding).
     `own_listener`: this node's peer listener, None before Envoy bound it (until then a
-    model served here is served only here)."""
-    ids = sorted({o.model.id for o in local} | {o.model.id for _, o in remote})
+    model served here is served only here). `down`: the models of local backends failing
+    their checks: a model only they serve keeps its route here, so a request gets 503 and
+    Retry-After (its provider is down), not 404 (no such model)."""
+    ids = sorted({o.model.id for o in [*local, *down]} | {o.model.id for _, o in remote})
     routes = []
     for model_id in ids:
-        here = next((o for o in local if o.model.id == model_id), None)
         there = [(p, o) for p, o in remote if o.model.id == model_id]
+        here = next((o for o in local if o.model.id == model_id), None) or (
+            None if there else next(o for o in down if o.model.id == model_id))
         providers = [ModelProvider(p, o.service, o.load_percent) for p, o in there]
         if providers and here is not None:
             if own_listener is None:

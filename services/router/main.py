@@ -91,10 +91,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
             models=self.model_routes(now), aliases=cfg.aliases)
 
-    def local_offers(self) -> list[Offer]:
-        """The models this node serves now: those of its healthy backends, with their load."""
+    def local_offers(self, healthy: bool = True) -> list[Offer]:
+        """The models of this node's healthy backends (of its failing ones: healthy=False),
+        with their load."""
         return [Offer(model, self.cfg.worker_id, s.name, self.backends[s.name].load_percent)
-                for s in self.cfg.services if self.health[s.name].healthy for model in self.backends[s.name].models]
+                for s in self.cfg.services if self.health[s.name].healthy == healthy
+                for model in self.backends[s.name].models]
 
     def catalog_entries(self) -> list[dht_pb2.Model]:
         return [dht_pb2.Model(id=o.model.id, kind=o.model.kind, context_length=o.model.context_length,
@@ -104,7 +106,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         remote = catalog.remote_offers(p for p in self.catalog if p.expires_at > now) if self.tls else []
         host = self.cfg.gateway_host if self.cfg.gateway_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         own = Peer(self.cfg.worker_id, host, self.bound_peer_port) if self.tls and self.bound_peer_port else None
-        return catalog.model_routes(self.local_offers(), remote, own)
+        return catalog.model_routes(self.local_offers(), remote, own, down=self.local_offers(healthy=False))
 
     def on_offer(self, service: str) -> None:
         """A local backend's models or load changed: new weights here, a new catalog record."""

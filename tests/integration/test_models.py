@@ -271,3 +271,18 @@ def test_a_model_named_last_in_a_large_body_is_routed_too(node):
     reply = node.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
     assert reply.status == 200, reply.body[:300]
     assert reply.json()["model"] == EMBEDDER and len(reply.json()["data"]) == 2000
+
+
+def test_a_model_whose_every_provider_is_down_is_503_with_retry_after(node):
+    node.supervisorctl("stop", "svc-llm-inference")
+    try:
+        wait_for(lambda: node.get("/health").json()["backends"]["llm-inference"] == "unhealthy", 30,
+                 "the router to see the LLM down")
+        body = json.dumps({"model": LLM, "messages": [{"role": "user", "content": "Hi"}]}).encode()
+        reply = node.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        assert reply.status == 503 and reply.headers["Retry-After"], reply.body
+        error = reply.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["code"] == "backend_unavailable"
+    finally:
+        node.supervisorctl("start", "svc-llm-inference")
+        node.wait_healthy(timeout=120)

@@ -46,3 +46,14 @@ def test_a_model_only_peers_serve_is_routed_to_them():
     assert routes.keys() == {"smol", "minilm"} and routes["smol"].local_service is None
     assert [p.peer.worker_id for p in routes["smol"].providers] == ["b", "c"]
     assert [p.service for p in routes["smol"].providers] == ["llm", "vllm"]
+
+
+def test_a_model_only_a_failing_local_backend_serves_keeps_its_route_here():
+    [route] = catalog.model_routes([], [], ME, down=[Offer(SMOL, "me", "llm", 0)])
+    assert route.local_service == "llm" and route.providers == ()  # Envoy answers 503, not 404
+
+
+def test_a_model_a_peer_serves_while_the_local_backend_fails_goes_to_the_peer():
+    remote = catalog.remote_offers([record("b", "https://10.0.0.2:8443", (SMOL, "llm", 30))])
+    [route] = catalog.model_routes([], remote, ME, down=[Offer(SMOL, "me", "llm", 0)])
+    assert route.local_service is None and [p.peer.worker_id for p in route.providers] == ["b"]
