@@ -1,7 +1,7 @@
-"""The api's HTTP endpoints, served behind Envoy: /health, /stats, /metrics, /mesh/*, and
-the /service/{type} requests Envoy hands to Python (the envelope, and names it has no
-route for yet). Handlers translate HTTP to the domain and back; the sums and rules they
-apply live in pure functions here and in routing.py.
+"""The api's HTTP endpoints, served behind Envoy: the status page (/ and /static/*), /health,
+/stats, /metrics, /mesh/*, and the /service/{type} requests Envoy hands to Python (the
+envelope, and names it has no route for yet). Handlers translate HTTP to the domain and
+back; the sums and rules they apply live in pure functions here and in routing.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from services.api import metrics, openai, peers
+from services.api import metrics, openai, peers, status_page
 from services.api.envelope import envelope
 from services.api.errors import ApiError, unavailable
 from services.api.node import ApiNode
@@ -163,6 +163,8 @@ def create_app(cfg: Config, started_at: float,
             await app.state.node.close()
 
     return Starlette(exception_handlers={HTTPException: http_error}, routes=[
+        Route("/", status_page.page),
+        Route("/static/{name}", status_page.static),
         Route("/health", health),
         Route("/stats", stats),
         Route("/metrics", metrics_endpoint),
