@@ -24,7 +24,8 @@ REQUEST_HEADERS_TIMEOUT, IDLE_TIMEOUT = "10s", "300s"
 FAILURES = (
     (("UT",), 504, "backend_timeout", "%ROUTE_NAME% did not answer within its timeout"),
     (("UH", "UF", "URX", "UC", "UPE", "NC"), 503, "backend_unavailable",
-     "no provider of %ROUTE_NAME% could serve the request (%RESPONSE_CODE_DETAILS%)"),
+     # Envoy's flags (e.g. UF,URX), not its details: those name upstream addresses and socket paths.
+     "no provider of %ROUTE_NAME% could serve the request (%RESPONSE_FLAGS%)"),
     (("UO", "OM"), 503, "overloaded", "%ROUTE_NAME% is at its limit of requests in flight"),
 )
 

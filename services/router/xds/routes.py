@@ -31,6 +31,7 @@ REMOTE_TIMEOUT_S = 300.0
 SAFE_RETRIES = "connect-failure,reset-before-request,retriable-headers"
 UNSERVED = "x-mesh-unserved"
 BUFFER_FILTER = "envoy.filters.http.buffer"
+API_ROUTE = "the node's api"
 IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
 
 
@@ -122,7 +123,8 @@ def envelope_only_post(name: str) -> dict[str, Any]:
 
 
 def to_api(match: dict[str, Any], route_kind: str = "local") -> dict[str, Any]:
-    return {"match": match, "route": {"cluster": clusters.API, "timeout": "0s"},
+    # Named, as every route is: Envoy's own error messages name the route (listeners.py).
+    return {"name": API_ROUTE, "match": match, "route": {"cluster": clusters.API, "timeout": "0s"},
             "response_headers_to_add": [header(ROUTE, route_kind)]}
 
 
@@ -135,7 +137,7 @@ def service_routes(view: MeshView, name: str, envelope: dict[str, Any], below_ro
                    ) -> list[dict[str, Any]]:
     """One service's routes, each named after it (Envoy's error messages name the route)."""
     found = [envelope, envelope_only_post(name), *held_if_chunked(below_route, view)]
-    return [{"name": name, **route} for route in found]
+    return [{**route, "name": name} for route in found]
 
 
 def local_routes(view: MeshView, svc: LocalService) -> list[dict[str, Any]]:
@@ -206,7 +208,7 @@ def peer_routes(view: MeshView, openai: list[dict[str, Any]]) -> RouteConfigurat
     for svc in view.local:
         service_header = {"name": SERVICE, "string_match": {"exact": svc.name}}
         envelope = named(post(exact(svc.name)), ENVELOPE)
-        routes += [{"name": svc.name, **route} for route in [
+        routes += [{**route, "name": svc.name} for route in [
             to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"),
             *held_if_chunked({"match": {"prefix": "/", "headers": [service_header]}, **forward(
                 clusters.local_name(svc.name), svc.config.timeout_s, svc.config.idempotent, False,

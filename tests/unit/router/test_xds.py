@@ -222,3 +222,13 @@ def test_peers_are_checked_by_connecting_so_a_dead_one_stays_out(tmp_path):
     remote = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "remote:ocr"))
     assert remote["health_checks"][0]["tcp_health_check"] == {}
     assert remote["outlier_detection"]["consecutive_local_origin_failure"] == 2
+
+
+def test_envoys_own_503_names_the_route_but_no_upstream_address(tmp_path):
+    # The details of a failed connection name the upstream's address or socket path.
+    manager = http_manager(view(tmp_path), "client")
+    unavailable = [m for m in manager["local_reply_config"]["mappers"]
+                   if m["body_format_override"]["json_format"]["error"]["code"] == "backend_unavailable"]
+    assert unavailable and all("%RESPONSE_CODE_DETAILS%" not in json.dumps(m) for m in unavailable)
+    # every route that can fail upstream is named: "%ROUTE_NAME%" is never "-"
+    assert all(r.get("name") for r in client_routes(view(tmp_path)) if "route" in r)
