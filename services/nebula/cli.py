@@ -130,6 +130,22 @@ def token(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def short(fingerprint: str) -> str:
+    return fingerprint[:8] + "…" if len(fingerprint) > 8 else fingerprint
+
+
+def join_steps(opts: bootstrap.JoinOptions) -> tuple[str, str]:
+    """What `join` is about to do, printed before each step: the enrollment's round trips and
+    the wait for the overlay take seconds, and a failure then reads against its step."""
+    role = " (lighthouse)" if opts.lighthouse else ""
+    enroll = (f"[1/2] Enrolling as {opts.name}{role} through {', '.join(opts.addresses)}: checking its TLS "
+              f"certificate ({short(opts.tls_sha256)}) and the mesh CA ({short(opts.ca_fingerprint)}) before "
+              "the token is sent, making this node's key pair here (the private key stays), asking for "
+              "a certificate")
+    overlay = f"[2/2] Starting the overlay on this machine's node (nebula-agent; up to {RPC_TIMEOUT_S:.0f} s)"
+    return enroll, overlay
+
+
 def join(cfg: Config, args: argparse.Namespace) -> int:
     if args.lighthouse and not args.advertise:
         raise ValueError("--lighthouse needs --advertise HOST (the underlay address nodes reach it on)")
@@ -137,10 +153,17 @@ def join(cfg: Config, args: argparse.Namespace) -> int:
         addresses=tuple(_split(args.address)), token=args.token, ca_fingerprint=args.ca_fingerprint,
         tls_sha256=args.tls_fingerprint, name=args.name or cfg.worker_id, lighthouse=args.lighthouse,
         advertise=tuple(f"{h}:{cfg.nebula_port}" for h in _split(args.advertise)))
+    enroll, overlay = join_steps(opts)
+    print(enroll, flush=True)
+    started = time.monotonic()
     member = bootstrap.join_mesh(cfg.state_dir, opts)
     role = "lighthouse" if member.lighthouse else "member"
+    print(f"      enrolled in {time.monotonic() - started:.1f} s; state in {NebulaPaths.of(cfg.state_dir).root}")
     print(f"Joined mesh {member.network} as {member.name} ({role}), overlay address {member.overlay_ip}.")
-    print(_overlay_line(cfg, wait=True))
+    print(overlay, flush=True)
+    started = time.monotonic()
+    line = _overlay_line(cfg, wait=True)
+    print(line + (f" ({time.monotonic() - started:.1f} s)" if line.startswith("Overlay up") else ""))
     return 0
 
 
