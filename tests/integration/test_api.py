@@ -195,8 +195,9 @@ def test_invalid_json_is_400(node):
                                   "/service/echo/a%00b", "/service/ECHO"])
 def test_hostile_service_paths_never_reach_a_backend(node, path):
     reply = node.request("POST", path, b"{}", {"Content-Type": "application/json"})
-    assert reply.status in (400, 404), (path, reply.status)
-    assert "error" in reply.json()
+    # 405: a path that normalizes to "/" (the status page takes only GET)
+    assert reply.status in (400, 404, 405), (path, reply.status)
+    assert "error" in reply.json() and "echo" not in reply.body.decode().replace("/service/echo", "")
 
 
 def test_body_over_the_limit_is_413_before_it_is_sent(node):
