@@ -1,10 +1,13 @@
 """A test double of a user's OpenAI-compatible model server, for mesh tests and the bench:
-`python openai_double.py PORT MODEL NAME [DELAY_S]`.
+`python openai_double.py PORT MODEL NAME [DELAY_S [CAPACITY]]`.
 
-It serves one model, one request at a time, as a GPU server does: each chat completion
-holds the model for DELAY_S (default 0.05) and answers which server (NAME) served it. Its
-/health reports `inflight` and `capacity` as the built-in backends do, so the router
-announces its load. A real model would make the load tests slow and noisy on 2 cores.
+It serves one model, CAPACITY requests at a time (default 1, as a GPU server does), on
+127.0.0.1:PORT: each chat completion holds one of its slots for DELAY_S (default 0.05) and
+answers which server (NAME) served it; requests beyond its capacity wait for a slot. Its
+/health reports `inflight` (those served and those waiting) and `capacity` as the built-in
+backends do, so the router announces its load. A real model would make the load tests slow
+and noisy on 2 cores. A script with no imports from this repository: a node's supervisord
+runs it (tests/mesh, bench/scenarios/openai.py).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Double(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    model, name, delay_s = "double", "double", 0.05
-    model_lock = threading.Lock()  # one generation at a time
+    # One write for headers and body would do too; without this, a reply whose body goes out
+    # after its headers waits for the client's delayed ACK (Nagle): 40 ms on some requests.
+    disable_nagle_algorithm = True
+    model, name, delay_s, capacity = "double", "double", 0.05, 1
+    slots = threading.Semaphore(1)  # generations at a time: `capacity`
     count_lock = threading.Lock()
     inflight = 0
 
@@ -36,7 +42,8 @@ class Double(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/health":
-            self.answer({"status": "ok", "model": self.model, "inflight": Double.inflight, "capacity": 1})
+            self.answer({"status": "ok", "model": self.model, "inflight": Double.inflight,
+                         "capacity": self.capacity})
         elif self.path == "/v1/models":
             self.answer({"object": "list", "data": [{"id": self.model, "object": "model", "kind": "chat"}]})
         else:
@@ -51,7 +58,7 @@ class Double(BaseHTTPRequestHandler):
         with Double.count_lock:
             Double.inflight += 1
         try:
-            with Double.model_lock:
+            with Double.slots:
                 time.sleep(self.delay_s)
         finally:
             with Double.count_lock:
@@ -66,4 +73,6 @@ class Double(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     Double.model, Double.name = sys.argv[2], sys.argv[3]
     Double.delay_s = float(sys.argv[4]) if len(sys.argv) > 4 else Double.delay_s
+    Double.capacity = int(sys.argv[5]) if len(sys.argv) > 5 else Double.capacity
+    Double.slots = threading.Semaphore(Double.capacity)
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Double).serve_forever()
