@@ -42,6 +42,9 @@ class Settings:
     ocr_lines: int          # models: lines of text on the page OCR reads (one page per route and run)
     llm_streams: int        # models: streamed completions per route and run (their median counts)
     llm_max_tokens: int     # models: tokens each streamed completion asks for
+    llm_first_tokens: int   # models: one-token streams per route and run, for the time to first token
+    model_requests: int     # openai: sequential chat requests per share measured (idle, one provider busy)
+    model_joins: int        # openai: provider nodes started one after another with a new model each
 
 
 SETTINGS = {
@@ -49,18 +52,21 @@ SETTINGS = {
                      wrk_seconds=5, upload_mib=10, footprint_runs=3, cold_lookups=20, swarm_sizes=(50, 200),
                      swarm_lookups=300, failover_runs=3, failover_settle_s=2, failover_after_s=5,
                      failover_recovery_s=30,
-                     embed_requests=30, embed_batches=8, ocr_lines=20, llm_streams=3, llm_max_tokens=32),
+                     embed_requests=30, embed_batches=8, ocr_lines=20, llm_streams=3, llm_max_tokens=32, llm_first_tokens=30,
+                     model_requests=60, model_joins=3),
     "quick": Settings("quick", runs=2, latency_requests=300, latency_warmup=50, latency_budget_s=3,
                       wrk_seconds=2, upload_mib=10, footprint_runs=1, cold_lookups=8, swarm_sizes=(50,),
                       swarm_lookups=100, failover_runs=1, failover_settle_s=1.5, failover_after_s=3,
                       failover_recovery_s=20,
-                      embed_requests=10, embed_batches=2, ocr_lines=20, llm_streams=3, llm_max_tokens=12),
+                      embed_requests=10, embed_batches=2, ocr_lines=20, llm_streams=3, llm_max_tokens=12, llm_first_tokens=15,
+                      model_requests=30, model_joins=2),
     # Only proves the harness works end to end (the test runs it): its figures mean nothing.
     "smoke": Settings("smoke", runs=1, latency_requests=20, latency_warmup=5, latency_budget_s=1,
                       wrk_seconds=1, upload_mib=1, footprint_runs=1, cold_lookups=2, swarm_sizes=(12,),
                       swarm_lookups=20, failover_runs=1, failover_settle_s=0.5, failover_after_s=1.5,
                       failover_recovery_s=4,
-                      embed_requests=2, embed_batches=1, ocr_lines=3, llm_streams=1, llm_max_tokens=4),
+                      embed_requests=2, embed_batches=1, ocr_lines=3, llm_streams=1, llm_max_tokens=4, llm_first_tokens=1,
+                      model_requests=6, model_joins=1),
 }
 
 

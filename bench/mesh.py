@@ -33,7 +33,7 @@ ServicesFor = Callable[[Path], list[Hosted]]
 
 class Mesh:
     def __init__(self, providers: dict[str, ServicesFor], forwarder: str = "b",
-                 ready_deadline_s: float = READY_DEADLINE_S):
+                 ready_deadline_s: float = READY_DEADLINE_S, env: dict[str, str] | None = None):
         self.secret = secrets.token_urlsafe(24)  # ≥ 16 characters, shared by every node of this mesh
         self.forwarder_name = forwarder
         self.plans = providers
@@ -41,11 +41,13 @@ class Mesh:
         self.forwarder: Node | None = None
         self.providers: dict[str, Node] = {}
         self.restarted_dht: list[str] = []  # providers whose first record named another URL
+        self.settings = env or {}  # MESHWORKER_* settings every node of this mesh gets
+        self.seed = ""  # the forwarder's DHT address, once it has bound it
         self._stack = contextlib.ExitStack()
 
     def env(self, name: str, seed: str = "") -> dict[str, str]:
         env = {"MESHWORKER_MESH_SECRET": self.secret, "MESHWORKER_WORKER_ID": self.worker_id(name),
-               "MESHWORKER_GATEWAY_HOST": "127.0.0.1", "MESHWORKER_DHT_HOST": "127.0.0.1"}
+               "MESHWORKER_GATEWAY_HOST": "127.0.0.1", "MESHWORKER_DHT_HOST": "127.0.0.1", **self.settings}
         return env | ({"MESHWORKER_DHT_SEEDS": seed} if seed else {})
 
     def __enter__(self) -> Self:
@@ -54,11 +56,9 @@ class Mesh:
             self._stack.push(self.forwarder.__exit__)
             self.forwarder.launch()
             # The providers need only the forwarder's DHT port, not its gateway: start them now.
-            seed = f"127.0.0.1:{procs.wait_until(self.forwarder_dht_port, READY_DEADLINE_S, 'forwarder DHT')}"
+            self.seed = f"127.0.0.1:{procs.wait_until(self.forwarder_dht_port, READY_DEADLINE_S, 'forwarder DHT')}"
             for name, services_for in self.plans.items():  # started together, then waited for
-                state_dir = procs.make_tmpdir()
-                node = Node(services=services_for(state_dir), env=self.env(name, seed), state_dir=state_dir,
-                            ready_deadline_s=self.ready_deadline_s)
+                node = self.provider(name, services_for)
                 self._stack.push(node.__exit__)
                 node.launch()
                 self.providers[name] = node
@@ -66,6 +66,13 @@ class Mesh:
                 node.wait_ready()
             self.wait_for_records()
         return self
+
+    def provider(self, name: str, services_for: ServicesFor) -> Node:
+        """A provider node of this mesh, not started yet. One made after the mesh is up (a node
+        joining later) is the caller's to stop: `with mesh.provider(...) as node:`."""
+        state_dir = procs.make_tmpdir()
+        return Node(services=services_for(state_dir), env=self.env(name, self.seed), state_dir=state_dir,
+                    ready_deadline_s=self.ready_deadline_s)
 
     def wait_for_records(self) -> None:
         """Until the forwarder's dht holds every provider's record with its peer listener's URL.
@@ -118,7 +125,8 @@ class Mesh:
             wrong |= {w for w in workers if found[w] != urls[w]}
         return {name: self.worker_id(name) not in wrong for name in self.providers}
 
-    def worker_id(self, name: str) -> str:
+    @staticmethod
+    def worker_id(name: str) -> str:
         return f"bench-{name}"
 
     def __exit__(self, *exc) -> None:

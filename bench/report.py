@@ -24,10 +24,13 @@ time from random nodes that do not provide the service; "found" means every prov
 failed requests are those ending after the kill; failures and requests are totals over rounds.
 models: "direct" calls the built-in backend on its own unix socket; "gateway share" is
 (gateway - direct) / gateway of one request's time. Embeddings texts/s is the batch over the
-median request; LLM tokens/s counts the tokens after the first over the time from the first
-streamed text to the last (temperature 0, the same prompt on every route); the LLM also goes
-through a forwarded route (client -> B -> A's gateway -> A's backend), whose added time to
-first token is forwarded's less direct's within a run.
+median request; "mesh API" is the gateway's /v1, routed by the body's model. LLM tokens/s
+counts the tokens after the first over the time from the first streamed text to the last
+(temperature 0, the same body on every route); the LLM streams through /v1 on the serving
+node and on a forwarding one (client -> B -> A's peer listener -> A's backend); their added
+time to first token is theirs less direct's within a run. openai: two providers A and C of a
+test double model, B forwarding; the share is of B's sequential /v1 requests that C served;
+a new model's time is from its node's gateway healthy until every node's /v1/models lists it.
 """
 
 

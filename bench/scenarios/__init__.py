@@ -3,7 +3,16 @@ run(ctx) -> ScenarioResult; add a module here to add a scenario."""
 
 from __future__ import annotations
 
-from bench.scenarios import discovery, failover, footprint, forwarded_route, large_body, local_route, models
+from bench.scenarios import (
+    discovery,
+    failover,
+    footprint,
+    forwarded_route,
+    large_body,
+    local_route,
+    models,
+    openai,
+)
 
 SCENARIOS = {module.NAME: module for module in (local_route, forwarded_route, large_body, discovery, failover,
-                                                 footprint, models)}
+                                                 footprint, models, openai)}

@@ -1,29 +1,40 @@
 """Scenario 7, model services: the three built-ins (rag-embeddings, vision-ocr, llm-inference)
 called directly on their backends' unix sockets and through the gateway of node A, which runs
 them as its own supervised programs; the LLM also through a forwarded route: node B hosts
-nothing and forwards to A (client -> B's gateway -> A's gateway -> A's backend), both on
-loopback in one mesh.
+nothing and forwards to A (client -> B's gateway -> A's peer listener -> A's backend), both
+on loopback in one mesh. The model ids the mesh API needs come from A's `GET /v1/models`, by
+kind (chat: the LLM's, embedding: the embeddings model's).
 
 - Embeddings: texts per second in requests of 1 and of 32 texts (batch size over the median
-  request's time), on two paths: the seed's envelope (`POST /service/rag-embeddings`, which
+  request's time), on three paths: the seed's envelope (`POST /service/rag-embeddings`, which
   Envoy hands to the api process, which calls the backend and wraps its answer; directly
-  `POST /`) and the transparent path (`POST /service/rag-embeddings/v1/embeddings`, the
-  backend's own OpenAI API carried by Envoy alone; directly `POST /v1/embeddings`). The
-  gateway's share of a batch-1 request is judged on both (issue #9: ≤ 3 %).
+  `POST /`), the transparent path (`POST /service/rag-embeddings/v1/embeddings`, the
+  backend's own OpenAI API carried by Envoy alone; directly `POST /v1/embeddings`) and the
+  mesh's OpenAI API (`POST /v1/embeddings` with `"model"`, which Envoy routes by the body's
+  model; directly the backend's `POST /v1/embeddings`, the same body). The gateway's share of
+  a batch-1 request is judged on each (issue #9: ≤ 3 %); batch 32 through the mesh's API
+  against direct: texts/s ≥ 0.97 of direct's (issue #10).
 - OCR: seconds for one rendered A4 page of text (`POST /service/vision-ocr`; directly `POST /`).
-- LLM: a streamed chat completion (`/v1/chat/completions`, `"stream": true`) of a fixed
-  prompt at temperature 0: time to the first chunk with text, and decode speed, i.e. the
-  tokens after the first (the usage chunk's count) over the time from the first text chunk to
-  the last; a route's figures are the median of its streams in the run. Three routes: direct,
-  gateway and forwarded; what forwarding adds is forwarded's time to first token less direct's.
+- LLM: a streamed chat completion (`"stream": true`, `"model"` in the body) of a fixed prompt
+  at temperature 0: time to the first chunk with text, and decode speed, i.e. the tokens after
+  the first (the usage chunk's count) over the time from the first text chunk to the last; a
+  route's figures are the median of its streams in the run. Three routes, the same body on
+  each: direct (the backend's own `/v1/chat/completions`), gateway (A's `/v1/chat/completions`,
+  the mesh's API on the serving node) and forwarded (B's `/v1/chat/completions`). What each
+  adds is its time to first token less direct's (issue #10: ≤ 1 ms on the serving node, ≤ 3 ms
+  forwarded); decode speed through the gateway ≥ 0.98 of direct's. A first token takes ~90 ms
+  here and varies by a few ms from one stream to the next, more than the 1 ms judged: one-token
+  streams of the same prompt (llm_first_tokens per route and run) add to the time-to-first-
+  token samples. The replies' x-mesh-route and x-mesh-worker headers are kept with each stream.
 
 Each run measures every workload on each of its routes back to back, the order rotating from
 one sample to the next; ratios (gateway or forwarded over direct) and differences are taken
 within a run, then the median over runs. "Gateway share" is the part of a request's time
-through the gateway that direct calls do not spend: (gateway - direct) / gateway. B's first
-stream, in the warm-up, resolves the route through the DHT; the measured ones come from its
-route cache. The mesh is this scenario's own (loading the models takes ~20 s and ~1 GiB) and
-is stopped when the scenario ends.
+through the gateway that direct calls do not spend: (gateway - direct) / gateway. The
+measuring starts once B's `/v1/models` lists A's models (B's router has read them from the
+mesh's catalog and routes them), after one unmeasured call of each kind on each route. The
+mesh is this scenario's own (loading the models takes ~20 s and ~1 GiB) and is stopped when
+the scenario ends.
 """
 
 from __future__ import annotations
@@ -56,14 +67,19 @@ MODELS_READY_DEADLINE_S = 180
 REQUEST_TIMEOUT_S = 120
 # A full run takes ~12 s here (2 CPUs); runs stop starting after this much a run on average.
 RUN_BUDGET_S = 30
+CATALOG_DEADLINE_S = 60  # for a node's /v1/models to list the models (B reads the catalog every 5 s)
 NPROC = len(os.sched_getaffinity(0))
 NOISY_OTHERS_CPUS = 0.25  # others busy on more than this many CPUs on average: say the run is noisy
 BIG_BATCH = 32
 RATIO_TARGET = 1.05        # time through the gateway over direct: OCR page, first token
-SPEED_SHARE_TARGET = 0.95  # rate through the gateway over direct: tokens/s, batch-32 texts/s
+SPEED_SHARE_TARGET = 0.95  # rate through the gateway over direct: batch-32 texts/s, seed paths
+V1_BATCH_TARGET = 0.97     # issue #10: batch-32 texts/s through the mesh's /v1/embeddings over direct
+LLM_SPEED_TARGET = 0.98    # issue #10: streamed tokens/s through the mesh's /v1 over direct
 SHARE_TARGET_PCT = 5.0     # the gateway's share of a request's time: "negligible"
 SMALL_SHARE_TARGET_PCT = 3.0  # issue #9: its share of a batch-1 embeddings request, either path
-FORWARDED_ADDED_MS = 5.0   # forwarded time to first token less direct: "no more than a few milliseconds"
+GATEWAY_ADDED_MS = 1.0     # issue #10: time to first token through /v1 on the serving node less direct
+FORWARDED_ADDED_MS = 3.0   # issue #10: the same, forwarded from another node
+EMBEDDING_PATHS = ("seed", "openai", "v1")  # envelope, transparent, the mesh's OpenAI API
 PROMPT = "Explain in two sentences what a service mesh does."
 PAGE_TEXT = "the quick brown fox jumps over a lazy dog while meshworker routes every request to a model"
 
@@ -95,8 +111,8 @@ def texts(batch: int, request: int) -> list[str]:
             for i in range(batch)]
 
 
-def chat_request(max_tokens: int) -> dict:
-    return {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
+def chat_request(model: str, max_tokens: int) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
 
@@ -111,11 +127,12 @@ class Endpoint:
 
 class Routes:
     """HTTP sessions to each backend's unix socket on A (direct) and to the gateways: A's own
-    (gateway) and B's, which forwards to A (forwarded)."""
+    (gateway) and B's, which forwards to A (forwarded); the model ids the mesh lists."""
 
-    def __init__(self, mesh: Mesh):
+    def __init__(self, mesh: Mesh, model_ids: dict[str, str]):
         self.node = mesh.providers["a"]
         self.gateways = {"gateway": self.node.url, "forwarded": mesh.forwarder.url}
+        self.models = model_ids  # service -> the id of the model it serves
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
     async def __aenter__(self) -> Self:
@@ -143,6 +160,22 @@ class Routes:
             return Endpoint(self.sessions[service], f"http://localhost{path}", False)
         return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}{path}", False)
 
+    def mesh_api(self, route: str, service: str, path: str) -> Endpoint:
+        """The mesh's OpenAI API at `path` (routed by the body's model); directly, the backend's."""
+        if route == "direct":
+            return Endpoint(self.sessions[service], f"http://localhost{path}", False)
+        return Endpoint(self.sessions["http"], f"{self.gateways[route]}{path}", False)
+
+    def embeddings(self, api: str, route: str) -> Endpoint:
+        if api == "seed":
+            return self.seed_api(route, EMBEDDINGS)
+        if api == "openai":
+            return self.api(route, EMBEDDINGS, "/v1/embeddings")
+        return self.mesh_api(route, EMBEDDINGS, "/v1/embeddings")
+
+    def chat(self, route: str) -> Endpoint:
+        return self.mesh_api(route, LLM, "/v1/chat/completions")
+
 
 async def post_json(endpoint: Endpoint, payload: dict) -> dict:
     async with endpoint.session.post(endpoint.url, json=payload) as reply:
@@ -155,9 +188,10 @@ async def post_json(endpoint: Endpoint, payload: dict) -> dict:
 
 # --- one measurement each ------------------------------------------------------------------
 
-async def embed_seconds(endpoint: Endpoint, openai: bool, batch: int, request: int) -> float:
-    """Seconds for one embeddings request of `batch` texts."""
+async def embed_seconds(endpoint: Endpoint, openai: bool, batch: int, request: int, model: str = "") -> float:
+    """Seconds for one embeddings request of `batch` texts (OpenAI's body naming `model`, if given)."""
     payload = {"input": texts(batch, request)} if openai else {"texts": texts(batch, request)}
+    payload |= {"model": model} if model else {}
     start = time.perf_counter()
     answer = await post_json(endpoint, payload)
     elapsed = time.perf_counter() - start
@@ -180,14 +214,15 @@ async def ocr_seconds(endpoint: Endpoint, png: bytes, lines: list[str]) -> tuple
     return elapsed, exact
 
 
-async def llm_stream(endpoint: Endpoint, max_tokens: int) -> dict:
+async def llm_stream(endpoint: Endpoint, model: str, max_tokens: int) -> dict:
     """One streamed chat completion, timed as its server-sent events arrive."""
     chunks: list[float] = []
     text, tokens, done = [], 0, False
     start = time.perf_counter()
-    async with endpoint.session.post(endpoint.url, json=chat_request(max_tokens)) as reply:
+    async with endpoint.session.post(endpoint.url, json=chat_request(model, max_tokens)) as reply:
         if reply.status != 200:
             raise RuntimeError(f"POST {endpoint.url}: status {reply.status}: {(await reply.read())[:300]!r}")
+        mesh = {"route": reply.headers.get("x-mesh-route", ""), "worker": reply.headers.get("x-mesh-worker", "")}
         async for line in reply.content:
             if not line.startswith(b"data: "):
                 continue
@@ -210,7 +245,7 @@ async def llm_stream(endpoint: Endpoint, max_tokens: int) -> dict:
     decode_s = chunks[-1] - chunks[0]
     return {"ttft_s": chunks[0] - start, "total_s": end - start, "chunks": len(chunks), "tokens": tokens,
             "tokens_per_s": (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else None,
-            "text": "".join(text)}
+            "text": "".join(text), "mesh_route": mesh["route"], "mesh_worker": mesh["worker"]}
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -231,15 +266,15 @@ async def measure_embeddings(routes: Routes, settings: Settings, index: int) -> 
     """Requests one at a time, the routes taking turns; a route's figure is its median request,
     so one request slowed by a neighbour does not move it."""
     result = {}
-    workloads = [(api, batch, requests) for api in ("seed", "openai")
+    workloads = [(api, batch, requests) for api in EMBEDDING_PATHS
                  for batch, requests in ((1, settings.embed_requests), (BIG_BATCH, settings.embed_batches))]
     for k, (api, batch, requests) in enumerate(workloads):
         seconds: dict[str, list[float]] = {route: [] for route in ROUTES}
+        model = routes.models[EMBEDDINGS] if api == "v1" else ""
         for i in range(requests):
             for route in order(index, k, i):
-                endpoint = routes.seed_api(route, EMBEDDINGS) if api == "seed" else \
-                    routes.api(route, EMBEDDINGS, "/v1/embeddings")
-                seconds[route].append(await embed_seconds(endpoint, api == "openai", batch, i))
+                endpoint = routes.embeddings(api, route)
+                seconds[route].append(await embed_seconds(endpoint, api != "seed", batch, i, model))
         median_s = {route: stats.median(values) for route, values in seconds.items()}
         result[f"{api}_batch{batch}"] = {
             "requests": requests,
@@ -262,23 +297,29 @@ async def measure_ocr(routes: Routes, png: bytes, lines: list[str], index: int) 
 
 
 async def measure_llm(routes: Routes, settings: Settings, index: int) -> dict:
+    """The full streams, then the one-token ones: every stream counts for the time to first
+    token, the full ones alone for the rest."""
     streams: dict[str, list[dict]] = {route: [] for route in LLM_ROUTES}
+    first_tokens: dict[str, list[dict]] = {route: [] for route in LLM_ROUTES}
     for k in range(settings.llm_streams):
         for route in order(index, k, routes=LLM_ROUTES):
-            endpoint = routes.api(route, LLM, "/v1/chat/completions")
-            streams[route].append(await llm_stream(endpoint, settings.llm_max_tokens))
+            streams[route].append(await llm_stream(routes.chat(route), routes.models[LLM], settings.llm_max_tokens))
+    for k in range(settings.llm_first_tokens):
+        for route in order(index, k, routes=LLM_ROUTES):
+            first_tokens[route].append(await llm_stream(routes.chat(route), routes.models[LLM], 1))
 
-    def med(route: str, key: str) -> float | None:
-        values = [s[key] for s in streams[route] if s[key] is not None]
+    def med(samples: list[dict], key: str) -> float | None:
+        values = [s[key] for s in samples if s[key] is not None]
         return stats.median(values) if values else None
 
-    result = {route: {key: med(route, key) for key in ("ttft_s", "tokens_per_s", "total_s", "tokens")}
-              for route in LLM_ROUTES}
+    result = {route: {key: med(streams[route], key) for key in ("tokens_per_s", "total_s", "tokens")}
+              | {"ttft_s": med(streams[route] + first_tokens[route], "ttft_s")} for route in LLM_ROUTES}
     for route in LLM_ROUTES[1:]:
         result[route] |= versus_direct(result["direct"], result[route])
     # Greedy decoding: every route must have streamed the very same text.
     result["same_text"] = len({s["text"] for route in LLM_ROUTES for s in streams[route]}) == 1
     result["streams"] = streams
+    result["first_token_streams"] = first_tokens
     return result
 
 
@@ -312,10 +353,12 @@ def run_summary(run: dict) -> str:
         f"{emb['seed_batch1']['texts_per_s']['gateway']:.0f} gateway texts/s "
         f"({emb['seed_batch1']['added_ms']:+.2f} ms a request), batch {BIG_BATCH} "
         f"{emb[f'seed_batch{BIG_BATCH}']['texts_per_s']['direct']:.0f} / "
-        f"{emb[f'seed_batch{BIG_BATCH}']['texts_per_s']['gateway']:.0f}; OCR page "
+        f"{emb[f'seed_batch{BIG_BATCH}']['texts_per_s']['gateway']:.0f} (/v1: "
+        f"{emb[f'v1_batch{BIG_BATCH}']['texts_per_s']['direct']:.0f} / "
+        f"{emb[f'v1_batch{BIG_BATCH}']['texts_per_s']['gateway']:.0f}); OCR page "
         f"{ocr['seconds']['direct']:.2f} / {ocr['seconds']['gateway']:.2f} s; LLM first token "
-        + " / ".join(f"{1e3 * llm[route]['ttft_s']:.0f}" for route in LLM_ROUTES) + " ms (forwarded "
-        f"{llm['forwarded']['added_ttft_ms']:+.1f} ms), "
+        + " / ".join(f"{1e3 * llm[route]['ttft_s']:.0f}" for route in LLM_ROUTES) + " ms (gateway "
+        f"{llm['gateway']['added_ttft_ms']:+.1f} ms, forwarded {llm['forwarded']['added_ttft_ms']:+.1f} ms), "
         + " / ".join(f"{llm[route]['tokens_per_s'] or 0:.1f}" for route in LLM_ROUTES) + " tokens/s; "
         f"{run['seconds']:.1f} s" + (f"; other processes kept {others:.1f} of {NPROC} CPUs busy: noisy run"
                                     if others > NOISY_OTHERS_CPUS else ""))
@@ -324,23 +367,24 @@ def run_summary(run: dict) -> str:
 async def warm_up(routes: Routes) -> None:
     """One unmeasured call of each kind on each route: connections open, first-call costs paid
     (OCR runs a fresh tesseract per page, so a page is not worth its seconds here), and B's
-    route to A resolved through the DHT, so the measured forwarded streams come from its cache."""
+    connections to A's peer listener opened."""
     for route in ROUTES:
         await embed_seconds(routes.seed_api(route, EMBEDDINGS), False, 1, 0)
         await embed_seconds(routes.seed_api(route, EMBEDDINGS), False, BIG_BATCH, 0)
         await embed_seconds(routes.api(route, EMBEDDINGS, "/v1/embeddings"), True, 1, 0)
+        await embed_seconds(routes.embeddings("v1", route), True, 1, 0, routes.models[EMBEDDINGS])
     for route in LLM_ROUTES:
-        await llm_stream(routes.api(route, LLM, "/v1/chat/completions"), 2)
+        await llm_stream(routes.chat(route), routes.models[LLM], 2)
     async with routes.sessions[OCR].get("http://localhost/health") as reply:  # the gateway's is open
         await reply.read()
 
 
-async def measure(mesh: Mesh, ctx: Context, png: bytes, lines: list[str]) -> list[dict]:
+async def measure(mesh: Mesh, ctx: Context, png: bytes, lines: list[str], model_ids: dict[str, str]) -> list[dict]:
     """The runs, as many as the settings ask unless they outlast the budget (a machine busy with
     something else can make a model 40 times slower): then the runs done so far."""
     give_up_at = time.monotonic() + RUN_BUDGET_S * ctx.settings.runs
     runs: list[dict] = []
-    async with Routes(mesh) as routes:
+    async with Routes(mesh, model_ids) as routes:
         await warm_up(routes)
         for i in range(ctx.settings.runs):
             if runs and time.monotonic() > give_up_at:
@@ -361,6 +405,19 @@ def backends_described(node: Node) -> dict:
         return {"error": str(err)}
 
 
+def mesh_model_ids(node: Node) -> dict[str, str] | None:
+    """service -> model id, for the embeddings and LLM backends, from the node's GET /v1/models
+    by kind; None until it lists both."""
+    found = {}
+    for service, kind in ((EMBEDDINGS, "embedding"), (LLM, "chat")):
+        ids = [m["id"] for m in http_get_json(f"{node.url}/v1/models", timeout_s=10)["data"]
+               if m["kind"] == kind and not m.get("alias_of") and any(n["service"] == service for n in m["nodes"])]
+        if not ids:
+            return None
+        found[service] = ids[0]
+    return found
+
+
 def run(ctx: Context) -> ScenarioResult:
     lines = page_lines(ctx.settings.ocr_lines)
     png = page_png(lines)
@@ -371,9 +428,21 @@ def run(ctx: Context) -> ScenarioResult:
         healthy_after_s = mesh.providers["a"].healthy_after_s
         ctx.progress(f"{mesh_started(mesh)}; A healthy after {healthy_after_s:.1f} s")
         backends = backends_described(mesh.providers["a"])
-        runs = asyncio.run(measure(mesh, ctx, png, lines))
+        waited = time.monotonic()
+        model_ids = procs.wait_until(lambda: mesh_model_ids(mesh.providers["a"]), CATALOG_DEADLINE_S,
+                                     "A's /v1/models to list its chat and embedding models", interval_s=0.1)
+        listed_after_s = {"a": time.monotonic() - waited}
+        # B routes a model once A's catalog record in the DHT names it and B's router has read that
+        # record (every 5 s); until then B answers 404 model_not_found for it.
+        procs.wait_until(lambda: mesh_model_ids(mesh.forwarder) == model_ids, CATALOG_DEADLINE_S,
+                         "B's /v1/models to list A's models", interval_s=0.1)
+        listed_after_s["b"] = time.monotonic() - waited
+        ctx.progress(f"models in the mesh: {', '.join(model_ids.values())}; listed by A {listed_after_s['a']:.1f} s "
+                     f"and by B {listed_after_s['b']:.1f} s after A was healthy")
+        runs = asyncio.run(measure(mesh, ctx, png, lines, model_ids))
     ctx.progress("models mesh stopped")
-    raw = {"runs_done": len(runs), "prompt": PROMPT, "max_tokens": ctx.settings.llm_max_tokens,
+    raw = {"runs_done": len(runs), "prompt": PROMPT, "model_ids": model_ids,
+           "models_listed_after_s": listed_after_s, "max_tokens": ctx.settings.llm_max_tokens,
            "page_png_bytes": len(png), "page_lines": len(lines), "healthy_after_s": healthy_after_s,
            "backends": backends, "runs": runs}
     return ScenarioResult(summarize(runs, healthy_after_s), raw)
@@ -386,11 +455,13 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
 
     rows = []
     paths = (("seed", "envelope POST /service/rag-embeddings"),
-             ("openai", "transparent /service/rag-embeddings/v1/embeddings"))
+             ("openai", "transparent /service/rag-embeddings/v1/embeddings"),
+             ("v1", "mesh API POST /v1/embeddings"))
     for api, label in paths:
         for batch in (1, BIG_BATCH):
             key = f"embeddings.{api}_batch{batch}"
-            target = Target(">=", SPEED_SHARE_TARGET, of="ratio") if batch > 1 else None
+            speed = V1_BATCH_TARGET if api == "v1" else SPEED_SHARE_TARGET
+            target = Target(">=", speed, of="ratio") if batch > 1 else None
             rows.append(Row(f"embeddings, batch {batch}, {label} (texts/s)", med(f"{key}.texts_per_s.gateway"),
                             med(f"{key}.texts_per_s.direct"), "direct", target, ratio=med(f"{key}.ratio")))
     share_target = Target("<=", SHARE_TARGET_PCT, unit="%")
@@ -401,21 +472,25 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
                 med(f"embeddings.{api}_batch1.added_ms")),
             Row(f"gateway share of the time, embeddings batch 1, {label} (%)",
                 med(f"embeddings.{api}_batch1.share_pct"), target=small_share_target),
-            Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, {label} (%)",
-                med(f"embeddings.{api}_batch{BIG_BATCH}.share_pct"), target=share_target),
         ]
+        # The mesh API's batch 32 is judged by its texts/s against direct's, above.
+        rows += [] if api == "v1" else [
+            Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, {label} (%)",
+                med(f"embeddings.{api}_batch{BIG_BATCH}.share_pct"), target=share_target)]
     rows += [
         Row("OCR, one A4 page (s)", med("ocr.seconds.gateway"), med("ocr.seconds.direct"), "direct",
             Target("<=", RATIO_TARGET, of="ratio"), ratio=med("ocr.ratio")),
         Row("LLM time to first token (ms)", scaled(med("llm.gateway.ttft_s"), 1e3),
             scaled(med("llm.direct.ttft_s"), 1e3), "direct", Target("<=", RATIO_TARGET, of="ratio"),
             ratio=med("llm.gateway.ttft_ratio")),
+        Row("gateway's added time to first token over direct, /v1 on the serving node (ms)",
+            med("llm.gateway.added_ttft_ms"), target=Target("<=", GATEWAY_ADDED_MS, unit="ms")),
         Row("LLM time to first token, forwarded (ms)", scaled(med("llm.forwarded.ttft_s"), 1e3),
             scaled(med("llm.direct.ttft_s"), 1e3), "direct", ratio=med("llm.forwarded.ttft_ratio")),
         Row("forwarded route's added time to first token over direct (ms)",
             med("llm.forwarded.added_ttft_ms"), target=Target("<=", FORWARDED_ADDED_MS, unit="ms")),
         Row("LLM tokens/s, streamed", med("llm.gateway.tokens_per_s"), med("llm.direct.tokens_per_s"), "direct",
-            Target(">=", SPEED_SHARE_TARGET, of="ratio"), ratio=med("llm.gateway.tokens_per_s_ratio")),
+            Target(">=", LLM_SPEED_TARGET, of="ratio"), ratio=med("llm.gateway.tokens_per_s_ratio")),
         Row("LLM tokens/s, streamed, forwarded", med("llm.forwarded.tokens_per_s"),
             med("llm.direct.tokens_per_s"), "direct", ratio=med("llm.forwarded.tokens_per_s_ratio")),
         Row("gateway share of the time, streamed completion (%)", med("llm.gateway.share_pct"),
