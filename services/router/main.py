@@ -15,13 +15,18 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import grpc
+import pynvml
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-from services.common import grpcclient
+from services.common import capabilities, grpcclient
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.models import CATALOG, Model, Offer
@@ -45,6 +50,7 @@ CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revok
 # How often the mesh's model catalog is read: a model announced anywhere (or a provider's
 # new load) is routed here within this, well inside one announce period.
 CATALOG_REFRESH_S = 5.0
+GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -72,7 +78,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.changed = asyncio.Event()  # set when the view changed outside a request
         self._publishing = asyncio.Lock()  # one push at a time: a bridge step must not interleave
         self._looking_up: dict[str, asyncio.Task] = {}
-        register_gauges(self, registry)
+        self.families = register_gauges(self, registry)
 
     def view(self, now: float) -> MeshView:
         cfg = self.cfg
@@ -332,7 +338,44 @@ async def addressed(provider: Provider) -> Provider | None:
     return dataclasses.replace(provider, url=parts._replace(netloc=netloc).geturl())
 
 
-def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> None:
+class RouterFamilies(Collector):
+    """The router's families that a Gauge cannot hold, for deploy/'s dashboard and alerts: the
+    routing counters `meshworker status` prints, when the TLS certificate Envoy holds expires,
+    and this node's GPUs as NVML saw them at the last `read_gpus` (none until `gpus_forever`
+    reads them; `meshworker_router_gpus` is 0 without a GPU, driver or library)."""
+
+    def __init__(self, router: RouterServicer):
+        self.router, self.gpus = router, []
+
+    async def gpus_forever(self) -> None:
+        while True:  # off the event loop: nvmlInit takes up to seconds without persistence mode
+            self.gpus = await asyncio.to_thread(capabilities.read_gpus, pynvml)
+            await asyncio.sleep(GPU_REFRESH_S)
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self.router.counters
+        yield CounterMetricFamily("meshworker_router_cache_misses", "Requests for a service Envoy had no "
+                                  "route for, each looked up in the DHT", value=counters.cache_misses)
+        yield CounterMetricFamily("meshworker_router_cache_misses_found", "Cache misses whose DHT lookup "
+                                  "found a provider", value=counters.misses_found)
+        yield GaugeMetricFamily("meshworker_router_tls_cert_expiry_timestamp_seconds", "When the TLS "
+                                "certificate Envoy holds for this node expires (0: none)",
+                                value=self.router.tls.not_after if self.router.tls else 0.0)
+        yield GaugeMetricFamily("meshworker_router_gpus", "GPUs NVML sees on this node", value=len(self.gpus))
+        used = GaugeMetricFamily("meshworker_router_gpu_memory_used_bytes", "GPU memory in use",
+                                 labels=["gpu"])
+        total = GaugeMetricFamily("meshworker_router_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        busy = GaugeMetricFamily("meshworker_router_gpu_utilization_ratio", "Share of NVML's last sample "
+                                 "period in which the GPU was busy", labels=["gpu"])
+        for index, gpu in enumerate(self.gpus):
+            used.add_metric([str(index)], gpu["memory_total_bytes"] - gpu["memory_free_bytes"])
+            total.add_metric([str(index)], gpu["memory_total_bytes"])
+            if gpu["utilization_percent"] is not None:
+                busy.add_metric([str(index)], gpu["utilization_percent"] / 100)
+        yield from (used, total, busy)
+
+
+def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> RouterFamilies:
     Gauge("meshworker_router_cache_size", "Services with cached remote providers",
           registry=registry).set_function(lambda: len(router.cache))
     healthy = Gauge("meshworker_router_service_healthy",
@@ -345,6 +388,9 @@ def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> None
         healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
         memory.labels(name).set_function(lambda b=router.backends[name]: b.rss_bytes)
         load.labels(name).set_function(lambda b=router.backends[name]: b.load_seconds)
+    families = RouterFamilies(router)
+    registry.register(families)
+    return families
 
 
 async def serve(cfg: Config) -> None:
@@ -371,6 +417,7 @@ async def serve(cfg: Config) -> None:
                           tasks.create_task(servicer.watch_credentials()),
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
+                          tasks.create_task(servicer.families.gpus_forever()),
                           tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
                                                 cfg.health_interval_s, on_health_change, servicer.on_offer))
