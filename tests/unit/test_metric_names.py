@@ -16,7 +16,7 @@ from services.dht.node import DhtNode, Signer
 from services.nebula.main import NebulaAgentServicer
 from services.router.main import RouterServicer
 
-ALLOWED_LABELS = {"service", "route", "code", "component", "result"}
+ALLOWED_LABELS = {"service", "route", "code", "component", "result", "gpu", "model", "endpoint"}
 STRUCTURAL_LABELS = {"le"}  # added by prometheus_client to histogram buckets
 NON_BASE_UNITS = {"ms", "milliseconds", "us", "microseconds", "ns", "nanoseconds", "minutes", "hours",
                   "kb", "mb", "gb", "kib", "mib", "gib", "kilobytes", "megabytes", "percent"}
