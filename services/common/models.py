@@ -17,7 +17,10 @@ KINDS = ("chat", "completion", "embedding")
 # What a model id may be: OpenAI's and Hugging Face's ids ("org/name", "name:tag", dots), and
 # nothing that could break out of a header value or a route.
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
-SATURATED = 100  # load_percent from which a provider serves nobody new while another has room
+# Past this load_percent requests wait at a provider (more in flight than it serves at once):
+# it serves nobody new while another has room. At exactly its capacity it is full but no
+# request waits; a sender's own sequential requests keep a one-at-a-time backend there.
+SATURATED = 100
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,6 @@ class Offer:
     worker_id: str
     service: str
     load_percent: int = 0
-
-    @property
-    def saturated(self) -> bool:
-        return self.load_percent >= SATURATED
 
 
 def load_percent(inflight: int, capacity: int) -> int:

@@ -70,6 +70,7 @@ class Announcer:
             self._healthy.discard(service)
             self._withdrawn.add(service)
         self._wake.set()
+        self._catalog_wake.set()  # the catalog lists the models of healthy backends only
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:

@@ -58,12 +58,12 @@ class ModelProvider:
 
     peer: Peer
     service: str  # the provider's service that serves the model
-    load_percent: int  # in flight over capacity at that backend (SATURATED: full)
+    load_percent: int  # in flight over capacity at that backend (past SATURATED: requests wait)
     local: bool = False
 
     @property
     def saturated(self) -> bool:
-        return self.load_percent >= SATURATED
+        return self.load_percent > SATURATED
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,10 @@ async def test_a_drained_node_withdraws_its_catalog(dht_and_announcer):
         assert CATALOG in dht.withdrawn
     finally:
         CATALOG_NOW.clear()
+
+
+async def test_a_backend_turning_healthy_has_the_catalog_stored_again(dht_and_announcer):
+    # Its models were read before its health settled: only now may the catalog list them.
+    _, announcer = dht_and_announcer
+    announcer.set_health("llm", True)
+    assert announcer._catalog_wake.is_set()

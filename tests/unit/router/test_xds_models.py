@@ -100,11 +100,18 @@ def test_a_busier_local_node_shares_with_the_others_by_weight():
 
 
 def test_a_saturated_provider_serves_only_once_no_other_has_room():
-    route = ModelRoute(BIG, None, (provider("b", 100), provider("c", 10)))
+    route = ModelRoute(BIG, None, (provider("b", 150), provider("c", 10)))
     assert [[p.peer.worker_id for p in g] for g in models.provider_groups(route)] == [["c"], ["b"]]
-    full = ModelRoute(BIG, None, (provider("b", 100), provider("cc", 300)))
+    full = ModelRoute(BIG, None, (provider("b", 200), provider("cc", 300)))
     assert [[p.peer.worker_id for p in g] for g in models.provider_groups(full)] == [["b", "cc"]]
-    assert models.weight(full.providers[0]) == 50 and models.weight(full.providers[1]) == 25
+    assert models.weight(full.providers[0]) == 33 and models.weight(full.providers[1]) == 25
+
+
+def test_a_provider_at_exactly_its_capacity_is_full_but_not_saturated():
+    # One request in flight at a one-at-a-time backend (often the sender's own): nobody waits.
+    route = ModelRoute(BIG, None, (provider("b", 100), provider("cc", 300)))
+    assert [[p.peer.worker_id for p in g] for g in models.provider_groups(route)] == [["b"], ["cc"]]
+    assert models.weight(route.providers[0]) == 50
 
 
 def test_the_peer_listener_serves_a_forwarded_model_only_from_its_own_backend(tmp_path):

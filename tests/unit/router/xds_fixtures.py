@@ -17,7 +17,7 @@ MODELS = (
     ModelRoute(SMOL, "echo", (ModelProvider(OWN_LISTENER, "echo", 0, local=True),
                               ModelProvider(Peer("node2", "10.0.0.2", 8443), "llm", 40))),
     ModelRoute(MINILM, "echo"),
-    ModelRoute(BIG, None, (ModelProvider(Peer("node2", "10.0.0.2", 8443), "llm", 100),
+    ModelRoute(BIG, None, (ModelProvider(Peer("node2", "10.0.0.2", 8443), "llm", 200),
                            ModelProvider(Peer("node3", "10.0.0.3", 8443), "vllm", 10))),
 )
 
