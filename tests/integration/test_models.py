@@ -267,10 +267,10 @@ def test_metrics_per_model_count_requests_and_tokens_on_the_node_page(node, clie
 
 def test_a_model_named_last_in_a_large_body_is_routed_too(node):
     # Envoy reads the whole JSON body: where `model` sits in it does not matter.
-    body = json.dumps({"input": ["filler text"] * 2000, "model": EMBEDDER}).encode()
+    body = json.dumps({"input": ["filler text " * 100] * 200, "model": EMBEDDER}).encode()
     reply = node.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"})
     assert reply.status == 200, reply.body[:300]
-    assert reply.json()["model"] == EMBEDDER and len(reply.json()["data"]) == 2000
+    assert reply.json()["model"] == EMBEDDER and len(reply.json()["data"]) == 200
 
 
 def test_a_model_whose_every_provider_is_down_is_503_with_retry_after(node):
