@@ -12,12 +12,12 @@ ANNOUNCE_TTL_S, so its announce period (the TTL's half) is ANNOUNCE_PERIOD_S.
   served each read from x-mesh-worker. First with both providers idle (the baseline: what
   the balancer does with equals), then while a parallel load, sent straight to A's backend
   and so unseen by any gateway, keeps A's model busy: the requests start once B's
-  `/v1/models` shows A at load_percent >= 100 (A's router announced its load, B's read it).
-  The figure is the share C served, the idle one (issue: >= 80 %). Why two capacities: a
-  capacity-1 provider serving one of these sequential requests itself reports 100 %, i.e.
-  saturated, so B soon sees both providers full and weighs them by load alone; with room
-  for two, C stays below saturation while it serves them. B's view of the loads during the
-  requests is kept in the raw results.
+  `/v1/models` shows A saturated, load_percent over 100 (A's router announced its load,
+  B's read it). The figure is the share C served, the idle one (issue: >= 80 %). Two
+  capacities: a capacity-1 provider serving one of these sequential requests itself
+  reports 100 %, full but not saturated (nobody waits there), so it keeps its place;
+  with room for two, C stays below that. B's view of the loads during the requests is
+  kept in the raw results.
 - Catalog propagation: a provider node D joins serving a model no node had, and the seconds
   from the moment D's gateway is healthy until every node's `GET /v1/models` (A, B, C and
   D's own) lists it (issue: within one announce period). Repeated with a fresh node and model
@@ -62,7 +62,7 @@ DOUBLE_DELAY_S = 0.1
 HEALTH_INTERVAL_S = 0.5
 ANNOUNCE_TTL_S = 20
 ANNOUNCE_PERIOD_S = ANNOUNCE_TTL_S / 2  # how often a node announces again (the router's rule)
-SATURATED_PCT = 100  # services.common.models.SATURATED: a provider at this load gets no new request
+SATURATED_PCT = 100  # services.common.models.SATURATED: a provider past this load gets no new request
 LOAD_CONNECTIONS = 3  # in parallel to A's backend, more than either capacity: inflight stays >= it
 LOAD_LIMIT_S = 120  # the load stops by itself after this long, whatever happens to the scenario
 SATURATION_DEADLINE_S = 30  # for B to see A busy: a health check, a catalog record, B's catalog read
@@ -212,7 +212,7 @@ def measure_shares(mesh: Mesh, ctx: Context, model: str) -> dict:
 
     with BusyLoad(backend_url(a, model), model, LOAD_CONNECTIONS) as load:
         started = time.monotonic()
-        procs.wait_until(lambda: listed(b)[model].get(busy, 0) >= SATURATED_PCT, SATURATION_DEADLINE_S,
+        procs.wait_until(lambda: listed(b)[model].get(busy, 0) > SATURATED_PCT, SATURATION_DEADLINE_S,
                          f"B's /v1/models to show A's {model} busy")
         seen_after_s = time.monotonic() - started
         with LoadWatch(b, model) as watch:
@@ -221,7 +221,7 @@ def measure_shares(mesh: Mesh, ctx: Context, model: str) -> dict:
                       "b_saw_a_busy_after_s": seen_after_s, "load_requests": load.sent,
                       "load_failed": load.failed}
     result["answers_matching_worker"] = sum(s["answer"] == s["worker"] for s in baseline + loaded)
-    c_full = sum(loads.get(idle, 0) >= SATURATED_PCT for _, loads in watch.samples)
+    c_full = sum(loads.get(idle, 0) > SATURATED_PCT for _, loads in watch.samples)
     ctx.progress(f"{NAME}: {model}, A busy (seen by B after {seen_after_s:.1f} s): "
                  f"{result['busy']['share_pct']:.0f} % of {count} requests to C ({summary(loaded)}); B saw C "
                  f"saturated in {c_full} of {len(watch.samples)} looks; {load.sent} load requests to A's backend")
