@@ -34,10 +34,12 @@ class Sample:
         return 200 <= self.status < 300
 
 
-class TimedLoad:
-    def __init__(self, base_url: str, path: str, connections: int):
-        self.base_url, self.path = base_url, path
-        self.samples: list[Sample] = []  # list.append is atomic under the GIL
+class Connections:
+    """`connections` threads running `_loop` from `with` until its end (then `_stop` is set,
+    and each is waited for as long as its request may take)."""
+
+    def __init__(self, connections: int, request_timeout_s: float = REQUEST_TIMEOUT_S):
+        self._join_s = request_timeout_s + 5
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(connections)]
 
@@ -49,7 +51,17 @@ class TimedLoad:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(REQUEST_TIMEOUT_S + 5)
+            thread.join(self._join_s)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class TimedLoad(Connections):
+    def __init__(self, base_url: str, path: str, connections: int):
+        self.base_url, self.path = base_url, path
+        self.samples: list[Sample] = []  # list.append is atomic under the GIL
+        super().__init__(connections)
 
     def _loop(self) -> None:
         client = None

@@ -40,6 +40,7 @@ from typing import Self
 from bench import procs, stats
 from bench.context import Context, mesh_started
 from bench.httpclient import HttpError, KeepAliveClient
+from bench.load import Connections
 from bench.mesh import Mesh, ServicesFor
 from bench.report import Row, ScenarioResult, Target
 from bench.targets import REPO, Hosted, Node, http_get_json
@@ -99,7 +100,7 @@ def listed(node: Node) -> dict[str, dict[str, int]]:
 
 # --- where new requests go -----------------------------------------------------------------
 
-class BusyLoad:
+class BusyLoad(Connections):
     """Requests in parallel straight to a backend, one after another on each connection, until
     stopped or LOAD_LIMIT_S has passed."""
 
@@ -107,18 +108,7 @@ class BusyLoad:
         self.url, self.body = url, chat_body(model)
         self.sent = self.failed = 0
         self._counted = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(connections)]
-
-    def __enter__(self) -> Self:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(REQUEST_TIMEOUT_S + 5)
+        super().__init__(connections, REQUEST_TIMEOUT_S)
 
     def _loop(self) -> None:
         give_up_at = time.monotonic() + LOAD_LIMIT_S
