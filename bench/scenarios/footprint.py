@@ -22,6 +22,7 @@ KIB_PER_MIB = 1024
 SAMPLE_EVERY_S = 0.050
 LOAD_CONNECTIONS = 16
 COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "api", "gateway")
+PROGRESS_EXIT_S = 10
 IDLE_TARGET_MIB = 250  # issue #9: a node without models, every program under supervisord
 
 
@@ -53,6 +54,9 @@ def loaded_rss_mib(ctx: Context, node: Node) -> dict[str, float]:
 
 def one_run(ctx: Context, index: int, with_load: bool) -> dict:
     with Node(ctx.backend().url) as node:
+        # `progress` says the node is healthy, then exits: an idle node runs without it.
+        procs.wait_until(lambda: "RUNNING" not in node.supervisorctl("status", "progress"), PROGRESS_EXIT_S,
+                         "the progress program to exit")
         result = {"up_to_healthy_s": node.healthy_after_s, "idle_mib": idle_rss_mib(node)}
         if with_load:
             result["loaded_mib"] = loaded_rss_mib(ctx, node)
