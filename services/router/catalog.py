@@ -14,6 +14,16 @@ from services.common.rpc import router_pb2
 from services.router.providers import Provider
 from services.router.xds.view import ModelProvider, ModelRoute, Peer
 
+MIN_READ_INTERVAL_S = 0.5
+
+
+def next_read_in(records: Iterable[Provider], now: float, every_s: float) -> float:
+    """Seconds until the catalog is read again: every `every_s`, and before half the life
+    left of the first live record is gone, so a short announce TTL (its issuer republishes
+    at about half of it) never leaves a model out between two reads."""
+    left = [p.expires_at - now for p in records if p.expires_at > now]
+    return max(MIN_READ_INTERVAL_S, min([every_s, *(t / 2 for t in left)]))
+
 
 def remote_offers(catalog: Iterable[Provider]) -> list[tuple[Peer, Offer]]:
     """Each peer's offers with where to reach it; a record without a usable URL is skipped."""

@@ -223,7 +223,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await self.read_catalog()
             except grpc.aio.AioRpcError as err:
                 log.warning("could not read the model catalog: the DHT answered %s", err.code().name)
-            await asyncio.sleep(CATALOG_REFRESH_S)
+            await asyncio.sleep(catalog.next_read_in(self.catalog, time.time(), CATALOG_REFRESH_S))
 
     async def MeshModels(self, request, context):
         view = self.view(time.time())

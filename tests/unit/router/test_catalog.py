@@ -57,3 +57,11 @@ def test_a_model_a_peer_serves_while_the_local_backend_fails_goes_to_the_peer():
     remote = catalog.remote_offers([record("b", "https://10.0.0.2:8443", (SMOL, "llm", 30))])
     [route] = catalog.model_routes([], remote, ME, down=[Offer(SMOL, "me", "llm", 0)])
     assert route.local_service is None and [p.peer.worker_id for p in route.providers] == ["b"]
+
+
+def test_the_catalog_is_read_again_before_a_records_life_runs_out():
+    long, short = Provider("b", "u", 0.0, 100.0), Provider("c", "u", 0.0, 4.0)
+    assert catalog.next_read_in([long], 0.0, 5.0) == 5.0
+    assert catalog.next_read_in([long, short], 0.0, 5.0) == 2.0  # half of c's 4 s left
+    assert catalog.next_read_in([Provider("d", "u", 0.0, 0.1)], 0.0, 5.0) == catalog.MIN_READ_INTERVAL_S
+    assert catalog.next_read_in([Provider("e", "u", 0.0, -1.0)], 0.0, 5.0) == 5.0  # expired: not waited on
