@@ -14,7 +14,7 @@ import pynvml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
-from services.common import capabilities, grpcclient
+from services.common import capabilities, grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.identity import NodeIdentity, mesh_trust
@@ -37,7 +37,7 @@ def record_pb(record: dict) -> dht_pb2.ProviderRecord:
         idempotent=record["idempotent"], model=record.get("model", ""), gpu_model=record["gpu_model"],
         gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"], models=[
             dht_pb2.Model(id=m[0], kind=m[1], context_length=m[2], service=m[3], load_percent=m[4])
-            for m in record["models"]])
+            for m in record["models"]], keys=[keys.entry_pb(k) for k in record["keys"]])
 
 
 def gpu_summary() -> dict:
@@ -80,6 +80,7 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
                                                   idempotent=request.idempotent, model=request.model,
                                                   models=[(m.id, m.kind, m.context_length, m.service,
                                                            m.load_percent) for m in request.models],
+                                                  keys=[keys.to_entry(k) for k in request.keys],
                                                   **summary)
         self.announces.inc()
         return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)

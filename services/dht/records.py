@@ -15,6 +15,7 @@ from typing import Any
 
 from kademlia.utils import digest
 
+from services.common import keys
 from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
 
 Record = dict[str, Any]
@@ -24,19 +25,20 @@ Record = dict[str, Any]
 MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
 SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",
-                 "models", "issued_at", "expires_at", "sequence", "key", "proof")
+                 "models", "keys", "issued_at", "expires_at", "sequence", "key", "proof")
 # What a stored record is: these fields, of these types, and nothing else (an unsigned extra
 # field would be padding anyone can add to a member's record).
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "service": str, "worker_id": str, "url": str, "idempotent": bool, "model": str, "gpu_model": str,
-    "gpu_free_bytes": int, "models": list, "issued_at": (int, float), "expires_at": (int, float),
+    "gpu_free_bytes": int, "models": list, "keys": list, "issued_at": (int, float), "expires_at": (int, float),
     "sequence": int, "key": str, "proof": str, "sig": str}
 # A model entry: [id, kind, context_length, service, load_percent] (services.common.models).
 MODEL_ENTRY_TYPES = (str, str, int, str, int)
 # A signed record is about 450 bytes (560 with a CA proof); the rest is room for long model
-# and GPU names, and a catalog record's models (~60 bytes each). Past this, a member's
-# record is junk, not a provider.
-MAX_RECORD_BYTES = 2048
+# and GPU names, a catalog record's models (~60 bytes each) and a key record's keys (~150
+# bytes each, services.common.keys.MAX_MESH_KEYS of them). Past this, a member's record is
+# junk, not a provider.
+MAX_RECORD_BYTES = 4096
 # announce_ttl_s is at most a day (config.py); a minute more for clocks that disagree.
 MAX_LIFETIME_S = 86400 + 60
 
@@ -60,14 +62,16 @@ def next_sequence(now: float, previous: int = 0) -> int:
 def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float,
                previous_sequence: int = 0, **summary: Any) -> Record:
     """An unsigned record; summary: idempotent, model, gpu_model, gpu_free_bytes, models
-    (entries as MODEL_ENTRY_TYPES, on a catalog record)."""
+    (entries as MODEL_ENTRY_TYPES, on a catalog record), keys (entries as keys.ENTRY_TYPES,
+    on a key record)."""
     return {"service": service, "worker_id": worker_id, "url": url, "issued_at": now,
             "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence),
             "idempotent": bool(summary.get("idempotent", False)),
             "model": str(summary.get("model", "")),
             "gpu_model": str(summary.get("gpu_model", "")),
             "gpu_free_bytes": int(summary.get("gpu_free_bytes", 0)),
-            "models": [list(entry) for entry in summary.get("models", ())]}
+            "models": [list(entry) for entry in summary.get("models", ())],
+            "keys": [list(entry) for entry in summary.get("keys", ())]}
 
 
 def _signed_bytes(record: Record) -> bytes:
@@ -100,13 +104,16 @@ def well_formed(record: Any, key: bytes, now: float) -> bool:
         value = record[field_name]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             return False
-    return (all(model_entry(entry) for entry in record["models"]) and len(encode(record)) <= MAX_RECORD_BYTES and record["expires_at"] <= now + MAX_LIFETIME_S
+    return (all(typed_entry(entry, MODEL_ENTRY_TYPES) for entry in record["models"])
+            and all(typed_entry(entry, keys.ENTRY_TYPES) for entry in record["keys"])
+            and len(encode(record)) <= MAX_RECORD_BYTES and record["expires_at"] <= now + MAX_LIFETIME_S
             and storage_key(record["service"]) == key)
 
 
-def model_entry(entry: Any) -> bool:
-    return isinstance(entry, list) and len(entry) == len(MODEL_ENTRY_TYPES) and all(
-        isinstance(v, kind) and not isinstance(v, bool) for v, kind in zip(entry, MODEL_ENTRY_TYPES, strict=True))
+def typed_entry(entry: Any, types: tuple[type, ...]) -> bool:
+    """A list of exactly these types (a bool is not an int here)."""
+    return isinstance(entry, list) and len(entry) == len(types) and all(
+        isinstance(v, kind) and (isinstance(v, bool) == (kind is bool)) for v, kind in zip(entry, types, strict=True))
 
 
 def authentic(providers: dict[str, Record], trust: MeshTrust, key: bytes, now: float) -> dict[str, Record]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\x82\x02\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12$\n\x06models\x18\x0c \x03(\x0b\x32\x14.meshworker.v1.Model\"`\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x14\n\x0cload_percent\x18\x05 \x01(\r\"\x80\x01\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x06models\x18\x05 \x03(\x0b\x32\x14.meshworker.v1.Model\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"X\n\x0eUnverifiedPeer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\r\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"j\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\x12\x31\n\nunverified\x18\x02 \x03(\x0b\x32\x1d.meshworker.v1.UnverifiedPeer\"\x11\n\x0f\x44htStatsRequest\"\x82\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\xa7\x02\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12$\n\x06models\x18\x0c \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\r \x03(\x0b\x32\x15.meshworker.v1.ApiKey\"\xb7\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x05 \x01(\r\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x12\n\ncreated_at\x18\t \x01(\x03\"`\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x14\n\x0cload_percent\x18\x05 \x01(\r\"\xa5\x01\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x06models\x18\x05 \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\x06 \x03(\x0b\x32\x15.meshworker.v1.ApiKey\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"X\n\x0eUnverifiedPeer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\r\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"j\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\x12\x31\n\nunverified\x18\x02 \x03(\x0b\x32\x1d.meshworker.v1.UnverifiedPeer\"\x11\n\x0f\x44htStatsRequest\"\x82\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,37 +32,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.common.rpc.dht_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERRECORD']._serialized_start=49
-  _globals['_PROVIDERRECORD']._serialized_end=307
-  _globals['_MODEL']._serialized_start=309
-  _globals['_MODEL']._serialized_end=405
-  _globals['_ANNOUNCEREQUEST']._serialized_start=408
-  _globals['_ANNOUNCEREQUEST']._serialized_end=536
-  _globals['_ANNOUNCERESPONSE']._serialized_start=538
-  _globals['_ANNOUNCERESPONSE']._serialized_end=622
-  _globals['_WITHDRAWREQUEST']._serialized_start=624
-  _globals['_WITHDRAWREQUEST']._serialized_end=658
-  _globals['_WITHDRAWRESPONSE']._serialized_start=660
-  _globals['_WITHDRAWRESPONSE']._serialized_end=695
-  _globals['_FINDPROVIDERSREQUEST']._serialized_start=697
-  _globals['_FINDPROVIDERSREQUEST']._serialized_end=736
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=738
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=811
-  _globals['_LISTPEERSREQUEST']._serialized_start=813
-  _globals['_LISTPEERSREQUEST']._serialized_end=831
-  _globals['_PEER']._serialized_start=833
-  _globals['_PEER']._serialized_end=913
-  _globals['_LISTSERVICESREQUEST']._serialized_start=915
-  _globals['_LISTSERVICESREQUEST']._serialized_end=936
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=938
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=978
-  _globals['_UNVERIFIEDPEER']._serialized_start=980
-  _globals['_UNVERIFIEDPEER']._serialized_end=1068
-  _globals['_LISTPEERSRESPONSE']._serialized_start=1070
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1176
-  _globals['_DHTSTATSREQUEST']._serialized_start=1178
-  _globals['_DHTSTATSREQUEST']._serialized_end=1195
-  _globals['_DHTSTATSRESPONSE']._serialized_start=1198
-  _globals['_DHTSTATSRESPONSE']._serialized_end=1328
-  _globals['_DHT']._serialized_start=1331
-  _globals['_DHT']._serialized_end=1825
+  _globals['_PROVIDERRECORD']._serialized_end=344
+  _globals['_APIKEY']._serialized_start=347
+  _globals['_APIKEY']._serialized_end=530
+  _globals['_MODEL']._serialized_start=532
+  _globals['_MODEL']._serialized_end=628
+  _globals['_ANNOUNCEREQUEST']._serialized_start=631
+  _globals['_ANNOUNCEREQUEST']._serialized_end=796
+  _globals['_ANNOUNCERESPONSE']._serialized_start=798
+  _globals['_ANNOUNCERESPONSE']._serialized_end=882
+  _globals['_WITHDRAWREQUEST']._serialized_start=884
+  _globals['_WITHDRAWREQUEST']._serialized_end=918
+  _globals['_WITHDRAWRESPONSE']._serialized_start=920
+  _globals['_WITHDRAWRESPONSE']._serialized_end=955
+  _globals['_FINDPROVIDERSREQUEST']._serialized_start=957
+  _globals['_FINDPROVIDERSREQUEST']._serialized_end=996
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=998
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=1071
+  _globals['_LISTPEERSREQUEST']._serialized_start=1073
+  _globals['_LISTPEERSREQUEST']._serialized_end=1091
+  _globals['_PEER']._serialized_start=1093
+  _globals['_PEER']._serialized_end=1173
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1175
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1196
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1198
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1238
+  _globals['_UNVERIFIEDPEER']._serialized_start=1240
+  _globals['_UNVERIFIEDPEER']._serialized_end=1328
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1330
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1436
+  _globals['_DHTSTATSREQUEST']._serialized_start=1438
+  _globals['_DHTSTATSREQUEST']._serialized_end=1455
+  _globals['_DHTSTATSRESPONSE']._serialized_start=1458
+  _globals['_DHTSTATSRESPONSE']._serialized_end=1588
+  _globals['_DHT']._serialized_start=1591
+  _globals['_DHT']._serialized_end=2085
 # @@protoc_insertion_point(module_scope)
