@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -21,7 +22,6 @@ from services.common.identity import NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
 from services.dht import reach, state
 from services.dht.node import DhtNode, Signer
-from services.dht.unverified import UnverifiedPeers
 
 log = logging.getLogger(__name__)
 PING_DEADLINE_S = 1.0
@@ -45,17 +45,17 @@ def gpu_summary() -> dict:
     return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
 
 
-class UnverifiedCollector:
-    """meshworker_dht_unverified_records_total: records dropped as not authentic on arrival
-    (services/dht/unverified.py); which peers sent them is in ListPeers, not in labels."""
+class CountCollector:
+    """A counter kept by another object (prometheus_client's Counter wants to be incremented
+    itself): meshworker_dht_unverified_records_total, records dropped as not authentic on
+    arrival (services/dht/unverified.py; which peers sent them is in ListPeers, not in
+    labels), and meshworker_dht_rate_limited_requests_total."""
 
-    def __init__(self, unverified: UnverifiedPeers):
-        self.unverified = unverified
+    def __init__(self, name: str, documentation: str, read: Callable[[], int]):
+        self.name, self.documentation, self.read = name, documentation, read
 
     def collect(self):
-        yield CounterMetricFamily("meshworker_dht_unverified_records",
-                                  "Records from peers that this node could not verify (another mesh's "
-                                  "secret or CA, revoked, or forged)", value=self.unverified.total)
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class DhtServicer(dht_pb2_grpc.DhtServicer):
@@ -68,7 +68,11 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
               registry=registry).set_function(lambda: len(node.peers()))
         Gauge("meshworker_dht_stored_records", "Live provider records stored on this node",
               registry=registry).set_function(node.storage.record_count)
-        registry.register(UnverifiedCollector(node.unverified))
+        registry.register(CountCollector("meshworker_dht_unverified_records",
+                                         "Records from peers that this node could not verify (another mesh's "
+                                         "secret or CA, revoked, or forged)", lambda: node.unverified.total))
+        registry.register(CountCollector("meshworker_dht_rate_limited_requests",
+                                         "DHT requests dropped by the per-host rate limit", node.rate_limited))
         Gauge("meshworker_dht_unverified_peers", "Peers that sent records this node could not verify",
               registry=registry).set_function(lambda: len(node.unverified.peers()))
 
