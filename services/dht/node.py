@@ -10,22 +10,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kademlia.crawling import NodeSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from services.common.identity import MeshTrust, NodeIdentity, proof_kind
-from services.dht import records
+from services.dht import lookup, records
 from services.dht.admission import RateLimiter, Tokens
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
 
 log = logging.getLogger(__name__)
 # rpcudp waits 5 s for an answer; a mesh's peers answer within milliseconds (LAN or the
-# overlay), and a peer that died would otherwise stall every lookup that meets it by 5 s
-# until kademlia drops it from the routing table.
-RPC_TIMEOUT_S = 1.0
+# overlay, a few hundred across continents), and a dead peer would otherwise stall the
+# lookups that meet it until kademlia drops it from the routing table.
+RPC_TIMEOUT_S = 0.5
+# A lookup returns what it found by then: the router waits 2 s for FindProviders.
+LOOKUP_DEADLINE_S = 1.5
 OBSERVERS = 8  # peers asked where they see this node: enough for a majority, few datagrams
 REQUEST = b"\x00"  # rpcudp's first byte of a request (b"\x01" starts an answer)
 # What find_node answers an asker that shows no token of this node: 2 contacts, about 80
@@ -160,6 +161,7 @@ class DhtNode:
         self.server = MeshServer(self.storage, node_id, self.unverified)
         self.port = 0
         self._announced: dict[str, records.Record] = {}
+        self.holders: dict[bytes, Node] = {}  # peers that kept this node's last records, least recent first
         self._proof_kind = ""
 
     @property
@@ -220,7 +222,8 @@ class DhtNode:
         return proof
 
     async def find_providers(self, service: str) -> list[records.Record]:
-        """The union of the provider sets held here and on the k nodes closest to the key.
+        """The union of the provider sets held here and on the k nodes closest to the key
+        (past them when they hold nothing: services/dht/lookup.py).
 
         kademlia's own get() stops at the first value (and prefers a local one), which
         would hide providers stored only elsewhere; a provider set must be merged. What is
@@ -230,10 +233,15 @@ class DhtNode:
         dkey = records.storage_key(service)
         now = time.time()
         merged = records.authentic(records.decode(self.storage.get(dkey)), self.signer.trust, dkey, now)
-        for peer, value in await self._values_near(dkey):
+
+        def take(peer: Node, value: object) -> bool:
+            nonlocal merged
             found, dropped = records.partition(records.decode(value), self.signer.trust, dkey, now)
             self.unverified.saw((peer.ip, peer.port), dropped)
             merged = records.merge(merged, found, time.time())
+            return bool(found)
+
+        await self._crawl(dkey, self.server.protocol.call_find_value, take)
         merged = records.merge({}, merged, time.time())
         return sorted(merged.values(), key=lambda r: r["worker_id"])
 
@@ -266,29 +274,55 @@ class DhtNode:
         ok, _ = await self.server.protocol.call_ping(peer)
         return time.perf_counter() - started if ok else None
 
-    async def _closest_nodes(self, dkey: bytes) -> list[Node]:
+    async def _crawl(self, dkey: bytes, ask: lookup.Ask,
+                     take_value: Callable[[Node, Any], bool] | None = None) -> list[Node]:
         target = Node(dkey)
-        nearest = self.server.protocol.router.find_neighbors(target)
-        if not nearest:
-            return []
-        spider = NodeSpiderCrawl(self.server.protocol, target, nearest, self.server.ksize, self.server.alpha)
-        return await spider.find()
-
-    async def _values_near(self, dkey: bytes) -> list[tuple[Node, object]]:
-        """(peer, value) from each of the k closest peers that holds the key."""
-        nodes = await self._closest_nodes(dkey)
-        replies = await asyncio.gather(*(self.server.protocol.call_find_value(n, Node(dkey)) for n in nodes))
-        return [(n, reply["value"]) for n, (ok, reply) in zip(nodes, replies, strict=True)
-                if ok and isinstance(reply, dict) and "value" in reply]
+        start = self.server.protocol.router.find_neighbors(target, k=lookup.WIDEN * self.server.ksize)
+        return await lookup.crawl(target, start, ask, self.server.ksize, LOOKUP_DEADLINE_S, take_value)
 
     async def _store(self, service: str, record: records.Record) -> int:
-        """Store on this node and on the k closest peers; returns how many accepted it."""
+        """Store on this node, on the k closest peers and on the peers that kept this node's
+        records before; returns on how many nodes the record is held.
+
+        Nodes next to a key may accept STOREs and keep nothing (issue 12 H2: node ids are
+        free to choose), so when fewer than half of the k closest keep a live record, it is
+        stored past them, on the WIDEN*k closest this node knows, as a lookup reads past them.
+        """
         dkey = records.storage_key(service)
         value = records.encode({self.worker_id: record})
         self.storage[dkey] = value
-        nodes = await self._closest_nodes(dkey)
-        replies = await asyncio.gather(*(self.server.protocol.call_store(n, dkey, value) for n in nodes))
-        return 1 + sum(1 for ok, _ in replies if ok)
+        closest = await self._crawl(dkey, self.server.protocol.call_find_node)
+        asked = {n.id: n for n in [*closest, *self.holders.values()]}
+        kept = await self._place(dkey, value, record, list(asked.values()))
+        if 2 * len(kept & {n.id for n in closest}) < len(closest) and records.live(record):
+            known = self.server.protocol.router.find_neighbors(Node(dkey), k=lookup.WIDEN * self.server.ksize)
+            kept |= await self._place(dkey, value, record, [n for n in known if n.id not in asked])
+        return 1 + len(kept)
+
+    async def _place(self, dkey: bytes, value: str, record: records.Record, nodes: list[Node]) -> set[bytes]:
+        """STORE on `nodes`; the ids of those that hold the record then. A live record is read
+        back (accepting a STORE proves nothing), and the peers that keep it are the holders
+        the next stores go to as well; a tombstone leaves nothing to read, so answering does."""
+        protocol = self.server.protocol
+        replies = await asyncio.gather(*(protocol.call_store(n, dkey, value) for n in nodes))
+        nodes = [n for n, (ok, _) in zip(nodes, replies, strict=True) if ok]
+        if not records.live(record):
+            return {n.id for n in nodes}
+        answers = await asyncio.gather(*(protocol.call_find_value(n, Node(dkey)) for n in nodes))
+        kept = {n.id for n, (ok, answer) in zip(nodes, answers, strict=True) if ok and self._holds(answer, record)}
+        for node in nodes:
+            self.holders.pop(node.id, None)
+            if node.id in kept:
+                self.holders[node.id] = node  # most recent last
+        while len(self.holders) > lookup.WIDEN * self.server.ksize:
+            self.holders.pop(next(iter(self.holders)))
+        return kept
+
+    def _holds(self, answer: object, record: records.Record) -> bool:
+        """Whether a find_value answer holds this very record of this node's."""
+        value = answer.get("value") if isinstance(answer, dict) else None
+        held = records.decode(value).get(self.worker_id)
+        return isinstance(held, dict) and held.get("sequence") == record["sequence"]
 
 
 async def _resolve(seeds: list[tuple[str, int]]) -> list[tuple[str, int]]:

@@ -139,6 +139,11 @@ def tombstone(record: Record, now: float) -> Record:
             "sequence": next_sequence(now, record["sequence"])}
 
 
+def live(record: Record) -> bool:
+    """Not a tombstone: a record that lives a while after it is issued."""
+    return record["expires_at"] > record["issued_at"]
+
+
 def decode(value: object) -> dict[str, Record]:
     """A stored value as providers; anything else (a peer may send any type) is none."""
     if not value or not isinstance(value, (str, bytes, bytearray)):
