@@ -10,9 +10,10 @@ from bench.scenarios import (
     forwarded_route,
     large_body,
     local_route,
+    lying_nodes,
     models,
     openai,
 )
 
 SCENARIOS = {module.NAME: module for module in (local_route, forwarded_route, large_body, discovery, failover,
-                                                 footprint, models, openai)}
+                                                 footprint, models, openai, lying_nodes)}
