@@ -35,6 +35,7 @@ from services.common.rpc import router_pb2, router_pb2_grpc
 from services.common.statefile import StateError, write_atomically
 from services.nebula import cli as nebula_cli
 from services.nebula import supervise
+from services.nebula.tokens import parse_duration
 from services.router.announcer import ANNOUNCE_DEADLINE_S
 
 log = logging.getLogger("meshworker")
@@ -425,6 +426,10 @@ class NotRunning(Exception):
     pass
 
 
+class Refused(Exception):
+    """The node answered, and said why it would not do what was asked."""
+
+
 def gateway_get(cfg: Config, path: str) -> dict:
     """GET a JSON document from this node's gateway (found through gateway.json)."""
     try:
@@ -495,6 +500,8 @@ def router_call(cfg: Config, call: Callable[[router_pb2_grpc.RouterStub], Awaita
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+            raise Refused(err.details()) from None
         raise NotRunning(f"the router of {cfg.worker_id} is not answering: {err.code().name}") from None
 
 
@@ -511,6 +518,35 @@ def models(cfg: Config) -> int:
     return 0
 
 
+def when(unix_s: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(unix_s)) if unix_s else "never"
+
+
+def keys_create(cfg: Config, args: argparse.Namespace) -> int:
+    request = router_pb2.CreateKeyRequest(name=args.name, requests_per_minute=args.rpm,
+                                          models=args.models, ttl_seconds=args.expires)
+    reply = router_call(cfg, lambda router: router.CreateKey(request, timeout=grpcclient.DEADLINE_S + 2))
+    print(f"API key {reply.key.name} ({reply.key.id}), expires {when(reply.key.expires_at)}:\n\n{reply.token}\n\n"
+          "Shown once: the mesh keeps only what verifies it. Send it as 'Authorization: Bearer <key>' or\n"
+          "'X-API-Key: <key>' (the openai SDK's api_key). Every node accepts it within 10 s.")
+    return 0
+
+
+def keys_list(cfg: Config, args: argparse.Namespace) -> int:
+    reply = router_call(cfg, lambda router: router.ListKeys(router_pb2.ListKeysRequest(), timeout=grpcclient.DEADLINE_S))
+    print_table(["NAME", "ID", "REQUESTS/MIN", "MODELS", "EXPIRES", "CREATED"], [
+        [k.name, k.id, k.requests_per_minute or "-", ",".join(k.models) or "all",
+         when(k.expires_at), when(k.created_at)] for k in reply.keys])
+    return 0
+
+
+def keys_revoke(cfg: Config, args: argparse.Namespace) -> int:
+    reply = router_call(cfg, lambda router: router.RevokeKey(router_pb2.RevokeKeyRequest(name=args.name),
+                                                             timeout=grpcclient.DEADLINE_S + 2))
+    print(f"revoked {args.name} ({', '.join(k.id for k in reply.keys)}); every node refuses it within 10 s")
+    return 0
+
+
 def drain(cfg: Config) -> int:
     """Withdraw this node's services from the mesh; it keeps serving what reaches it."""
     reply = router_call(cfg, lambda router: router.Drain(
@@ -518,6 +554,26 @@ def drain(cfg: Config) -> int:
     print(f"drained {cfg.worker_id}: withdrew {', '.join(reply.withdrawn) or 'nothing'}; "
           "restart the node to announce its services again")
     return 0
+
+
+def duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_key_commands(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="keys_command", required=True)
+    create = commands.add_parser("create", help="make a key (printed once)")
+    create.add_argument("--name", required=True, help="unique among the keys in force; usage is counted under it")
+    create.add_argument("--rpm", type=int, default=0, help="requests per minute (default: no limit)")
+    create.add_argument("--expires", type=duration, default=0, help="lifetime, e.g. 30d or 12h (default: never)")
+    create.add_argument("--models", type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+                        default=[], help="model ids or aliases it may use, comma-separated (default: all, "
+                                         "and every /service route)")
+    commands.add_parser("list", help="the keys in force (never a secret)")
+    commands.add_parser("revoke", help="revoke a key on every node").add_argument("name")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -533,6 +589,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     commands.add_parser("peers", help="the DHT peers this node knows, with their round-trip time")
     commands.add_parser("models", help="every model of the mesh, the nodes that serve it and their load")
     commands.add_parser("drain", help="withdraw this node's services from the mesh")
+    add_key_commands(commands.add_parser("keys", help="the mesh's client API keys: create, list, revoke"))
     run = commands.add_parser("run", help="run one component (what supervisord starts)")
     run.add_argument("component", help="nebula-agent, dht, router, api, gateway (Envoy) or svc-<name>")
     return parser.parse_args(argv)
@@ -556,11 +613,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run_component(cfg, args.component)
     try:
+        if args.command == "keys":
+            return {"create": keys_create, "list": keys_list, "revoke": keys_revoke}[args.keys_command](cfg, args)
         return {"status": status, "services": services, "peers": peers, "models": models,
                 "drain": drain}[args.command](cfg)
     except NotRunning as err:
         print(err, file=sys.stderr)
         return 1
+    except Refused as err:
+        print(f"meshworker: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -70,7 +70,15 @@ async def health(request: Request) -> Response:
         "version": node.version, "components": components,
         "backends": {n: "healthy" if ok else "unhealthy" for n, ok in backends.items()},
         "unavailable": dict(node.cfg.unavailable), "gateway": gateway_view(gateway),
+        "client_auth": node.cfg.client_auth, "access": access(node.cfg),
     }, status_code=503 if status == "unhealthy" else 200)
+
+
+def access(cfg: Config) -> str:
+    """Who may use /v1 and /service on the client port, in a sentence."""
+    if cfg.client_auth == "open":
+        return "open: anyone who reaches this port may use every service and model, with no key and no limit"
+    return "an API key of the mesh (meshworker keys)" + (", except from loopback" if cfg.client_auth_loopback else "")
 
 
 def backend_view(s: router_pb2.LocalService) -> dict:

@@ -87,6 +87,11 @@ class Config:
     mesh_secret: str | None = None  # proves membership; from mesh_secret, else <state>/mesh.secret
     unavailable: tuple[tuple[str, str], ...] = ()  # built-ins asked for but not installed, and why
     aliases: tuple[tuple[str, str], ...] = ()  # [models]: a name clients use -> a model id of the mesh
+    # Who may call /v1 and /service on the client port: "keys" (an API key of the mesh,
+    # `meshworker keys`) or "open" (anyone who reaches the port). Loopback clients need no
+    # key (so `curl localhost:8000` keeps working) unless client_auth_loopback is false.
+    client_auth: str = "keys"
+    client_auth_loopback: bool = True
 
     def grpc_target(self, component: str) -> str:
         """Address of a component's gRPC server, as both grpc servers and channels take it:
@@ -146,6 +151,24 @@ def _as_host_port(key: str, value: str) -> tuple[str, int]:
     if not sep or not host:
         raise ConfigError(key, f"expected host:port, got {value!r}")
     return host, _as_int(key, port, 1)
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _as_choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    return parse
 
 
 def _as_level(key: str, value: Any) -> str:
@@ -218,6 +241,8 @@ _SCALARS: dict[str, Callable[[str, Any], Any]] = {
     "advertise_url": lambda k, v: _as_peer_url(k, v),
     "mesh_secret": lambda k, v: _as_secret(k, v),
     "models": _as_aliases,
+    "client_auth": _as_choice("keys", "open"),
+    "client_auth_loopback": _as_bool,
 }
 
 

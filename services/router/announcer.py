@@ -16,31 +16,45 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.keys import KEYS
 from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
-# A busy backend's load changes with every request: the catalog record is stored again
-# at most this often (peers read it as often: Router.catalog_forever).
-CATALOG_MIN_INTERVAL_S = 2.0
+# A busy backend's load changes with every request: a summary record is stored again at
+# most this often (peers read the catalog as often: Router.catalog_forever).
+SUMMARY_MIN_INTERVAL_S = 2.0
 # A crawl and a store, each waiting up to the dht's 1 s RPC timeout for peers that are down.
 ANNOUNCE_DEADLINE_S = 10.0
 
 
+@dataclass
+class Summary:
+    """A record this node stores under a reserved name (@models, @keys): stored again when
+    what it says changes (at most every SUMMARY_MIN_INTERVAL_S) and before it expires."""
+
+    fields: Callable[[], dict[str, list]]  # AnnounceRequest fields now; all empty: withdraw it
+    drained: bool  # whether a drained node withdraws it (its models: yes; the mesh's keys: no)
+    stored: dict[str, list] | None = None  # as last stored; None: store it again
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Announcer:
     def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
-                 model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]]):
+                 model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]],
+                 keys_of: Callable[[], list[dht_pb2.ApiKey]] = list):
         self._channel = channel
         self._idempotent = idempotent
         self._model_of = model_of  # what the backend's health answer names, read at each announce
-        self._catalog_of = catalog_of  # this node's models, with their services and load, now
-        self._catalog: list[dht_pb2.Model] | None = None  # as last stored; None: store it again
-        self._catalog_wake = asyncio.Event()
+        # This node's models (with their services and load) and the keys it made or revoked, now.
+        self.summaries = {CATALOG: Summary(lambda: {"models": catalog_of()}, drained=True),
+                          KEYS: Summary(lambda: {"keys": keys_of()}, drained=False)}
         self._dht = dht_pb2_grpc.DhtStub(channel)
         self._ttl_s = ttl_s
         self._healthy: set[str] = set()
@@ -54,13 +68,13 @@ class Announcer:
         withdrawn = sorted(self._healthy)
         self._withdrawn |= self._healthy
         self._healthy.clear()
-        if not await self._sync() or not await self._sync_catalog():
+        if not await self._sync() or not await self._sync_summary(CATALOG):
             raise ConnectionError("the DHT is not answering")
         return withdrawn
 
-    def offer_changed(self) -> None:
-        """A local backend's models or load changed: the catalog record may need storing."""
-        self._catalog_wake.set()
+    def changed(self, name: str) -> None:
+        """What a summary record says may have changed (a backend's models or load, a key)."""
+        self.summaries[name].wake.set()
 
     def set_health(self, service: str, healthy: bool) -> None:
         if healthy and not self.draining:
@@ -70,13 +84,14 @@ class Announcer:
             self._healthy.discard(service)
             self._withdrawn.add(service)
         self._wake.set()
-        self._catalog_wake.set()  # the catalog lists the models of healthy backends only
+        self.changed(CATALOG)  # the catalog lists the models of healthy backends only
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch_dht())
             tasks.create_task(self._sync_forever())
-            tasks.create_task(self._catalog_forever())
+            for name in self.summaries:
+                tasks.create_task(self._summary_forever(name))
 
     async def _sync_forever(self) -> None:
         delay = self._republish_delay()
@@ -103,35 +118,35 @@ class Announcer:
             log.warning("DHT not reachable (%s); retrying in %.0f s", failures[0].code().name, RETRY_S)
         return not failures
 
-    async def _catalog_forever(self) -> None:
-        """This node's catalog record: stored when what it says changes, and again before it
-        expires; withdrawn when the node serves no model any more."""
+    async def _summary_forever(self, name: str) -> None:
+        summary = self.summaries[name]
         while True:
             try:
-                await asyncio.wait_for(self._catalog_wake.wait(), timeout=self._republish_delay())
+                await asyncio.wait_for(summary.wake.wait(), timeout=self._republish_delay())
             except TimeoutError:
-                self._catalog = None
-            self._catalog_wake.clear()
-            if not await self._sync_catalog():
-                log.warning("DHT not reachable for the model catalog; retrying in %.0f s", RETRY_S)
+                summary.stored = None
+            summary.wake.clear()
+            if not await self._sync_summary(name):
+                log.warning("DHT not reachable for the %s record; retrying in %.0f s", name, RETRY_S)
                 await asyncio.sleep(RETRY_S)
-                self._catalog_wake.set()
+                summary.wake.set()
                 continue
-            await asyncio.sleep(CATALOG_MIN_INTERVAL_S)
+            await asyncio.sleep(SUMMARY_MIN_INTERVAL_S)
 
-    async def _sync_catalog(self) -> bool:
-        entries = [] if self.draining else self._catalog_of()
-        if entries == self._catalog:
+    async def _sync_summary(self, name: str) -> bool:
+        summary = self.summaries[name]
+        fields = {k: [] for k in summary.fields()} if self.draining and summary.drained else summary.fields()
+        if fields == summary.stored:
             return True
         try:
-            if entries:
-                await self._dht.Announce(dht_pb2.AnnounceRequest(service=CATALOG, ttl_seconds=self._ttl_s,
-                                                                 models=entries), timeout=ANNOUNCE_DEADLINE_S)
+            if any(fields.values()):
+                await self._dht.Announce(dht_pb2.AnnounceRequest(service=name, ttl_seconds=self._ttl_s, **fields),
+                                         timeout=ANNOUNCE_DEADLINE_S)
             else:
-                await self._withdraw(CATALOG)
+                await self._withdraw(name)
         except grpc.aio.AioRpcError:
             return False
-        self._catalog = entries
+        summary.stored = fields
         return True
 
     async def _withdraw(self, service: str) -> None:
@@ -149,9 +164,10 @@ class Announcer:
             try:
                 async for reply in health.Watch(health_pb2.HealthCheckRequest()):
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        self._catalog = None  # a restarted dht lost what it stored
                         self._wake.set()
-                        self._catalog_wake.set()
+                        for summary in self.summaries.values():  # a restarted dht lost what it stored
+                            summary.stored = None
+                            summary.wake.set()
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(RETRY_S)

@@ -26,17 +26,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from services.common import capabilities, grpcclient
+from services.common import capabilities, grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
+from services.common.keys import KEYS
 from services.common.models import CATALOG, Model, Offer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
-from services.router import cache_file, catalog, gateway_file, trust
+from services.router import cache_file, catalog, gateway_file, keybook, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
 from services.router.health import HealthDamper
+from services.router.keybook import KeyBook, KeyBookError
 from services.router.mesh_view import mesh_services
 from services.router.providers import Provider
 from services.router.stats import RouterCounters
@@ -50,6 +52,9 @@ CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revok
 # How often the mesh's model catalog is read: a model announced anywhere (or a provider's
 # new load) is routed here within this, well inside one announce period.
 CATALOG_REFRESH_S = 5.0
+# How often the mesh's key records are read: a key made or revoked anywhere is in force
+# here within this and the 2 s its node may wait to store its record (10 s, the promise).
+KEYS_REFRESH_S = 5.0
 GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
 
 
@@ -68,6 +73,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.version += 1
         self.tls = trust.current(cfg, None, time.time())
         self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
+        self.keybook = KeyBook(cfg.state_dir / keybook.FILE)
         self._reading_catalog: asyncio.Task | None = None
         self.bound_peer_port = cfg.peer_port  # the real one once Envoy bound it (cfg may say 0)
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
@@ -95,7 +101,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             health_ok_threshold=cfg.health_ok_threshold,
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
             remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
-            models=self.model_routes(now), aliases=cfg.aliases)
+            models=self.model_routes(now), aliases=cfg.aliases, keys=self.keybook.in_force(now),
+            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback)
 
     def local_offers(self, healthy: bool = True) -> list[Offer]:
         """The models of this node's healthy backends (of its failing ones: healthy=False),
@@ -118,7 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """A local backend's models or load changed: new weights here, a new catalog record."""
         self.changed.set()
         if self.announcer is not None:
-            self.announcer.offer_changed()
+            self.announcer.changed(CATALOG)
 
     def on_ports(self, client: int, peer: int) -> None:
         if peer != self.bound_peer_port:
@@ -224,6 +231,50 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             except grpc.aio.AioRpcError as err:
                 log.warning("could not read the model catalog: the DHT answered %s", err.code().name)
             await asyncio.sleep(catalog.next_read_in(self.catalog, time.time(), CATALOG_REFRESH_S))
+
+    async def keys_forever(self) -> None:
+        """Other members' key records: a key they made or revoked, in force here or not."""
+        while True:
+            try:
+                reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=KEYS),
+                                                     timeout=grpcclient.DEADLINE_S)
+                published = [keys.from_pb(k) for r in reply.providers if r.worker_id != self.cfg.worker_id
+                             for k in r.keys]
+                if self.keybook.read(published):
+                    self.changed.set()
+            except grpc.aio.AioRpcError as err:
+                log.warning("could not read the mesh's API keys: the DHT answered %s", err.code().name)
+            await asyncio.sleep(KEYS_REFRESH_S)
+
+    async def keys_changed(self) -> None:
+        """This node made or revoked a key: Envoy here holds it before the caller hears
+        back, and the node's key record is stored again."""
+        version = await self.publish()
+        await self.ads.wait_until(lambda a: a.holds(version, resources.LISTENER), APPLY_DEADLINE_S)
+        if self.announcer is not None:
+            self.announcer.changed(KEYS)
+
+    async def CreateKey(self, request, context):
+        try:
+            key, token = self.keybook.create(request.name, time.time(), request.requests_per_minute,
+                                             tuple(request.models), request.ttl_seconds)
+        except ValueError as err:  # KeyBookError, or a name that is not one
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        log.info("made API key %s (%s)", key.name, key.id)
+        await self.keys_changed()
+        return router_pb2.CreatedKey(key=keys.to_pb(key), token=token)
+
+    async def ListKeys(self, request, context):
+        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in self.keybook.in_force(time.time())])
+
+    async def RevokeKey(self, request, context):
+        try:
+            gone = self.keybook.revoke(request.name, time.time())
+        except KeyBookError as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        log.info("revoked API key %s (%s)", request.name, ", ".join(k.id for k in gone))
+        await self.keys_changed()
+        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in gone])
 
     async def MeshModels(self, request, context):
         view = self.view(time.time())
@@ -393,12 +444,22 @@ def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> Rout
     return families
 
 
+def log_client_auth(cfg: Config) -> None:
+    if cfg.client_auth == "open":
+        log.warning("client_auth = \"open\": anyone who reaches port %d may use every service and model "
+                    "of the mesh, with no key and no limit", cfg.gateway_port)
+    else:
+        log.info("client_auth = \"keys\": /v1 and /service on port %d need an API key of the mesh%s",
+                 cfg.gateway_port, ", except from loopback" if cfg.client_auth_loopback else "")
+
+
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     dht = grpcclient.channel(cfg, "dht")
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
                           model_of=lambda service: servicer.backends[service].model,
-                          catalog_of=lambda: servicer.catalog_entries())
+                          catalog_of=lambda: servicer.catalog_entries(),
+                          keys_of=lambda: [keys.to_pb(k) for k in servicer.keybook.own])
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
@@ -410,6 +471,7 @@ async def serve(cfg: Config) -> None:
         announcer.set_health(service, healthy)
         servicer.changed.set()
 
+    log_client_auth(cfg)
     await server.start()
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -417,6 +479,7 @@ async def serve(cfg: Config) -> None:
                           tasks.create_task(servicer.watch_credentials()),
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
+                          tasks.create_task(servicer.keys_forever()),
                           tasks.create_task(servicer.families.gpus_forever()),
                           tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],

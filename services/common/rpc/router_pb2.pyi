@@ -1,3 +1,4 @@
+from services.common.rpc import dht_pb2 as _dht_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -15,6 +16,42 @@ class RouteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ROUTE_KIND_NONE: RouteKind
 ROUTE_KIND_LOCAL: RouteKind
 ROUTE_KIND_FORWARDED: RouteKind
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("name", "requests_per_minute", "models", "ttl_seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    requests_per_minute: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    ttl_seconds: int
+    def __init__(self, name: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class CreatedKey(_message.Message):
+    __slots__ = ("key", "token")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    key: _dht_pb2.ApiKey
+    token: str
+    def __init__(self, key: _Optional[_Union[_dht_pb2.ApiKey, _Mapping]] = ..., token: _Optional[str] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KeyList(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[_dht_pb2.ApiKey]
+    def __init__(self, keys: _Optional[_Iterable[_Union[_dht_pb2.ApiKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class MeshModelsRequest(_message.Message):
     __slots__ = ()

@@ -75,6 +75,21 @@ class RouterStub:
                 request_serializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.SerializeToString,
                 response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/meshworker.v1.Router/CreateKey',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.CreatedKey.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/meshworker.v1.Router/ListKeys',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.KeyList.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/meshworker.v1.Router/RevokeKey',
+                request_serializer=services_dot_common_dot_rpc_dot_router__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=services_dot_common_dot_rpc_dot_router__pb2.KeyList.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -139,6 +154,28 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """CreateKey makes a client API key of the mesh and answers with its token, the secret,
+        which nothing keeps. Envoy here accepts it once this answers; every node within 10 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """ListKeys lists the mesh's keys in force, never a secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """RevokeKey revokes every key in force with a name, on every node within 10 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -181,6 +218,21 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ResolveModel,
                     request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.FromString,
                     response_serializer=services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.CreateKeyRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.CreatedKey.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.ListKeysRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.KeyList.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=services_dot_common_dot_rpc_dot_router__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=services_dot_common_dot_rpc_dot_router__pb2.KeyList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +452,87 @@ class Router:
             '/meshworker.v1.Router/ResolveModel',
             services_dot_common_dot_rpc_dot_router__pb2.ResolveModelRequest.SerializeToString,
             services_dot_common_dot_rpc_dot_router__pb2.ModelResolution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/CreateKey',
+            services_dot_common_dot_rpc_dot_router__pb2.CreateKeyRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.CreatedKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/ListKeys',
+            services_dot_common_dot_rpc_dot_router__pb2.ListKeysRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.KeyList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshworker.v1.Router/RevokeKey',
+            services_dot_common_dot_rpc_dot_router__pb2.RevokeKeyRequest.SerializeToString,
+            services_dot_common_dot_rpc_dot_router__pb2.KeyList.FromString,
             options,
             channel_credentials,
             insecure,

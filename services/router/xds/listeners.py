@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from services.router.xds import models, routes
+from services.common.keys import ApiKey
+from services.router.xds import auth, models, routes
 from services.router.xds.clusters import MESH_CA, NODE_CERT
 from services.router.xds.typed import ADS, Listener, make, typed
 from services.router.xds.view import MeshView
@@ -17,6 +18,9 @@ from services.router.xds.view import MeshView
 # A client has this long to send its request headers (slowloris), and an idle keep-alive
 # connection is closed after IDLE_TIMEOUT.
 REQUEST_HEADERS_TIMEOUT, IDLE_TIMEOUT = "10s", "300s"
+# Envoy's defaults, named because our 431 says them: a request's headers are refused
+# (431) beyond this size or number, before any of them is routed (issue 11, H1).
+HEADERS_KB, HEADERS_COUNT = 60, 100
 # Answers Envoy makes itself, in our JSON error shape: a provider that fails (by the
 # response flag Envoy sets: no healthy host, connect failure, reset, overflow, timeout),
 # and a body over the limit (our own 413 route, or the buffer filter's for a chunked
@@ -34,14 +38,26 @@ def json_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"json_format": {"error": {"code": code, "message": message}}, "content_type": "application/json"}
 
 
-def local_replies(max_body_bytes: int) -> dict[str, Any]:
+def local_replies(max_body_bytes: int, keys: tuple[ApiKey, ...] = ()) -> dict[str, Any]:
     """Envoy's own answers in our shape, and in OpenAI's on /v1 paths."""
-    return {"mappers": [*answers(max_body_bytes, models.openai_json_error, openai=True),
-                        *answers(max_body_bytes, json_error)]}
+    return {"mappers": [*answers(max_body_bytes, keys, models.openai_json_error, openai=True),
+                        *answers(max_body_bytes, keys, json_error)]}
 
 
-def answers(max_body_bytes: int, shape: Callable[[int, str, str], dict[str, Any]], openai: bool = False
-            ) -> list[dict[str, Any]]:
+def key_answers(keys: tuple[ApiKey, ...], shape: Callable[[int, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A key refused (401), kept from a model (403), or over its limit (429, with how long
+    its bucket takes to hold a token again: each limited key has its own)."""
+    by_key = [{"filter": {"and_filter": {"filters": [status_is(429), {"header_filter": {"header": {
+                   "name": auth.KEY, "string_match": {"exact": name}}}}]}},
+               "headers_to_add": [{"header": {"key": "retry-after", "value": str(wait)},
+                                   "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+               "body_format_override": shape(*auth.over_limit(name))} for name, wait in auth.retry_after(keys)]
+    return by_key + [{"filter": status_is(status), "body_format_override": shape(status, code, message)}
+                     for status, code, message in (auth.UNAUTHORIZED, auth.FORBIDDEN)]
+
+
+def answers(max_body_bytes: int, keys: tuple[ApiKey, ...], shape: Callable[[int, str, str], dict[str, Any]],
+            openai: bool = False) -> list[dict[str, Any]]:
     mappers = [{
         "filter": {"response_flag_filter": {"flags": list(flags)}},
         "headers_to_add": [{"header": {"key": "retry-after", "value": "1"},
@@ -54,7 +70,10 @@ def answers(max_body_bytes: int, shape: Callable[[int, str, str], dict[str, Any]
                     413, "body_too_large", f"request body exceeds the limit of {max_body_bytes} bytes")},
                 # A request Envoy refuses itself (an encoded slash, a NUL, a bad header).
                 {"filter": status_is(400), "body_format_override": shape(
-                    400, "bad_request", "Envoy refused the request: %RESPONSE_CODE_DETAILS%")}]
+                    400, "bad_request", "Envoy refused the request: %RESPONSE_CODE_DETAILS%")},
+                {"filter": status_is(431), "body_format_override": shape(
+                    431, "headers_too_large", f"request headers exceed {HEADERS_KB} KiB or {HEADERS_COUNT} fields")}]
+    mappers += key_answers(keys, shape)
     if openai:
         on_v1 = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": models.PREFIX}}}}
         mappers = [m | {"filter": {"and_filter": {"filters": [on_v1, m["filter"]]}}} for m in mappers]
@@ -75,13 +94,17 @@ def peer_only_headers_dropped() -> dict[str, Any]:
             "mutations": [{"remove": h} for h in routes.PEER_ONLY_HEADERS]})}
 
 
-def http_manager(view: MeshView, name: str) -> dict[str, Any]:
+def http_manager(view: MeshView, name: str, key_required: bool = False) -> dict[str, Any]:
+    """`key_required`: on the client listener, whether /v1 and /service need a valid API key."""
     client = name == routes.CLIENT
     shape: dict[str, Any] = {
         "stat_prefix": name, "codec_type": "AUTO",
         "rds": {"route_config_name": name, "config_source": ADS},
         "http_filters": [
+            *(auth.key_filters(view.keys, key_required) if client else []),
             *(models.filters() if client else []),
+            # After the model filter has picked the model's route, whose rule it applies.
+            *([auth.rbac_filter(view.keys)] if client else []),
             # Off unless a route turns it on: only a body of unknown length is held (routes.py).
             {"name": routes.BUFFER_FILTER, "disabled": True, "typed_config": typed(
                 "envoy.extensions.filters.http.buffer.v3.Buffer", {"max_request_bytes": view.max_body_bytes})},
@@ -89,8 +112,9 @@ def http_manager(view: MeshView, name: str) -> dict[str, Any]:
                 "envoy.extensions.filters.http.router.v3.Router", {"suppress_envoy_headers": True})}],
         **({"early_header_mutation_extensions": [peer_only_headers_dropped()]} if client else {}),
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
-        "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT},
-        "local_reply_config": local_replies(view.max_body_bytes),
+        "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT, "max_headers_count": HEADERS_COUNT},
+        "max_request_headers_kb": HEADERS_KB,
+        "local_reply_config": local_replies(view.max_body_bytes, view.keys if client else ()),
         # One path for one resource: dot segments resolved and slashes merged before
         # routing, and an encoded slash (which would name another service) refused.
         "normalize_path": True, "merge_slashes": True,
@@ -112,9 +136,25 @@ def bound(host: str, port: int) -> dict[str, Any]:
 NOT_SHARED = {"enable_reuse_port": False}
 
 
+LOOPBACK = [{"address_prefix": "127.0.0.0", "prefix_len": 8}, {"address_prefix": "::1", "prefix_len": 128}]
+
+
+def client_chains(view: MeshView) -> list[dict[str, Any]]:
+    """One chain per kind of client: those that need a key, and those exempt from it
+    (loopback clients, unless client_auth_loopback is false; everyone when client_auth
+    is "open"). Envoy picks the chain by the source address, before any byte is read."""
+    if view.client_auth == "open":
+        return [{"filters": [http_manager(view, routes.CLIENT)]}]
+    required = {"filters": [http_manager(view, routes.CLIENT, key_required=True)]}
+    if not view.loopback_exempt:
+        return [required]
+    return [{"filter_chain_match": {"source_prefix_ranges": LOOPBACK}, "filters": [http_manager(view, routes.CLIENT)]},
+            required]
+
+
 def client_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.CLIENT, "address": bound(view.listen_host, view.client_port), **NOT_SHARED,
-                           "filter_chains": [{"filters": [http_manager(view, routes.CLIENT)]}]})
+                           "filter_chains": client_chains(view)})
 
 
 def downstream_mtls() -> dict[str, Any]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.router.xds import clusters, routes
+from services.router.xds import auth, clusters, routes
 from services.router.xds.typed import ClusterLoadAssignment, make, typed
 from services.router.xds.view import MeshView, ModelProvider, ModelRoute
 
@@ -157,14 +157,19 @@ def action(view: MeshView, route: ModelRoute) -> dict[str, Any]:
 def client_routes(view: MeshView) -> list[dict[str, Any]]:
     known = {r.model.id: r for r in routable(view)}
     found = [routes.to_api({"path": "/v1/models", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]})]
-    found += [{"name": r.model.id, "match": by_model(r.model.id), **action(view, r)} for r in known.values()]
+    found += [{"name": r.model.id, "match": by_model(r.model.id), **action(view, r),
+               **per_filter(auth.model_rule(view.keys, view.names_of(r.model.id)))} for r in known.values()]
     found += [{"name": target, "match": by_model(alias), **action(view, known[target]),
-               "typed_per_filter_config": renamed_to(target)}
+               **per_filter(renamed_to(target) | auth.model_rule(view.keys, view.names_of(target)))}
               for alias, target in view.aliases if target in known and alias not in known]
     return found + [unknown_model(view), needs_model(view),
                     {"match": {"prefix": PREFIX}, **openai_error(404, "unknown_url", "no such /v1 endpoint here; "
                                                                  "this gateway serves /v1/models, /v1/chat/"
                                                                  "completions, /v1/completions, /v1/embeddings")}]
+
+
+def per_filter(configs: dict[str, Any]) -> dict[str, Any]:
+    return {"typed_per_filter_config": configs} if configs else {}
 
 
 def unknown_model(view: MeshView) -> dict[str, Any]:

@@ -24,7 +24,8 @@ WORKER, ROUTE = "x-mesh-worker", "x-mesh-route"
 # Headers only peers (and our own filters) may set: dropped from what a client sends to
 # :8000 before any route is picked (listeners.py).
 SERVICE, ENVELOPE, MODEL = "x-mesh-service", "x-mesh-envelope", "x-mesh-model"
-PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE, MODEL)
+KEY = "x-mesh-key"  # the name of the client's API key, once jwt_authn verified it (auth.py)
+PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE, MODEL, KEY)
 # A service without a timeout of ours (remote only): its peer applies the backend's own.
 REMOTE_TIMEOUT_S = 300.0
 # Nothing reached a backend yet: the connection failed, or a peer said so (UNSERVED).

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from services.common.config import ServiceConfig
+from services.common.keys import ApiKey
 from services.common.models import SATURATED, Model
 from services.identity.mesh_ca import TlsCredentials
 
@@ -95,6 +96,13 @@ class MeshView:
     tls: TlsCredentials | None = None  # None: no peer listener, and no forwarding
     models: tuple[ModelRoute, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()  # a name clients use -> a model id of `models`
+    keys: tuple[ApiKey, ...] = ()  # the mesh's API keys in force
+    client_auth: str = "keys"  # "open": nobody needs a key
+    loopback_exempt: bool = True  # loopback clients need no key
+
+    def names_of(self, model_id: str) -> tuple[str, ...]:
+        """A model's id and the aliases it is known by here."""
+        return (model_id, *(alias for alias, target in self.aliases if target == model_id))
 
     def remote_of(self, name: str) -> RemoteService | None:
         return next((r for r in self.remote if r.name == name), None)

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from grpc_loopback import serving
 
+from services.common.keys import KEYS
 from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, dht_pb2_grpc
 from services.router.announcer import Announcer
@@ -25,8 +26,8 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
 
     async def Announce(self, request, context):
         self.announced.append(request.service)
-        self.models = list(request.models)
-        if request.service in ("b", CATALOG):
+        self.models, self.keys = list(request.models), list(request.keys)
+        if request.service in ("b", CATALOG, KEYS):
             self.b_arrived.set()
         else:
             await self.b_arrived.wait()
@@ -41,10 +42,12 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
 async def dht_and_announcer():
     dht = RecordingDht()
     async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
-        yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW))
+        yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW),
+                             keys_of=lambda: list(KEYS_NOW))
 
 
 CATALOG_NOW: list[dht_pb2.Model] = []
+KEYS_NOW: list[dht_pb2.ApiKey] = []
 SMOL = dht_pb2.Model(id="smol", kind="chat", service="llm", load_percent=0)
 
 
@@ -69,15 +72,15 @@ async def test_the_catalog_is_stored_when_it_changes_and_withdrawn_when_it_empti
     dht, announcer = dht_and_announcer
     CATALOG_NOW[:] = [SMOL]
     try:
-        assert await announcer._sync_catalog() and await announcer._sync_catalog()
+        assert await announcer._sync_summary(CATALOG) and await announcer._sync_summary(CATALOG)
         assert dht.announced == [CATALOG] and dht.models == [SMOL]  # once: nothing changed
 
         CATALOG_NOW[:] = [dht_pb2.Model(id="smol", kind="chat", service="llm", load_percent=100)]
-        assert await announcer._sync_catalog()
+        assert await announcer._sync_summary(CATALOG)
         assert dht.announced == [CATALOG, CATALOG] and dht.models[0].load_percent == 100
 
         CATALOG_NOW[:] = []
-        assert await announcer._sync_catalog()
+        assert await announcer._sync_summary(CATALOG)
         assert dht.withdrawn == [CATALOG]
     finally:
         CATALOG_NOW.clear()
@@ -87,15 +90,27 @@ async def test_a_drained_node_withdraws_its_catalog(dht_and_announcer):
     dht, announcer = dht_and_announcer
     CATALOG_NOW[:] = [SMOL]
     try:
-        assert await announcer._sync_catalog()
+        assert await announcer._sync_summary(CATALOG)
         await announcer.drain()
         assert CATALOG in dht.withdrawn
     finally:
         CATALOG_NOW.clear()
 
 
+async def test_a_drained_node_keeps_publishing_the_keys_it_made(dht_and_announcer):
+    # Draining stops this node's services; the mesh's API keys stay in force.
+    dht, announcer = dht_and_announcer
+    KEYS_NOW[:] = [dht_pb2.ApiKey(id="mk-0123456789ab", name="ci", public_key="x" * 43)]
+    try:
+        await announcer.drain()
+        assert await announcer._sync_summary(KEYS)
+        assert dht.announced[-1] == KEYS and dht.keys == KEYS_NOW and KEYS not in dht.withdrawn
+    finally:
+        KEYS_NOW.clear()
+
+
 async def test_a_backend_turning_healthy_has_the_catalog_stored_again(dht_and_announcer):
     # Its models were read before its health settled: only now may the catalog list them.
     _, announcer = dht_and_announcer
     announcer.set_health("llm", True)
-    assert announcer._catalog_wake.is_set()
+    assert announcer.summaries[CATALOG].wake.is_set()

@@ -15,6 +15,7 @@ import time
 import pytest
 from google.protobuf import json_format
 
+from services.common.keys import ApiKey
 from services.identity.mesh_ca import secret_mode_ca
 from services.identity.revocation import revocation_list
 from services.router.xds import resources
@@ -57,9 +58,14 @@ def validate(tmp_path, bootstrap: dict) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, timeout=50)
 
 
+KEYS = (ApiKey("mk-000000000001", "ci", "x" * 43, requests_per_minute=7),
+        ApiKey("mk-000000000002", "smol-only", "y" * 43, models=("smol",)))
+
+
 @pytest.mark.parametrize("changes", [{}, {"tls": None, "models": MODELS[1:2]}, {"local": (), "models": MODELS[2:]},
-                                     {"remote": (), "nowhere": (), "models": (), "aliases": ()}, "crl"],
-                         ids=["full", "no-tls", "no-local", "local-only", "revocation-list"])
+                                     {"remote": (), "nowhere": (), "models": (), "aliases": ()}, "crl",
+                                     {"keys": KEYS}, {"keys": KEYS, "client_auth": "open"}],
+                         ids=["full", "no-tls", "no-local", "local-only", "revocation-list", "keys", "open"])
 def test_envoy_accepts_the_snapshot(tmp_path, changes):
     if changes == "crl":
         tls = view(tmp_path).tls

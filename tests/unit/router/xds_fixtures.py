@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from services.common.config import ServiceConfig
 from services.common.models import Model
 from services.identity.mesh_ca import secret_mode_credentials
@@ -34,3 +36,7 @@ def view(tmp_path: Path, **changes) -> MeshView:
                 RemoteService("ocr", (Peer("node2", "10.0.0.2", 8443), Peer("node3", "10.0.0.3", 8443)), False)),
         "nowhere": ("nope",), "tls": tls, "models": MODELS, "aliases": (("gpt-4o-mini", "smol"), ("gone", "x"))}
     return MeshView(**(shape | changes))
+
+
+def as_dict(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
