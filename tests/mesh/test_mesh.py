@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -316,6 +318,35 @@ def test_clients_cannot_pose_as_peers(mesh):
     reply = b.request("GET", "/service/echo/whoami", headers={"X-Mesh-Service": "twin", "X-Mesh-Route": "x"})
     assert reply.status == 200 and reply.json()["name"] == "echo"
     assert reply.headers["X-Mesh-Route"] == "local"
+
+
+def status_from(client_host, url: str, headers: dict[str, str]) -> int:
+    """The status of a GET sent from inside `client_host`: a network client of another node."""
+    def get() -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as reply:
+                return reply.status
+        except urllib.error.HTTPError as err:
+            return err.code
+    return client_host.call(get)
+
+
+def test_a_key_made_on_one_node_and_revoked_on_another_holds_on_every_node_within_10_s(mesh):
+    a, b, c = mesh["a"], mesh["b"], mesh["c"]
+    at_c = f"http://{c.host.address}:8000/service/echo/whoami"
+    assert status_from(a.host, at_c, {}) == 401  # a network client needs a key
+    assert c.get("/service/echo/whoami").status == 200  # a loopback one does not
+    token = next(line for line in cli(a, "keys", "create", "--name", "mesh-wide").splitlines() if line.startswith("ey"))
+    made = time.monotonic()
+    wait_for(lambda: status_from(a.host, at_c, {"X-API-Key": token}) == 200, 10, "C to accept A's new key")
+    assert time.monotonic() - made <= 10
+    assert "mesh-wide" in cli(b, "keys", "list")
+    cli(b, "keys", "revoke", "mesh-wide")
+    revoked = time.monotonic()
+    wait_for(lambda: status_from(b.host, at_c, {"X-API-Key": token}) == 401, 10, "C to refuse the key B revoked")
+    wait_for(lambda: status_from(b.host, f"http://{a.host.address}:8000/service/echo/whoami",
+                                 {"X-API-Key": token}) == 401, 10, "A to refuse its own key, revoked by B")
+    assert time.monotonic() - revoked <= 10
 
 
 def issued_at_by(node, service: str, worker: str) -> float:
