@@ -11,11 +11,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from meshtest import Node, alive
+from meshtest import ControlledBackend, Node, alive
 from netns import Host
 
 
@@ -74,6 +76,17 @@ def start_module_node() -> Iterator[NodeFactory]:
     factory = NodeFactory()
     yield factory
     factory.close(show_logs=False)
+
+
+@pytest.fixture(scope="module")
+def test_backend() -> Iterator[str]:
+    """The URL of a ControlledBackend (meshtest.py) serving for the module."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ControlledBackend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.hookimpl(wrapper=True)

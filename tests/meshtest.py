@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from netns import Host
@@ -177,3 +178,54 @@ class Node:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
             raise AssertionError("meshworker up did not stop within 30 s of SIGTERM")
+
+
+class ControlledBackend(BaseHTTPRequestHandler):
+    """A small HTTP service the test controls: echo, slow answers, body sizes, the headers it
+    got (GET /headers), and an answer that leaves the body unread (POST /unread)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status: int, payload, content_type: str = "application/json") -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(3)
+        if self.path == "/headers":
+            return self.answer(200, {"headers": {k.lower(): self.headers.get_all(k) for k in self.headers}})
+        self.answer(200, {"path": self.path, "authorization": self.headers.get("Authorization")})
+
+    def read_body(self) -> bytes | None:
+        """The body; None when the connection ended first (the gateway drops the upstream
+        connection of a request whose body passed its limit)."""
+        if self.headers.get("Transfer-Encoding") != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunks = []
+        while size_line := self.rfile.readline():
+            if not (size := int(size_line.split(b";")[0], 16)):
+                self.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline()
+        return None
+
+    def do_POST(self):
+        if self.path == "/unread":  # a careless backend: what follows is read as its next request
+            return self.answer(200, {"path": self.path})
+        body = self.read_body()
+        if body is None:
+            self.close_connection = True
+            return
+        echo = json.loads(body) if self.path == "/" else None
+        # {"content_type": ...} asks for an answer that says it is of that type.
+        self.answer(200, {"echo": echo, "size": len(body), "path": self.path},
+                    echo.get("content_type", "application/json") if isinstance(echo, dict) else "application/json")

@@ -7,11 +7,9 @@ import http.client
 import json
 import os
 import subprocess
-import threading
 import time
 import urllib.request
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from meshtest import BIN, SENTENCE, render_png, wait_for
@@ -23,62 +21,6 @@ SEED_CAPABILITIES = {"hostname", "cpu_cores", "has_gpu", "gpu_type", "gpu_memory
                      "low_latency", "latency_ms", "has_edge", "ram"}
 SEED_ROUTING = {"local_requests", "forwarded_requests", "cache_hits", "cache_misses", "dht_lookups",
                 "failed_requests", "cache_size", "cache_hit_rate"}
-
-
-class ControlledBackend(BaseHTTPRequestHandler):
-    """A small HTTP service the test controls: echo, slow answers, body sizes."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def answer(self, status: int, payload, content_type: str = "application/json") -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/slow":
-            time.sleep(3)
-        self.answer(200, {"path": self.path, "authorization": self.headers.get("Authorization")})
-
-    def read_body(self) -> bytes | None:
-        """The body; None when the connection ended first (the gateway drops the upstream
-        connection of a request whose body passed its limit)."""
-        if self.headers.get("Transfer-Encoding") != "chunked":
-            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        chunks = []
-        while size_line := self.rfile.readline():
-            if not (size := int(size_line.split(b";")[0], 16)):
-                self.rfile.readline()
-                return b"".join(chunks)
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline()
-        return None
-
-    def do_POST(self):
-        body = self.read_body()
-        if body is None:
-            self.close_connection = True
-            return
-        echo = json.loads(body) if self.path == "/" else None
-        # {"content_type": ...} asks for an answer that says it is of that type.
-        self.answer(200, {"echo": echo, "size": len(body), "path": self.path},
-                    echo.get("content_type", "application/json") if isinstance(echo, dict) else "application/json")
-
-
-@pytest.fixture(scope="module")
-def test_backend():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ControlledBackend)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture(scope="module")
