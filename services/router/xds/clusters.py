@@ -25,6 +25,7 @@ from services.router.xds.view import LocalService, MeshView, RemoteService
 
 API = "api"
 CONNECT_TIMEOUT = "1s"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 NODE_CERT, MESH_CA = "node-cert", "mesh-ca"  # the SDS secrets (resources.secrets)
 
 
@@ -81,6 +82,15 @@ def health_check(view: MeshView, svc: LocalService) -> dict[str, Any]:
     }
 
 
+def one_request_per_connection() -> dict[str, Any]:
+    """A backend may answer without reading a request's body; it then reads that body as
+    its next request, and on a reused connection Envoy hands what it answers to the next
+    client (issue 11, M6: a request hidden in a body answered another client's). Envoy
+    cannot tell, so no connection to a backend carries a second request."""
+    return typed(HTTP_OPTIONS, {"explicit_http_config": {"http_protocol_options": {}},
+                                "common_http_protocol_options": {"max_requests_per_connection": 1}})
+
+
 def backend_address(upstream: str) -> tuple[str, dict[str, Any]]:
     """The cluster type and address of a backend URL: an IP or a unix socket is STATIC,
     a host name is resolved by Envoy (STRICT_DNS)."""
@@ -106,6 +116,7 @@ def local_cluster(view: MeshView, svc: LocalService) -> Cluster:
             {"endpoint": {"address": where, "hostname": view.worker_id}}]}]},
         "health_checks": [health_check(view, svc)],
         "circuit_breakers": circuit_breakers(),
+        "typed_extension_protocol_options": {HTTP_OPTIONS: one_request_per_connection()},
     }
     if upstream.startswith("https://"):
         shape["transport_socket"] = upstream_tls(svc)
