@@ -34,6 +34,11 @@ UNSERVED = "x-mesh-unserved"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 API_ROUTE = "the node's api"
 IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
+# The envelope's body is read whole and parsed by the api, where JSON costs up to 25 times
+# its size and parsing it holds every other request the api serves, /health included
+# (issue 11, M2: 30 MiB of [{},{},...] took 770 MB and 1.3 s). Larger bodies go to the
+# backend's own API, /service/{type}/{path}, which streams them.
+ENVELOPE_MAX_BYTES = 8 * 1024 * 1024
 
 
 def header(key: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> dict[str, Any]:
@@ -47,13 +52,34 @@ def error(status: int, code: str, message: str) -> dict[str, Any]:
             "response_headers_to_add": [header("content-type", "application/json")]}
 
 
+def envelope_limit(view: MeshView) -> int:
+    return min(view.max_body_bytes, ENVELOPE_MAX_BYTES)
+
+
+def too_large(match: dict[str, Any], limit: int) -> dict[str, Any]:
+    return {"match": match | {"headers": [*match.get("headers", []), {"name": "content-length", "range_match": {
+                "start": limit + 1, "end": 2**62}}]},
+            **error(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")}
+
+
 def refusals(view: MeshView) -> list[dict[str, Any]]:
-    """Before any route: a declared Content-Length over the limit is refused before any
-    byte moves on. (Paths Envoy cannot normalize, with a NUL or an encoded slash, never
-    get this far: listeners.py.)"""
-    return [{"match": {"prefix": "/", "headers": [{"name": "content-length", "range_match": {
-                "start": view.max_body_bytes + 1, "end": 2**62}}]},
-             **error(413, "body_too_large", f"request body exceeds the limit of {view.max_body_bytes} bytes")}]
+    """Before any route: a declared Content-Length over the limit (the envelope's, for an
+    envelope) is refused before any byte moves on. (Paths Envoy cannot normalize, with a
+    NUL or an encoded slash, never get this far: listeners.py.)"""
+    return [too_large({"prefix": "/"}, view.max_body_bytes),
+            too_large(post({"safe_regex": {"regex": "/service/[^/]+"}}), envelope_limit(view))]
+
+
+def buffered(limit: int) -> dict[str, Any]:
+    """The buffer filter turned on for a route: a body over `limit` is refused with 413."""
+    return {BUFFER_FILTER: typed("envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                                 {"buffer": {"max_request_bytes": limit}})}
+
+
+def held_whole(envelope: dict[str, Any], view: MeshView) -> dict[str, Any]:
+    """An envelope is held whole, so a chunked one that grows past its limit is refused
+    before the api reads it (one with a Content-Length was refused up front)."""
+    return envelope | {"typed_per_filter_config": buffered(envelope_limit(view))}
 
 
 def held_if_chunked(route: dict[str, Any], view: MeshView) -> list[dict[str, Any]]:
@@ -63,9 +89,7 @@ def held_if_chunked(route: dict[str, Any], view: MeshView) -> list[dict[str, Any
     here). A request without a body passes the buffer at once."""
     chunked = {**route, "match": {**route["match"], "headers": [
         *route["match"].get("headers", []), {"name": "content-length", "present_match": False}]},
-        "typed_per_filter_config": {BUFFER_FILTER: typed(
-            "envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
-            {"buffer": {"max_request_bytes": view.max_body_bytes}})}}
+        "typed_per_filter_config": buffered(view.max_body_bytes)}
     return [chunked, route]
 
 
@@ -137,7 +161,7 @@ def forwarded_envelope(name: str, timeout_s: float, idempotent: bool) -> dict[st
 def service_routes(view: MeshView, name: str, envelope: dict[str, Any], below_route: dict[str, Any]
                    ) -> list[dict[str, Any]]:
     """One service's routes, each named after it (Envoy's error messages name the route)."""
-    found = [envelope, envelope_only_post(name), *held_if_chunked(below_route, view)]
+    found = [held_whole(envelope, view), envelope_only_post(name), *held_if_chunked(below_route, view)]
     return [{**route, "name": name} for route in found]
 
 
@@ -210,7 +234,7 @@ def peer_routes(view: MeshView, openai: list[dict[str, Any]]) -> RouteConfigurat
         service_header = {"name": SERVICE, "string_match": {"exact": svc.name}}
         envelope = named(post(exact(svc.name)), ENVELOPE)
         routes += [{**route, "name": svc.name} for route in [
-            to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"),
+            held_whole(to_api(envelope | {"headers": [service_header, *envelope["headers"]]}, "forwarded"), view),
             *held_if_chunked({"match": {"prefix": "/", "headers": [service_header]}, **forward(
                 clusters.local_name(svc.name), svc.config.timeout_s, svc.config.idempotent, False,
                 "forwarded", auth(svc))}, view)]]
