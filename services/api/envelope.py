@@ -37,7 +37,7 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     body = b"".join(chunks)
     try:
         json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than Python's stack (issue 11, L1)
         raise bad_request("invalid_json", "the request body is not valid JSON") from None
     return body
 
