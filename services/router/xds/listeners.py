@@ -34,6 +34,12 @@ FAILURES = (
 )
 
 
+# What a client may claim about where it came from: on the client listener X-Forwarded-For
+# carries only the address Envoy appends, and no backend reads a client's Forwarded or
+# X-Real-IP as ours (issue 11, L7). Peers' are kept: a peer appends the address it saw.
+CLIENT_CLAIMS = ("x-forwarded-for", "forwarded", "x-real-ip")
+
+
 def json_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"json_format": {"error": {"code": code, "message": message}}, "content_type": "application/json"}
 
@@ -88,10 +94,11 @@ def status_is(status: int) -> dict[str, Any]:
 def peer_only_headers_dropped() -> dict[str, Any]:
     """What only a peer or our own filters may say (x-mesh-*), gone before the route is
     picked (an early header mutation): a client's x-mesh-model must not choose a model
-    route for a body that names another, or none."""
+    route for a body that names another, or none. A client's claims of where it came
+    from go too, before Envoy appends the address that connected."""
     return {"name": "meshworker.peer_only_headers", "typed_config": typed(
         "envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation", {
-            "mutations": [{"remove": h} for h in routes.PEER_ONLY_HEADERS]})}
+            "mutations": [{"remove": h} for h in (*routes.PEER_ONLY_HEADERS, routes.UNSERVED, *CLIENT_CLAIMS)]})}
 
 
 def http_manager(view: MeshView, name: str, key_required: bool = False) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def test_clients_cannot_set_peer_headers_before_a_route_is_picked(tmp_path):
     [early] = http_manager(view(tmp_path), "client")["early_header_mutation_extensions"]
     removed = {m["remove"] for m in early["typed_config"]["mutations"]}
     assert removed == {"x-mesh-service", "x-mesh-envelope", "x-mesh-worker", "x-mesh-route", "x-mesh-model",
-                       "x-mesh-key"}
+                       "x-mesh-key", "x-mesh-unserved", "x-forwarded-for", "forwarded", "x-real-ip"}
     # a peer's own headers name the service or model it forwards: kept on the peer listener
     assert "early_header_mutation_extensions" not in http_manager(view(tmp_path), "peer")
 
