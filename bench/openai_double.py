@@ -63,11 +63,34 @@ class Double(BaseHTTPRequestHandler):
         finally:
             with Double.count_lock:
                 Double.inflight -= 1
+        # Token counts a client can tell apart: one prompt token per word, max_tokens completion tokens.
+        prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        usage = {"prompt_tokens": prompt, "completion_tokens": body.get("max_tokens") or 1,
+                 "total_tokens": prompt + (body.get("max_tokens") or 1)}
+        if body.get("stream"):
+            self.stream(usage if body.get("stream_options", {}).get("include_usage") else None)
+            return
         self.answer({"id": "chatcmpl-double", "object": "chat.completion", "created": int(time.time()),
                      "model": self.model, "served_by": self.name, "choices": [{
                          "index": 0, "message": {"role": "assistant", "content": self.name},
-                         "finish_reason": "stop"}], "usage": {"prompt_tokens": 1, "completion_tokens": 1,
-                                                              "total_tokens": 2}})
+                         "finish_reason": "stop"}], "usage": usage})
+
+    def stream(self, usage: dict | None) -> None:
+        """Server-sent events as OpenAI sends them: the answer, then `usage` alone when asked
+        for (stream_options.include_usage), then [DONE]; each event flushed on its own."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk = {"id": "chatcmpl-double", "object": "chat.completion.chunk", "created": int(time.time()),
+                 "model": self.model}
+        events = [chunk | {"choices": [{"index": 0, "delta": {"content": self.name}, "finish_reason": "stop"}]}]
+        events += [chunk | {"choices": [], "usage": usage}] if usage else []
+        for data in [*(json.dumps(e) for e in events), "[DONE]"]:
+            event = f"data: {data}\n\n".encode()
+            self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
 
 
 if __name__ == "__main__":

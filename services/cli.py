@@ -534,9 +534,12 @@ def keys_create(cfg: Config, args: argparse.Namespace) -> int:
 
 def keys_list(cfg: Config, args: argparse.Namespace) -> int:
     reply = router_call(cfg, lambda router: router.ListKeys(router_pb2.ListKeysRequest(), timeout=grpcclient.DEADLINE_S))
-    print_table(["NAME", "ID", "REQUESTS/MIN", "MODELS", "EXPIRES", "CREATED"], [
-        [k.name, k.id, k.requests_per_minute or "-", ",".join(k.models) or "all",
-         when(k.expires_at), when(k.created_at)] for k in reply.keys])
+    print_table(["NAME", "ID", "REQUESTS/MIN", "MODELS", "EXPIRES", "CREATED", "REQUESTS", "ERRORS", "TOKENS",
+                 "LAST USED"], [
+        [k.name, k.id, k.requests_per_minute or "-", ",".join(k.models) or "all", when(k.expires_at),
+         when(k.created_at), u.requests, u.errors, u.prompt_tokens + u.completion_tokens,
+         when(int(u.last_used_at))] for k, u in zip(reply.keys, reply.usage, strict=True)])
+    print("\nREQUESTS, ERRORS, TOKENS (prompt and completion) and LAST USED: on this node, since its router started.")
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from netns import Host
 from PIL import Image, ImageDraw, ImageFont
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -229,3 +230,9 @@ class ControlledBackend(BaseHTTPRequestHandler):
         # {"content_type": ...} asks for an answer that says it is of that type.
         self.answer(200, {"echo": echo, "size": len(body), "path": self.path},
                     echo.get("content_type", "application/json") if isinstance(echo, dict) else "application/json")
+
+
+def sample(metrics_text: str, family: str, **labels: str) -> float:
+    """The sum of a family's samples with these labels, in a Prometheus text page."""
+    return sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
+               if s.name == family and all(s.labels.get(k) == v for k, v in labels.items()))

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import pynvml
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -42,6 +43,7 @@ from services.router.keybook import KeyBook, KeyBookError
 from services.router.mesh_view import mesh_services
 from services.router.providers import Provider
 from services.router.stats import RouterCounters
+from services.router.usage import AccessLog, KeyUse, Usage
 from services.router.xds import clusters, resources
 from services.router.xds.view import LocalService, MeshView, ModelRoute, Peer, RemoteService
 
@@ -74,6 +76,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.tls = trust.current(cfg, None, time.time())
         self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
         self.keybook = KeyBook(cfg.state_dir / keybook.FILE)
+        self.usage = Usage()
+        registry.register(self.usage)
         self._reading_catalog: asyncio.Task | None = None
         self.bound_peer_port = cfg.peer_port  # the real one once Envoy bound it (cfg may say 0)
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
@@ -265,7 +269,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.CreatedKey(key=keys.to_pb(key), token=token)
 
     async def ListKeys(self, request, context):
-        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in self.keybook.in_force(time.time())])
+        found = self.keybook.in_force(time.time())
+        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in found], usage=[
+            router_pb2.KeyUsage(name=k.name, **dataclasses.asdict(self.usage.by_key.get(k.name, KeyUse())))
+            for k in found])
 
     async def RevokeKey(self, request, context):
         try:
@@ -466,6 +473,8 @@ async def serve(cfg: Config) -> None:
                router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
     server.add(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, servicer.ads,
                ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name)
+    server.add(als_pb2_grpc.add_AccessLogServiceServicer_to_server, AccessLog(servicer.usage),
+               als_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name)
 
     def on_health_change(service: str, healthy: bool) -> None:
         announcer.set_health(service, healthy)

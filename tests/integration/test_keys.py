@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from meshtest import BIN, wait_for
+from meshtest import BIN, sample, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 DOUBLE = Path(__file__).resolve().parents[2] / "bench" / "openai_double.py"
@@ -130,6 +130,26 @@ def test_over_its_requests_per_minute_a_key_gets_429_with_retry_after(node):
     with sdk(node, token) as client, pytest.raises(openai.RateLimitError):
         client.models.list()
     assert curl(node, "/service/plain/x", f"X-API-Key: {create(node, 'unlimited')}")[0] == 200  # its own bucket
+
+
+def test_a_keys_requests_errors_and_tokens_are_counted_on_metrics_and_in_the_list(node):
+    token = create(node, "counted")
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "three words here"}]}
+    with sdk(node, token) as client:
+        client.chat.completions.create(**ask, max_tokens=7)
+        list(client.chat.completions.create(**ask, max_tokens=5, stream=True, stream_options={"include_usage": True}))
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(**(ask | {"model": "no-such-model"}))
+
+    def counted(family: str, **labels: str) -> float:
+        return sample(node.get("/metrics").body.decode(), family, key="counted", **labels)
+    # Envoy's access log reaches the router within its 0.1 s flush, after each answer.
+    wait_for(lambda: counted("meshworker_key_requests_total") == 3, 10, "the three requests to be counted")
+    assert counted("meshworker_key_errors_total") == 1
+    assert counted("meshworker_key_tokens_total", kind="prompt") == 3 + 3  # the JSON answer's and the stream's
+    assert counted("meshworker_key_tokens_total", kind="completion") == 7 + 5
+    row = next(line.split() for line in cli(node, "list").stdout.splitlines() if line.startswith("counted "))
+    assert row[-5:-2] == ["3", "1", "18"]  # requests, errors, tokens (then the day and time last used)
 
 
 def test_the_cli_refuses_a_name_in_use_and_a_bad_name(node):

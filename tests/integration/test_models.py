@@ -14,9 +14,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from meshtest import wait_for
+from meshtest import sample, wait_for
 from openai_server import llama_server
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(300)
 LLM, EMBEDDER = "SmolLM2-135M-Instruct-Q4_1", "sentence-transformers/all-MiniLM-L6-v2"
@@ -249,10 +248,6 @@ def test_another_openai_server_registered_as_a_backend_serves_its_model_through_
 
 
 def test_metrics_per_model_count_requests_and_tokens_on_the_node_page(node, client):
-    def sample(text: str, family: str, **labels: str) -> float:
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == family and all(s.labels.get(k) == v for k, v in labels.items()))
-
     before = node.get("/metrics").body.decode()
     client.chat.completions.create(model=LLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     after = node.get("/metrics").body.decode()

@@ -42,10 +42,28 @@ class ListKeysRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class KeyList(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "usage")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     keys: _containers.RepeatedCompositeFieldContainer[_dht_pb2.ApiKey]
-    def __init__(self, keys: _Optional[_Iterable[_Union[_dht_pb2.ApiKey, _Mapping]]] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[KeyUsage]
+    def __init__(self, keys: _Optional[_Iterable[_Union[_dht_pb2.ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyUsage, _Mapping]]] = ...) -> None: ...
+
+class KeyUsage(_message.Message):
+    __slots__ = ("name", "requests", "errors", "prompt_tokens", "completion_tokens", "last_used_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    last_used_at: float
+    def __init__(self, name: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., last_used_at: _Optional[float] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
     __slots__ = ("name",)

@@ -11,6 +11,9 @@
   Retry-After: the wait for the next token).
 - rbac refuses (403) a key limited to some models any other model's route, and every
   /service route (whose backend could serve any model).
+- A Lua filter reads OpenAI's `usage` from a keyed /v1 answer as its body passes, and the
+  access log streams each keyed request to the router (gRPC ALS, after the response):
+  its use is counted off the request path (services/router/usage.py).
 
 /health, /metrics and the status page stay open: jwt_authn has no rule for them.
 """
@@ -24,14 +27,20 @@ import math
 from typing import Any
 
 from services.common.keys import ISSUER, ApiKey, jwks
+from services.gateway.bootstrap import XDS_CLUSTER  # the router's gRPC server: ADS, and the access log
 from services.router.xds import routes
 from services.router.xds.typed import typed
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
+USAGE_FILTER = "meshworker.usage"
+USAGE = "meshworker.usage"  # dynamic metadata: a keyed answer's prompt_tokens, completion_tokens
+ACCESS_LOG = "api-keys"
 LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 RBAC_FILTER = "envoy.filters.http.rbac"
 KEY = routes.KEY
 PROVIDER = "mesh-keys"
+LUA = "envoy.extensions.filters.http.lua.v3.Lua"
+LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 GUARDED = ("/v1/", "/service/")
 # Envoy's token buckets refill at most every 50 ms.
 MIN_FILL_S = 0.05
@@ -56,6 +65,7 @@ def jwt_filter(keys: tuple[ApiKey, ...], required: bool) -> dict[str, Any]:
         # The key's name decides its limits and model rules: the route is picked again with it.
         "claim_to_headers": [{"header_name": KEY, "claim_name": "sub"}], "clear_route_cache": True,
         "clock_skew_seconds": 5,  # an expired key stops within seconds of its time, not a minute after
+        "payload_in_metadata": "key",  # the usage filter counts only what a key asked for
     }
     return {"name": JWT_FILTER, "typed_config": typed(
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", {
@@ -133,3 +143,49 @@ def model_rule(keys: tuple[ApiKey, ...], names: tuple[str, ...]) -> dict[str, An
 def named(names: list[str]) -> dict[str, Any]:
     """A principal: the request's key is one of `names`."""
     return {"or_ids": {"ids": [{"header": {"name": KEY, "string_match": {"exact": n}}} for n in names]}}
+
+
+# The body is read chunk by chunk as it passes, never held: a JSON answer's `usage`, or a
+# stream's (its last event, when the client asked for it with stream_options). A count
+# inside a string would be escaped (\"prompt_tokens\"), so it does not match. It names
+# JWT_FILTER's and USAGE's metadata.
+USAGE_CODE = """
+function envoy_on_response(handle)
+  local meta = handle:streamInfo():dynamicMetadata()
+  if meta:get("envoy.filters.http.jwt_authn") == nil then
+    return
+  end
+  local prompt, completion
+  for chunk in handle:bodyChunks() do
+    local text = chunk:getBytes(0, chunk:length())
+    for n in string.gmatch(text, '"prompt_tokens"%s*:%s*(%d+)') do prompt = n end
+    for n in string.gmatch(text, '"completion_tokens"%s*:%s*(%d+)') do completion = n end
+  end
+  meta = handle:streamInfo():dynamicMetadata()  -- the one from before the loop is gone once it yielded
+  if prompt then meta:set("meshworker.usage", "prompt_tokens", tonumber(prompt)) end
+  if completion then meta:set("meshworker.usage", "completion_tokens", tonumber(completion)) end
+end
+"""
+
+
+def usage_filter() -> dict[str, Any]:
+    """Off unless a route turns it on (usage_read): a /v1 POST's first route turns it on,
+    and its model's route gives it its code (Envoy reads the code from the route a
+    request ends on)."""
+    return {"name": USAGE_FILTER, "disabled": True, "typed_config": typed(LUA, {})}
+
+
+def usage_read() -> dict[str, Any]:
+    return {USAGE_FILTER: typed(LUA_PER_ROUTE, {"source_code": {"inline_string": USAGE_CODE}})}
+
+
+def access_log() -> list[dict[str, Any]]:
+    """Each request that carried a verified key, to the router once it is answered."""
+    return [{"name": "envoy.access_loggers.http_grpc",
+             "filter": {"header_filter": {"header": {"name": KEY, "present_match": True}}},
+             "typed_config": typed("envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig", {
+                 "common_config": {"log_name": ACCESS_LOG, "transport_api_version": "V3",
+                                   "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+                                   "buffer_flush_interval": "0.1s"},
+                 "additional_request_headers_to_log": [KEY]})}]
+

@@ -68,11 +68,12 @@ def filters() -> list[dict[str, Any]]:
 def model_read() -> dict[str, Any]:
     """The model filter's work, on the route that takes a request before its model is known.
     Envoy decides which filters a request passes from this first route, so the alias
-    filter is turned on here too: it then does what the alias's route says, if any."""
+    filter is turned on here too: it then does what the alias's route says, if any; and
+    so is the filter that reads a keyed answer's token usage (auth.py)."""
     return {MODEL_FILTER: typed(TRANSFORM, {"clear_route_cache": True, "request_transformation": {
         "headers_mutations": [{"append": {"header": {"key": MODEL, "value": "%REQUEST_BODY(model)%"},
                                           "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}]}}),
-            ALIAS_FILTER: typed(TRANSFORM)}
+            ALIAS_FILTER: typed(TRANSFORM)} | auth.usage_read()
 
 
 def renamed_to(model_id: str) -> dict[str, Any]:
@@ -158,9 +159,10 @@ def client_routes(view: MeshView) -> list[dict[str, Any]]:
     known = {r.model.id: r for r in routable(view)}
     found = [routes.to_api({"path": "/v1/models", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]})]
     found += [{"name": r.model.id, "match": by_model(r.model.id), **action(view, r),
-               **per_filter(auth.model_rule(view.keys, view.names_of(r.model.id)))} for r in known.values()]
+               **per_filter(auth.model_rule(view.keys, view.names_of(r.model.id)) | auth.usage_read())}
+              for r in known.values()]
     found += [{"name": target, "match": by_model(alias), **action(view, known[target]),
-               **per_filter(renamed_to(target) | auth.model_rule(view.keys, view.names_of(target)))}
+               **per_filter(renamed_to(target) | auth.model_rule(view.keys, view.names_of(target)) | auth.usage_read())}
               for alias, target in view.aliases if target in known and alias not in known]
     return found + [unknown_model(view), needs_model(view),
                     {"match": {"prefix": PREFIX}, **openai_error(404, "unknown_url", "no such /v1 endpoint here; "
