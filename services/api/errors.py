@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from services.common import errors
+
 # Says that no backend saw the request, so the forwarding node may try another provider
 # even for a service that is not idempotent (Envoy retries on it: retriable_headers).
 UNSERVED = "x-mesh-unserved"
@@ -20,12 +22,10 @@ class ApiError(Exception):
         self.unserved = unserved
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"code": self.code, "message": self.message}},
-                            status_code=self.status, headers=self.headers())
+        return JSONResponse(errors.ours(self.code, self.message), status_code=self.status, headers=self.headers())
 
     def openai_response(self, param: str | None = None) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": param, "code": self.code}},
+        return JSONResponse(errors.openai(self.status, self.code, self.message, param),
                             status_code=self.status, headers=self.headers())
 
     def headers(self) -> dict[str, str]:

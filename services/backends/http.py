@@ -1,8 +1,8 @@
 """What every built-in backend program shares: its error shape, JSON bodies, a model
 loaded in the background with a health answer, and serving on a unix socket.
 
-- `ApiError` / `error_body` / `error_handlers`: every error a backend returns has one
-  shape, chosen by path (DESIGN.md, "Errors"), Starlette's own 404/405 and unexpected
+- `ApiError` / `error_handlers`: every error a backend returns has one shape, chosen by
+  path (services/common/errors.py, DESIGN.md "Errors"), Starlette's own 404/405 and unexpected
   exceptions included: under /v1 OpenAI's `{"error": {"message", "type", "param",
   "code"}}`, elsewhere the project's `{"error": {"code": "<snake_case>", "message"}}`.
 - `read_json_object`: the request body as a JSON object, or a 400 naming what is wrong.
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
 
-from services.common import unix_socket
+from services.common import errors, unix_socket
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,9 @@ class ApiError(Exception):
         self.param = param  # the offending request field, where there is one
 
 
-def error_body(path: str, status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The error object for a request to `path`. Under /v1 it is OpenAI's, which OpenAI
-    clients parse (the official ones read `type`, `code` and `param`); elsewhere the
-    project's, which the seed's callers and the api's envelope read."""
-    if path != "/v1" and not path.startswith("/v1/"):
-        return {"error": {"code": code, "message": message}}
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 def error_response(request: Request, status: int, code: str, message: str,
                    param: str | None = None) -> JSONResponse:
-    body = error_body(request.url.path, status, code, message, param)
+    body = errors.for_path(request.url.path, status, code, message, param)
     return JSONResponse(body, status_code=status)
 
 

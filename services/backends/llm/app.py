@@ -44,7 +44,6 @@ from services.backends.http import (
     ApiError,
     ModelSlot,
     check_model,
-    error_body,
     error_handlers,
     model_list,
     read_json_object,
@@ -52,6 +51,7 @@ from services.backends.http import (
 from services.backends.llm import api, engine
 from services.backends.llm.engine import Completion, Sampling, TextModel
 from services.backends.model_metrics import GenerationMetrics
+from services.common import errors
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ async def _events(request: Request, job: api.Job, model: TextModel, ids: list[in
                     done = item
     except Exception as exc:  # the headers are sent: report it in the stream
         log.exception("generation failed mid-stream")
-        yield api.sse(error_body(request.url.path, 500, "generation_failed", str(exc)))
+        yield api.sse(errors.for_path(request.url.path, 500, "generation_failed", str(exc)))
     if done is not None:
         yield api.sse(api.chunk(job, model.name, finish_reason=done.finish_reason))
         if job.include_usage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from services.common import errors
 from services.common.keys import ApiKey
 from services.router.xds import auth, models, routes
 from services.router.xds.clusters import MESH_CA, NODE_CERT
@@ -41,12 +42,18 @@ CLIENT_CLAIMS = ("x-forwarded-for", "forwarded", "x-real-ip")
 
 
 def json_error(status: int, code: str, message: str) -> dict[str, Any]:
-    return {"json_format": {"error": {"code": code, "message": message}}, "content_type": "application/json"}
+    """A local reply's body in our shape (Envoy's own answers: 503, 504, 413...)."""
+    return {"json_format": errors.ours(code, message), "content_type": "application/json"}
+
+
+def openai_json_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """A local reply's body in OpenAI's shape, on /v1."""
+    return {"json_format": errors.openai(status, code, message), "content_type": "application/json"}
 
 
 def local_replies(max_body_bytes: int, keys: tuple[ApiKey, ...] = ()) -> dict[str, Any]:
     """Envoy's own answers in our shape, and in OpenAI's on /v1 paths."""
-    return {"mappers": [*answers(max_body_bytes, keys, models.openai_json_error, openai=True),
+    return {"mappers": [*answers(max_body_bytes, keys, openai_json_error, openai=True),
                         *answers(max_body_bytes, keys, json_error)]}
 
 

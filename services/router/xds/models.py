@@ -21,7 +21,6 @@ in OpenAI's shape.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from services.router.xds import auth, clusters, routes
@@ -38,21 +37,6 @@ ROUTE_OF_ENDPOINT = f'%UPSTREAM_METADATA(["{METADATA}", "route"])%'
 
 def cluster_name(model_id: str) -> str:
     return f"model:{model_id}"
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                      separators=(",", ":"))
-    return {"direct_response": {"status": status, "body": {"inline_string": body}},
-            "response_headers_to_add": [routes.header("content-type", "application/json")]}
-
-
-def openai_json_error(status: int, code: str, message: str) -> dict[str, Any]:
-    """A local reply's body in OpenAI's shape (Envoy's own answers: 503, 504, 413...)."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"json_format": {"error": {"message": message, "type": kind, "param": None, "code": code}},
-            "content_type": "application/json"}
 
 
 def by_model(name: str) -> dict[str, Any]:
@@ -165,7 +149,7 @@ def client_routes(view: MeshView) -> list[dict[str, Any]]:
                **per_filter(renamed_to(target) | auth.model_rule(view.keys, view.names_of(target)) | auth.usage_read())}
               for alias, target in view.aliases if target in known and alias not in known]
     return found + [unknown_model(view), needs_model(view),
-                    {"match": {"prefix": PREFIX}, **openai_error(404, "unknown_url", "no such /v1 endpoint here; "
+                    {"match": {"prefix": PREFIX}, **routes.openai_error(404, "unknown_url", "no such /v1 endpoint here; "
                                                                  "this gateway serves /v1/models, /v1/chat/"
                                                                  "completions, /v1/completions, /v1/embeddings")}]
 

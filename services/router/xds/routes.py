@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.common import errors
 from services.router.xds import clusters
 from services.router.xds.typed import RouteConfiguration, make, typed
 from services.router.xds.view import LocalService, MeshView
@@ -45,11 +46,20 @@ def header(key: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> 
     return {"header": {"key": key, "value": value}, "append_action": action}
 
 
+def answer(status: int, body: dict[str, Any], *headers: dict[str, Any]) -> dict[str, Any]:
+    """A route that answers this JSON itself."""
+    return {"direct_response": {"status": status, "body": {"inline_string": json.dumps(body, separators=(",", ":"))}},
+            "response_headers_to_add": [header("content-type", "application/json"), *headers]}
+
+
 def error(status: int, code: str, message: str) -> dict[str, Any]:
     """A route that answers our JSON error shape itself."""
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":"))
-    return {"direct_response": {"status": status, "body": {"inline_string": body}},
-            "response_headers_to_add": [header("content-type", "application/json")]}
+    return answer(status, errors.ours(code, message))
+
+
+def openai_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """A route that answers OpenAI's error shape itself."""
+    return answer(status, errors.openai(status, code, message))
 
 
 def envelope_limit(view: MeshView) -> int:
