@@ -523,7 +523,7 @@ def when(unix_s: int) -> str:
 
 
 def keys_create(cfg: Config, args: argparse.Namespace) -> int:
-    request = router_pb2.CreateKeyRequest(name=args.name, requests_per_minute=args.rpm,
+    request = router_pb2.CreateKeyRequest(name=args.name, requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
                                           models=args.models, ttl_seconds=args.expires)
     reply = router_call(cfg, lambda router: router.CreateKey(request, timeout=grpcclient.DEADLINE_S + 2))
     print(f"API key {reply.key.name} ({reply.key.id}), expires {when(reply.key.expires_at)}:\n\n{reply.token}\n\n"
@@ -534,12 +534,14 @@ def keys_create(cfg: Config, args: argparse.Namespace) -> int:
 
 def keys_list(cfg: Config, args: argparse.Namespace) -> int:
     reply = router_call(cfg, lambda router: router.ListKeys(router_pb2.ListKeysRequest(), timeout=grpcclient.DEADLINE_S))
-    print_table(["NAME", "ID", "REQUESTS/MIN", "MODELS", "EXPIRES", "CREATED", "REQUESTS", "ERRORS", "TOKENS",
-                 "LAST USED"], [
-        [k.name, k.id, k.requests_per_minute or "-", ",".join(k.models) or "all", when(k.expires_at),
-         when(k.created_at), u.requests, u.errors, u.prompt_tokens + u.completion_tokens,
-         when(int(u.last_used_at))] for k, u in zip(reply.keys, reply.usage, strict=True)])
-    print("\nREQUESTS, ERRORS, TOKENS (prompt and completion) and LAST USED: on this node, since its router started.")
+    print_table(["NAME", "ID", "REQUESTS/MIN", "TOKENS/MIN", "MODELS", "EXPIRES", "CREATED", "THIS MINUTE",
+                 "REQUESTS", "ERRORS", "TOKENS", "LAST USED"], [
+        [k.name, k.id, k.requests_per_minute or "-", k.tokens_per_minute or "-", ",".join(k.models) or "all",
+         when(k.expires_at), when(k.created_at), f"{u.minute_requests}/{u.minute_tokens}", u.requests, u.errors,
+         u.prompt_tokens + u.completion_tokens, when(int(u.last_used_at))]
+        for k, u in zip(reply.keys, reply.usage, strict=True)])
+    print("\nTHIS MINUTE: requests/tokens over the mesh, counted against the limits. REQUESTS, ERRORS, TOKENS\n"
+          "(prompt and completion) and LAST USED: on this node, since its router started.")
     return 0
 
 
@@ -570,7 +572,8 @@ def add_key_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="keys_command", required=True)
     create = commands.add_parser("create", help="make a key (printed once)")
     create.add_argument("--name", required=True, help="unique among the keys in force; usage is counted under it")
-    create.add_argument("--rpm", type=int, default=0, help="requests per minute (default: no limit)")
+    create.add_argument("--rpm", type=int, default=0, help="requests per minute, mesh-wide (default: no limit)")
+    create.add_argument("--tpm", type=int, default=0, help="tokens per minute, mesh-wide (default: no limit)")
     create.add_argument("--expires", type=duration, default=0, help="lifetime, e.g. 30d or 12h (default: never)")
     create.add_argument("--models", type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
                         default=[], help="model ids or aliases it may use, comma-separated (default: all, "

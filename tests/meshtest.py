@@ -236,3 +236,11 @@ def sample(metrics_text: str, family: str, **labels: str) -> float:
     """The sum of a family's samples with these labels, in a Prometheus text page."""
     return sum(s.value for f in text_string_to_metric_families(metrics_text) for s in f.samples
                if s.name == family and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def with_minute_left(seconds: float) -> None:
+    """Wait, if need be, for a wall-clock minute with `seconds` left: limits per key are
+    counted per minute (services/router/limits.py), and a test must not see one end."""
+    left = 60 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.1)

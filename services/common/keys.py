@@ -39,6 +39,7 @@ class ApiKey:
     name: str
     public_key: str  # Ed25519, base64url without padding (a JWK's "x")
     requests_per_minute: int = 0  # 0: no limit
+    tokens_per_minute: int = 0
     models: tuple[str, ...] = ()  # ids or aliases; (): every model and service
     expires_at: int = 0  # Unix seconds; 0: never
     created_at: int = 0
@@ -59,13 +60,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def make(name: str, now: float, requests_per_minute: int = 0, models: Iterable[str] = (), ttl_s: int = 0) -> tuple[ApiKey, str]:
+def make(name: str, now: float, requests_per_minute: int = 0, tokens_per_minute: int = 0,
+         models: Iterable[str] = (), ttl_s: int = 0) -> tuple[ApiKey, str]:
     """A new key and its token: the secret, shown once and kept nowhere."""
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key = ApiKey(id=f"mk-{secrets.token_hex(6)}", name=check_name(name),
                  public_key=base64.urlsafe_b64encode(public).rstrip(b"=").decode(),
-                 requests_per_minute=requests_per_minute,
+                 requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
                  models=tuple(models), expires_at=int(now) + ttl_s if ttl_s else 0, created_at=int(now))
     claims = {"iss": ISSUER, "sub": key.name, "iat": key.created_at} | (
         {"exp": key.expires_at} if key.expires_at else {})
@@ -93,27 +95,30 @@ def jwks(keys: Iterable[ApiKey]) -> dict:
 
 def to_pb(key: ApiKey) -> dht_pb2.ApiKey:
     return dht_pb2.ApiKey(id=key.id, name=key.name, public_key=key.public_key,
-                          requests_per_minute=key.requests_per_minute, models=list(key.models), expires_at=key.expires_at, revoked=key.revoked,
+                          requests_per_minute=key.requests_per_minute, tokens_per_minute=key.tokens_per_minute,
+                          models=list(key.models), expires_at=key.expires_at, revoked=key.revoked,
                           created_at=key.created_at)
 
 
 def from_pb(pb: dht_pb2.ApiKey) -> ApiKey:
     return ApiKey(id=pb.id, name=pb.name, public_key=pb.public_key, requests_per_minute=pb.requests_per_minute,
-                  models=tuple(pb.models), expires_at=pb.expires_at,
+                  tokens_per_minute=pb.tokens_per_minute, models=tuple(pb.models), expires_at=pb.expires_at,
                   created_at=pb.created_at, revoked=pb.revoked)
 
 
-# A key in a DHT record: [id, name, public_key, rpm, "model,model", expires_at, created_at, revoked]
-ENTRY_TYPES = (str, str, str, int, str, int, int, bool)
+# A key in a DHT record: [id, name, public_key, rpm, tpm, "model,model", expires_at, created_at, revoked]
+ENTRY_TYPES = (str, str, str, int, int, str, int, int, bool)
+# A key's use of a node in one minute, in a DHT record: [name, minute, requests, tokens]
+WINDOW_TYPES = (str, int, int, int)
 
 
 def to_entry(pb: dht_pb2.ApiKey) -> list:
-    return [pb.id, pb.name, pb.public_key, pb.requests_per_minute, ",".join(pb.models),
+    return [pb.id, pb.name, pb.public_key, pb.requests_per_minute, pb.tokens_per_minute, ",".join(pb.models),
             pb.expires_at, pb.created_at, pb.revoked]
 
 
 def entry_pb(entry: list) -> dht_pb2.ApiKey:
-    key_id, name, public_key, rpm, models, expires_at, created_at, was_revoked = entry
+    key_id, name, public_key, rpm, tpm, models, expires_at, created_at, was_revoked = entry
     return dht_pb2.ApiKey(id=key_id, name=name, public_key=public_key, requests_per_minute=rpm,
-                          models=[m for m in models.split(",") if m],
+                          tokens_per_minute=tpm, models=[m for m in models.split(",") if m],
                           expires_at=expires_at, created_at=created_at, revoked=was_revoked)

@@ -37,7 +37,8 @@ def record_pb(record: dict) -> dht_pb2.ProviderRecord:
         idempotent=record["idempotent"], model=record.get("model", ""), gpu_model=record["gpu_model"],
         gpu_free_bytes=record["gpu_free_bytes"], public_key=record["key"], models=[
             dht_pb2.Model(id=m[0], kind=m[1], context_length=m[2], service=m[3], load_percent=m[4])
-            for m in record["models"]], keys=[keys.entry_pb(k) for k in record["keys"]])
+            for m in record.get("models", [])], keys=[keys.entry_pb(k) for k in record.get("keys", [])],
+        usage=[dht_pb2.KeyWindow(key=u[0], window=u[1], requests=u[2], tokens=u[3]) for u in record.get("usage", [])])
 
 
 def gpu_summary() -> dict:
@@ -85,6 +86,8 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
                                                   models=[(m.id, m.kind, m.context_length, m.service,
                                                            m.load_percent) for m in request.models],
                                                   keys=[keys.to_entry(k) for k in request.keys],
+                                                  usage=[[u.key, u.window, u.requests, u.tokens]
+                                                         for u in request.usage],
                                                   **summary)
         self.announces.inc()
         return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)

@@ -200,7 +200,8 @@ class DhtNode:
     async def reannounce(self) -> None:
         """Announce every current service again, as before (the URL may have changed)."""
         for service, record in list(self._announced.items()):
-            summary = {k: record[k] for k in ("idempotent", "model", "gpu_model", "gpu_free_bytes", "models", "keys")}
+            summary = {k: v for k, v in record.items() if k in ("idempotent", "model", "gpu_model", "gpu_free_bytes",
+                                                                  *records.ENTRY_LISTS)}
             await self.announce(service, record["expires_at"] - record["issued_at"], **summary)
 
     async def withdraw(self, service: str) -> bool:

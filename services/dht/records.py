@@ -25,15 +25,18 @@ Record = dict[str, Any]
 MAX_PROVIDERS_PER_KEY = 14
 VALUE_BUDGET_BYTES = 6500  # of rpcudp's 8 KiB, leaving room for the message around the value
 SIGNED_FIELDS = ("service", "worker_id", "url", "idempotent", "model", "gpu_model", "gpu_free_bytes",
-                 "models", "keys", "issued_at", "expires_at", "sequence", "key", "proof")
+                 "models", "keys", "usage", "issued_at", "expires_at", "sequence", "key", "proof")
 # What a stored record is: these fields, of these types, and nothing else (an unsigned extra
 # field would be padding anyone can add to a member's record).
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "service": str, "worker_id": str, "url": str, "idempotent": bool, "model": str, "gpu_model": str,
-    "gpu_free_bytes": int, "models": list, "keys": list, "issued_at": (int, float), "expires_at": (int, float),
+    "gpu_free_bytes": int, "issued_at": (int, float), "expires_at": (int, float),
     "sequence": int, "key": str, "proof": str, "sig": str}
+# Lists only summary records carry (a catalog's models, a key record's keys and usage), each
+# of entries of these types: absent when empty, so a provider record is none the longer.
 # A model entry: [id, kind, context_length, service, load_percent] (services.common.models).
 MODEL_ENTRY_TYPES = (str, str, int, str, int)
+ENTRY_LISTS = {"models": MODEL_ENTRY_TYPES, "keys": keys.ENTRY_TYPES, "usage": keys.WINDOW_TYPES}
 # A signed record is about 450 bytes (560 with a CA proof); the rest is room for long model
 # and GPU names, a catalog record's models (~60 bytes each) and a key record's keys (~150
 # bytes each, services.common.keys.MAX_MESH_KEYS of them). Past this, a member's record is
@@ -63,15 +66,14 @@ def new_record(service: str, worker_id: str, url: str, ttl_s: float, now: float,
                previous_sequence: int = 0, **summary: Any) -> Record:
     """An unsigned record; summary: idempotent, model, gpu_model, gpu_free_bytes, models
     (entries as MODEL_ENTRY_TYPES, on a catalog record), keys (entries as keys.ENTRY_TYPES,
-    on a key record)."""
+    on a key record), usage (entries as keys.WINDOW_TYPES, on a key record)."""
     return {"service": service, "worker_id": worker_id, "url": url, "issued_at": now,
             "expires_at": now + ttl_s, "sequence": next_sequence(now, previous_sequence),
             "idempotent": bool(summary.get("idempotent", False)),
             "model": str(summary.get("model", "")),
             "gpu_model": str(summary.get("gpu_model", "")),
             "gpu_free_bytes": int(summary.get("gpu_free_bytes", 0)),
-            "models": [list(entry) for entry in summary.get("models", ())],
-            "keys": [list(entry) for entry in summary.get("keys", ())]}
+            **{name: [list(entry) for entry in summary[name]] for name in ENTRY_LISTS if summary.get(name)}}
 
 
 def _signed_bytes(record: Record) -> bytes:
@@ -98,14 +100,14 @@ def well_formed(record: Any, key: bytes, now: float) -> bool:
     """A record that may be kept under `key`: exactly a record's fields, of their types, filed
     under its own service's key (the only keys this DHT holds), small, and not claiming a
     longer life than an announce can have. Cheap: checked before any signature."""
-    if not isinstance(record, dict) or record.keys() != FIELD_TYPES.keys():
+    if not isinstance(record, dict) or record.keys() - ENTRY_LISTS.keys() != FIELD_TYPES.keys():
         return False
     for field_name, kind in FIELD_TYPES.items():
         value = record[field_name]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             return False
-    return (all(typed_entry(entry, MODEL_ENTRY_TYPES) for entry in record["models"])
-            and all(typed_entry(entry, keys.ENTRY_TYPES) for entry in record["keys"])
+    return (all(isinstance(record.get(name, []), list) and all(typed_entry(e, types) for e in record.get(name, []))
+                for name, types in ENTRY_LISTS.items())
             and len(encode(record)) <= MAX_RECORD_BYTES and record["expires_at"] <= now + MAX_LIFETIME_S
             and storage_key(record["service"]) == key)
 

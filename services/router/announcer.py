@@ -48,13 +48,14 @@ class Summary:
 class Announcer:
     def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
                  model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]],
-                 keys_of: Callable[[], list[dht_pb2.ApiKey]] = list):
+                 key_record_of: Callable[[], dict[str, list]] = dict):
         self._channel = channel
         self._idempotent = idempotent
         self._model_of = model_of  # what the backend's health answer names, read at each announce
-        # This node's models (with their services and load) and the keys it made or revoked, now.
+        # This node's models (with their services and load), and the keys it made or revoked
+        # with what limited keys used here this minute (AnnounceRequest's keys and usage), now.
         self.summaries = {CATALOG: Summary(lambda: {"models": catalog_of()}, drained=True),
-                          KEYS: Summary(lambda: {"keys": keys_of()}, drained=False)}
+                          KEYS: Summary(key_record_of, drained=False)}
         self._dht = dht_pb2_grpc.DhtStub(channel)
         self._ttl_s = ttl_s
         self._healthy: set[str] = set()

@@ -36,14 +36,15 @@ class KeyBook:
     def in_force(self, now: float) -> tuple[ApiKey, ...]:
         return keys.in_force([*self.others, *self.own], now)
 
-    def create(self, name: str, now: float, requests_per_minute: int = 0, models: tuple[str, ...] = (), ttl_s: int = 0) -> tuple[ApiKey, str]:
+    def create(self, name: str, now: float, requests_per_minute: int = 0, tokens_per_minute: int = 0,
+               models: tuple[str, ...] = (), ttl_s: int = 0) -> tuple[ApiKey, str]:
         keys.check_name(name)
         if any(k.name == name for k in self.in_force(now)):
             raise KeyBookError(f"a key named {name!r} is in force already: revoke it first, or choose another name")
         if len({k.id for k in [*self.others, *self.own]}) >= MAX_MESH_KEYS:
             raise KeyBookError(f"the mesh holds {MAX_MESH_KEYS} keys and revocations, all its records can carry: "
                                "revoke keys that are no longer used (expired ones leave by themselves)")
-        key, token = keys.make(name, now, requests_per_minute, models, ttl_s)
+        key, token = keys.make(name, now, requests_per_minute, tokens_per_minute, models, ttl_s)
         self._save([*self.own, key], now)
         return key, token
 

@@ -34,7 +34,7 @@ from services.common.keys import KEYS
 from services.common.models import CATALOG, Model, Offer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
-from services.router import cache_file, catalog, gateway_file, keybook, trust
+from services.router import cache_file, catalog, gateway_file, keybook, limits, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
@@ -57,6 +57,7 @@ CATALOG_REFRESH_S = 5.0
 # How often the mesh's key records are read: a key made or revoked anywhere is in force
 # here within this and the 2 s its node may wait to store its record (10 s, the promise).
 KEYS_REFRESH_S = 5.0
+LIMITS_TICK_S = 0.5  # how soon a key past a limit is refused, and how soon a new minute frees it
 GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
 
 
@@ -78,6 +79,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.keybook = KeyBook(cfg.state_dir / keybook.FILE)
         self.usage = Usage()
         registry.register(self.usage)
+        self.published: list[limits.Published] = []  # peers' use of limited keys, as their records say
+        self.blocked_names: tuple[str, ...] = ()  # keys past a limit this minute, in Envoy's routes
         self._reading_catalog: asyncio.Task | None = None
         self.bound_peer_port = cfg.peer_port  # the real one once Envoy bound it (cfg may say 0)
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
@@ -106,7 +109,36 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
             remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
             models=self.model_routes(now), aliases=cfg.aliases, keys=self.keybook.in_force(now),
-            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback)
+            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.blocked(now))
+
+    def minute_counts(self, now: float) -> dict[str, limits.Count]:
+        window = limits.window_of(now)
+        return limits.mesh_counts(self.usage.in_window(window), self.published, window)
+
+    def blocked(self, now: float) -> tuple[tuple[str, int], ...]:
+        return limits.blocked(self.keybook.in_force(now), self.minute_counts(now), now)
+
+    def key_record(self) -> dict[str, list]:
+        """This node's key record: the keys it made or revoked, and this minute's use of the
+        limited ones here (peers add it to theirs)."""
+        now = time.time()
+        window = limits.window_of(now)
+        limited = {k.name for k in self.keybook.in_force(now) if k.requests_per_minute or k.tokens_per_minute}
+        return {"keys": [keys.to_pb(k) for k in self.keybook.own], "usage": [
+            dht_pb2.KeyWindow(key=name, window=window, requests=count.requests, tokens=count.tokens)
+            for name, count in sorted(self.usage.in_window(window).items()) if name in limited]}
+
+    async def limits_forever(self) -> None:
+        """A key that reaches a limit is refused from then until its minute ends; this
+        node's use of limited keys goes out in its key record."""
+        while True:
+            await asyncio.sleep(LIMITS_TICK_S)
+            names = tuple(name for name, _ in self.blocked(time.time()))
+            if names != self.blocked_names:
+                self.blocked_names = names
+                self.changed.set()
+            if self.announcer is not None:
+                self.announcer.changed(KEYS)  # stored only if it says something new
 
     def local_offers(self, healthy: bool = True) -> list[Offer]:
         """The models of this node's healthy backends (of its failing ones: healthy=False),
@@ -242,9 +274,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             try:
                 reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=KEYS),
                                                      timeout=grpcclient.DEADLINE_S)
-                published = [keys.from_pb(k) for r in reply.providers if r.worker_id != self.cfg.worker_id
-                             for k in r.keys]
-                if self.keybook.read(published):
+                others = [r for r in reply.providers if r.worker_id != self.cfg.worker_id]
+                self.published = [limits.Published(u.key, u.window, limits.Count(u.requests, u.tokens))
+                                  for r in others for u in r.usage]
+                if self.keybook.read([keys.from_pb(k) for r in others for k in r.keys]):
                     self.changed.set()
             except grpc.aio.AioRpcError as err:
                 log.warning("could not read the mesh's API keys: the DHT answered %s", err.code().name)
@@ -261,7 +294,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def CreateKey(self, request, context):
         try:
             key, token = self.keybook.create(request.name, time.time(), request.requests_per_minute,
-                                             tuple(request.models), request.ttl_seconds)
+                                             request.tokens_per_minute, tuple(request.models), request.ttl_seconds)
         except ValueError as err:  # KeyBookError, or a name that is not one
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         log.info("made API key %s (%s)", key.name, key.id)
@@ -269,10 +302,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.CreatedKey(key=keys.to_pb(key), token=token)
 
     async def ListKeys(self, request, context):
-        found = self.keybook.in_force(time.time())
-        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in found], usage=[
-            router_pb2.KeyUsage(name=k.name, **dataclasses.asdict(self.usage.by_key.get(k.name, KeyUse())))
-            for k in found])
+        now = time.time()
+        found, minute = self.keybook.in_force(now), self.minute_counts(now)
+        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in found], usage=[router_pb2.KeyUsage(
+            name=k.name, minute_requests=minute.get(k.name, limits.Count()).requests,
+            minute_tokens=minute.get(k.name, limits.Count()).tokens,
+            **dataclasses.asdict(self.usage.by_key.get(k.name, KeyUse()))) for k in found])
 
     async def RevokeKey(self, request, context):
         try:
@@ -466,7 +501,7 @@ async def serve(cfg: Config) -> None:
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
                           model_of=lambda service: servicer.backends[service].model,
                           catalog_of=lambda: servicer.catalog_entries(),
-                          keys_of=lambda: [keys.to_pb(k) for k in servicer.keybook.own])
+                          key_record_of=lambda: servicer.key_record())
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,
@@ -489,6 +524,7 @@ async def serve(cfg: Config) -> None:
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
                           tasks.create_task(servicer.keys_forever()),
+                          tasks.create_task(servicer.limits_forever()),
                           tasks.create_task(servicer.families.gpus_forever()),
                           tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],

@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from services.router import limits
+from services.router.limits import Count
 from services.router.xds.auth import KEY, USAGE
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ class KeyUse:
 class Usage(Collector):
     def __init__(self) -> None:
         self.by_key: dict[str, KeyUse] = {}
+        self.minutes: dict[str, tuple[int, Count]] = {}  # each key's use in its last minute here
+
+    def in_window(self, window: int) -> dict[str, Count]:
+        """Each key's use here in `window` (limits.window_of)."""
+        return {name: count for name, (w, count) in self.minutes.items() if w == window}
 
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, now: float) -> None:
         name = entry.request.request_headers.get(KEY)
@@ -45,10 +52,15 @@ class Usage(Collector):
         use.requests += 1
         use.errors += entry.response.response_code.value >= 400
         tokens = entry.common_properties.metadata.filter_metadata.get(USAGE)
-        if tokens is not None:
-            use.prompt_tokens += int(tokens.fields["prompt_tokens"].number_value)
-            use.completion_tokens += int(tokens.fields["completion_tokens"].number_value)
+        prompt = int(tokens.fields["prompt_tokens"].number_value) if tokens is not None else 0
+        completion = int(tokens.fields["completion_tokens"].number_value) if tokens is not None else 0
+        use.prompt_tokens += prompt
+        use.completion_tokens += completion
         use.last_used_at = now
+        window, count = self.minutes.get(name, (limits.window_of(now), Count()))
+        if window != limits.window_of(now):
+            window, count = limits.window_of(now), Count()
+        self.minutes[name] = (window, count + Count(1, prompt + completion))
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("meshworker_key_requests", "Requests made with each API key here",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from meshtest import BIN, sample, wait_for
+from meshtest import BIN, sample, wait_for, with_minute_left
 
 pytestmark = pytest.mark.timeout(240)
 DOUBLE = Path(__file__).resolve().parents[2] / "bench" / "openai_double.py"
@@ -150,6 +150,27 @@ def test_a_keys_requests_errors_and_tokens_are_counted_on_metrics_and_in_the_lis
     assert counted("meshworker_key_tokens_total", kind="completion") == 7 + 5
     row = next(line.split() for line in cli(node, "list").stdout.splitlines() if line.startswith("counted "))
     assert row[-5:-2] == ["3", "1", "18"]  # requests, errors, tokens (then the day and time last used)
+
+
+def test_past_its_tokens_per_minute_a_key_gets_429_until_the_minute_ends(node):
+    token = create(node, "ten-tokens", "--tpm", "10")
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "three words here"}]}
+    with_minute_left(15)
+    with sdk(node, token) as client:
+        client.chat.completions.create(**ask, max_tokens=7)  # 3 + 7 tokens: the whole minute's
+
+        def refused():
+            try:
+                client.chat.completions.create(**ask, max_tokens=1)
+            except openai.RateLimitError as err:
+                return err
+            return None
+        # Counted from the access log after the answer: refused within a flush and a push.
+        err = wait_for(refused, 5, "the key to be refused past its tokens")
+    wait = int(err.response.headers["retry-after"])
+    assert 0 < wait <= 60 and "per minute" in err.message and err.code == "rate_limit_exceeded"
+    status, _, body = curl(node, "/service/plain/x", f"X-API-Key: {token}")
+    assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"  # every route, in our shape there
 
 
 def test_the_cli_refuses_a_name_in_use_and_a_bad_name(node):

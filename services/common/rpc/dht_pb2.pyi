@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ProviderRecord(_message.Message):
-    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key", "model", "models", "keys")
+    __slots__ = ("service", "worker_id", "url", "issued_at", "expires_at", "sequence", "idempotent", "gpu_model", "gpu_free_bytes", "public_key", "model", "models", "keys", "usage")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class ProviderRecord(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     service: str
     worker_id: str
     url: str
@@ -34,14 +35,28 @@ class ProviderRecord(_message.Message):
     model: str
     models: _containers.RepeatedCompositeFieldContainer[Model]
     keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
-    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[KeyWindow]
+    def __init__(self, service: _Optional[str] = ..., worker_id: _Optional[str] = ..., url: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., sequence: _Optional[int] = ..., idempotent: _Optional[bool] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., public_key: _Optional[str] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ...) -> None: ...
+
+class KeyWindow(_message.Message):
+    __slots__ = ("key", "window", "requests", "tokens")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    window: int
+    requests: int
+    tokens: int
+    def __init__(self, key: _Optional[str] = ..., window: _Optional[int] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "name", "public_key", "requests_per_minute", "models", "expires_at", "revoked", "created_at")
+    __slots__ = ("id", "name", "public_key", "requests_per_minute", "tokens_per_minute", "models", "expires_at", "revoked", "created_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
@@ -50,11 +65,12 @@ class ApiKey(_message.Message):
     name: str
     public_key: str
     requests_per_minute: int
+    tokens_per_minute: int
     models: _containers.RepeatedScalarFieldContainer[str]
     expires_at: int
     revoked: bool
     created_at: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., public_key: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., expires_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., created_at: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., public_key: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., expires_at: _Optional[int] = ..., revoked: _Optional[bool] = ..., created_at: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("id", "kind", "context_length", "service", "load_percent")
@@ -71,20 +87,22 @@ class Model(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., context_length: _Optional[int] = ..., service: _Optional[str] = ..., load_percent: _Optional[int] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys")
+    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys", "usage")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
     idempotent: bool
     model: str
     models: _containers.RepeatedCompositeFieldContainer[Model]
     keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+    usage: _containers.RepeatedCompositeFieldContainer[KeyWindow]
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")

@@ -18,16 +18,18 @@ ROUTE_KIND_LOCAL: RouteKind
 ROUTE_KIND_FORWARDED: RouteKind
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("name", "requests_per_minute", "models", "ttl_seconds")
+    __slots__ = ("name", "requests_per_minute", "tokens_per_minute", "models", "ttl_seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     requests_per_minute: int
+    tokens_per_minute: int
     models: _containers.RepeatedScalarFieldContainer[str]
     ttl_seconds: int
-    def __init__(self, name: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class CreatedKey(_message.Message):
     __slots__ = ("key", "token")
@@ -50,20 +52,24 @@ class KeyList(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[_Union[_dht_pb2.ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyUsage, _Mapping]]] = ...) -> None: ...
 
 class KeyUsage(_message.Message):
-    __slots__ = ("name", "requests", "errors", "prompt_tokens", "completion_tokens", "last_used_at")
+    __slots__ = ("name", "requests", "errors", "prompt_tokens", "completion_tokens", "last_used_at", "minute_requests", "minute_tokens")
     NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    MINUTE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MINUTE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     requests: int
     errors: int
     prompt_tokens: int
     completion_tokens: int
     last_used_at: float
-    def __init__(self, name: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., last_used_at: _Optional[float] = ...) -> None: ...
+    minute_requests: int
+    minute_tokens: int
+    def __init__(self, name: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., last_used_at: _Optional[float] = ..., minute_requests: _Optional[int] = ..., minute_tokens: _Optional[int] = ...) -> None: ...
 
 class RevokeKeyRequest(_message.Message):
     __slots__ = ("name",)

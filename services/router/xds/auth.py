@@ -26,10 +26,12 @@ import json
 import math
 from typing import Any
 
+from services.common import errors
 from services.common.keys import ISSUER, ApiKey, jwks
 from services.gateway.bootstrap import XDS_CLUSTER  # the router's gRPC server: ADS, and the access log
 from services.router.xds import routes
 from services.router.xds.typed import typed
+from services.router.xds.view import MeshView
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 USAGE_FILTER = "meshworker.usage"
@@ -62,6 +64,9 @@ def jwt_filter(keys: tuple[ApiKey, ...], required: bool) -> dict[str, Any]:
     provider = {
         "issuer": ISSUER, "local_jwks": {"inline_string": json.dumps(key_set(keys))},
         "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-api-key"}],
+        # Kept on the request, so a request Envoy sends through the routes again (the api's
+        # redirect after a first lookup) shows its key again; no backend gets it (routes.forward).
+        "forward": True,
         # The key's name decides its limits and model rules: the route is picked again with it.
         "claim_to_headers": [{"header_name": KEY, "claim_name": "sub"}], "clear_route_cache": True,
         "clock_skew_seconds": 5,  # an expired key stops within seconds of its time, not a minute after
@@ -111,7 +116,22 @@ FORBIDDEN = (403, "model_not_allowed", "this API key may not use this model or s
 
 
 def over_limit(name: str) -> tuple[int, str, str]:
-    return 429, "rate_limit_exceeded", f"API key {name!r} is over its limit of requests per minute"
+    """Its own token bucket's answer, and the one past its minute's use across the mesh."""
+    return 429, "rate_limit_exceeded", f"API key {name!r} is over its limit of requests or tokens per minute"
+
+
+def over_limit_routes(view: MeshView) -> list[dict[str, Any]]:
+    """A key past a limit this minute, mesh-wide (services/router/limits.py): refused before
+    any other route, with the seconds left in the minute."""
+    found = []
+    for name, wait in view.blocked:
+        _, _, message = over_limit(name)
+        key, retry = {"name": KEY, "string_match": {"exact": name}}, routes.header("retry-after", str(wait))
+        found += [{"name": f"{name} over its limit", "match": {"prefix": prefix, "headers": [key]},
+                   **routes.answer(429, shape, retry)}
+                  for prefix, shape in (("/v1/", errors.openai(429, "rate_limit_exceeded", message)),
+                                        ("/", errors.ours("rate_limit_exceeded", message)))]
+    return found
 
 
 def retry_after(keys: tuple[ApiKey, ...]) -> list[tuple[str, int]]:

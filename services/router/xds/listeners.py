@@ -60,10 +60,12 @@ def local_replies(max_body_bytes: int, keys: tuple[ApiKey, ...] = ()) -> dict[st
 def key_answers(keys: tuple[ApiKey, ...], shape: Callable[[int, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """A key refused (401), kept from a model (403), or over its limit (429, with how long
     its bucket takes to hold a token again: each limited key has its own)."""
+    # Envoy counts a route's own answer as a local reply too: a key refused for its minute's
+    # use across the mesh (auth.over_limit_routes) keeps the Retry-After its route says.
     by_key = [{"filter": {"and_filter": {"filters": [status_is(429), {"header_filter": {"header": {
                    "name": auth.KEY, "string_match": {"exact": name}}}}]}},
                "headers_to_add": [{"header": {"key": "retry-after", "value": str(wait)},
-                                   "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                                   "append_action": "ADD_IF_ABSENT"}],
                "body_format_override": shape(*auth.over_limit(name))} for name, wait in auth.retry_after(keys)]
     return by_key + [{"filter": status_is(status), "body_format_override": shape(status, code, message)}
                      for status, code, message in (auth.UNAUTHORIZED, auth.FORBIDDEN)]

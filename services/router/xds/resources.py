@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from services.identity.mesh_ca import spiffe_prefix
-from services.router.xds import clusters, listeners, models, routes
+from services.router.xds import auth, clusters, listeners, models, routes
 from services.router.xds.typed import TYPES, Secret, make
 from services.router.xds.view import MeshView
 
@@ -68,7 +68,7 @@ def secrets(view: MeshView) -> list[Secret]:
 def build(view: MeshView, version: int) -> Snapshot:
     by_type: dict[str, list[Message]] = {
         LISTENER: listeners.listeners(view),
-        ROUTE: [routes.client_routes(view, models.client_routes(view))]
+        ROUTE: [routes.client_routes(view, models.client_routes(view), auth.over_limit_routes(view))]
         + ([routes.peer_routes(view, models.peer_routes(view))] if view.tls else []),
         CLUSTER: clusters.clusters(view) + models.model_clusters(view),
         ENDPOINT: clusters.endpoints(view) + models.endpoints(view),

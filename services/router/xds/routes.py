@@ -26,6 +26,7 @@ WORKER, ROUTE = "x-mesh-worker", "x-mesh-route"
 # :8000 before any route is picked (listeners.py).
 SERVICE, ENVELOPE, MODEL = "x-mesh-service", "x-mesh-envelope", "x-mesh-model"
 KEY = "x-mesh-key"  # the name of the client's API key, once jwt_authn verified it (auth.py)
+CLIENT_CREDENTIALS = ("authorization", "x-api-key")  # where a client's API key comes from
 PEER_ONLY_HEADERS = (WORKER, ROUTE, SERVICE, ENVELOPE, MODEL, KEY)
 # A service without a timeout of ours (remote only): its peer applies the backend's own.
 REMOTE_TIMEOUT_S = 300.0
@@ -121,7 +122,11 @@ def forward(cluster: str, timeout_s: float, idempotent: bool, rewrite: bool, rou
                               "retry_policy": retry_policy(idempotent)}
     if rewrite:  # /service/<name>/<path> reaches the backend as /<path> (the match is that prefix)
         action["prefix_rewrite"] = "/"
+    # A client's credentials are for the mesh (auth.py), never for a backend or a peer: a
+    # backend that needs a key gets its own (`auth`, in extra_headers). Only here: a route to
+    # the api keeps them, for a request it sends through the routes again (a 307).
     return {"route": action, "request_headers_to_add": list(extra_headers),
+            "request_headers_to_remove": list(CLIENT_CREDENTIALS),
             "response_headers_to_add": [header(ROUTE, route_kind)] if route_kind else []}
 
 
@@ -220,9 +225,10 @@ def lookup_route(view: MeshView) -> dict[str, Any]:
     return route
 
 
-def client_routes(view: MeshView, openai: list[dict[str, Any]]) -> RouteConfiguration:
-    """`openai`: the /v1 routes (models.py)."""
-    routes = refusals(view)
+def client_routes(view: MeshView, openai: list[dict[str, Any]], over_limit: list[dict[str, Any]]
+                  ) -> RouteConfiguration:
+    """`openai`: the /v1 routes (models.py); `over_limit`: keys refused this minute (auth.py)."""
+    routes = refusals(view) + over_limit
     for svc in view.local:
         routes += local_routes(view, svc)
     routes += remote_routes(view) + nowhere_routes(view) + openai + [lookup_route(view), to_api({"prefix": "/"})]

@@ -99,6 +99,7 @@ class MeshView:
     keys: tuple[ApiKey, ...] = ()  # the mesh's API keys in force
     client_auth: str = "keys"  # "open": nobody needs a key
     loopback_exempt: bool = True  # loopback clients need no key
+    blocked: tuple[tuple[str, int], ...] = ()  # keys past a limit: (name, seconds until their minute ends)
 
     def names_of(self, model_id: str) -> tuple[str, ...]:
         """A model's id and the aliases it is known by here."""

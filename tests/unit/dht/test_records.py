@@ -56,7 +56,7 @@ def test_new_record_fields():
     assert rec("a", NOW) == {"service": "vision-ocr", "worker_id": "a", "url": "http://a:8000",
                              "issued_at": NOW, "expires_at": NOW + 60, "sequence": int(NOW * 1000),
                              "idempotent": False, "model": "", "gpu_model": "", "gpu_free_bytes": 0,
-                             "models": [], "keys": []}
+                             }  # no models, keys or usage: those lists are absent when empty
 
 
 def test_new_record_takes_the_capability_summary():
@@ -417,13 +417,13 @@ def test_a_catalog_record_carries_its_models_signed():
 
 
 def test_a_key_record_carries_its_keys_signed_and_refuses_a_mistyped_entry():
-    entry = ["mk-0123456789ab", "ci", "x" * 43, 60, "smollm2", 0, int(NOW), False]
+    entry = ["mk-0123456789ab", "ci", "x" * 43, 60, 0, "smollm2", 0, int(NOW), False]
     record = signed("a", NOW, service="@keys", keys=[entry])
 
     assert record["keys"] == [entry] and records.is_authentic(record, TRUST)
     assert records.well_formed(record, records.storage_key("@keys"), NOW)
     # `revoked` given as 0 (an int where a bool belongs), then a short entry: junk, not a key.
-    for bad in ([*entry[:7], 0], entry[:7]):
+    for bad in ([*entry[:8], 0], entry[:8]):
         assert not records.well_formed(signed("a", NOW, service="@keys", keys=[bad]), records.storage_key("@keys"), NOW)
 
 

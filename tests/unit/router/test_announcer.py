@@ -43,7 +43,7 @@ async def dht_and_announcer():
     dht = RecordingDht()
     async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
         yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW),
-                             keys_of=lambda: list(KEYS_NOW))
+                             key_record_of=lambda: {"keys": list(KEYS_NOW)})
 
 
 CATALOG_NOW: list[dht_pb2.Model] = []

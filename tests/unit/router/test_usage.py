@@ -6,6 +6,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.router.limits import Count
 from services.router.usage import Usage
 
 
@@ -29,6 +30,15 @@ def test_requests_errors_and_tokens_add_up_per_key():
     ci = usage.by_key["ci"]
     assert (ci.requests, ci.errors, ci.prompt_tokens, ci.completion_tokens, ci.last_used_at) == (3, 1, 5, 12, 100.0)
     assert set(usage.by_key) == {"ci", "other"} and usage.by_key["other"].errors == 1
+
+
+def test_a_keys_use_this_minute_starts_again_with_the_next():
+    usage = Usage()
+    usage.count(entry("ci", 200, (3, 7)), 60 * 100 + 1)
+    usage.count(entry("ci", 200, (1, 1)), 60 * 100 + 59)
+    assert usage.in_window(100) == {"ci": Count(2, 12)}
+    usage.count(entry("ci", 200, (2, 2)), 60 * 101)
+    assert usage.in_window(100) == {} and usage.in_window(101) == {"ci": Count(1, 4)}
 
 
 def test_each_key_is_a_label_on_metrics():

@@ -77,3 +77,17 @@ def test_a_key_kept_to_a_model_is_refused_other_models_and_services(tmp_path):
     assert '"exact": "ci"' not in json.dumps(rule["minilm"])
     services = filters(client_chains(v)[1])["envoy.filters.http.rbac"]["rules"]
     assert "/service/" in json.dumps(services) and "smol-only" in json.dumps(services)
+
+
+def test_a_key_past_a_limit_this_minute_is_answered_429_before_any_route(tmp_path):
+    v = view(tmp_path, keys=(CI,), blocked=(("ci", 17),))
+    routes = as_dict(resources.build(v, 1).resources[resources.ROUTE]["client"])["virtual_hosts"][0]["routes"]
+    over = [r for r in routes if r.get("name") == "ci over its limit"]
+    assert [r["match"]["prefix"] for r in over] == ["/v1/", "/"]
+    assert routes.index(over[0]) <= 2  # only the body-size refusals come first
+    for route in over:
+        assert route["match"]["headers"] == [{"name": "x-mesh-key", "string_match": {"exact": "ci"}}]
+        assert route["direct_response"]["status"] == 429
+        assert {"header": {"key": "retry-after", "value": "17"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} \
+            in route["response_headers_to_add"]
+    assert '"type":"invalid_request_error"' in over[0]["direct_response"]["body"]["inline_string"]  # OpenAI's on /v1
