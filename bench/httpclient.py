@@ -21,9 +21,10 @@ class HttpError(RuntimeError):
 
 
 class KeepAliveClient:
-    def __init__(self, base_url: str, timeout_s: float = 30):
+    def __init__(self, base_url: str, timeout_s: float = 30, headers: tuple[str, ...] = ()):
         parts = urlsplit(base_url)
         self.host_header = parts.netloc
+        self.headers = headers  # "Name: value" lines sent with every request
         self.address, self.timeout_s = (parts.hostname, parts.port), timeout_s
         self.last_headers: dict[bytes, bytes] = {}  # of the last response (X-Mesh-Worker: who served it)
         self._connect()
@@ -53,7 +54,7 @@ class KeepAliveClient:
         return self._read_response()
 
     def _head(self, method: str, path: str, length: int, content_type: str) -> bytes:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "Accept: */*"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host_header}", "Accept: */*", *self.headers]
         if method in ("POST", "PUT", "PATCH") or length:
             lines += [f"Content-Type: {content_type}", f"Content-Length: {length}"]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -101,10 +102,10 @@ class KeepAliveClient:
 
 
 def sequential_latencies_ms(base_url: str, path: str, count: int, warmup: int,
-                            budget_s: float) -> list[float]:
+                            budget_s: float, headers: tuple[str, ...] = ()) -> list[float]:
     """Up to `count` GETs one after another on one keep-alive connection, after `warmup`
     unmeasured ones; stops early after `budget_s`, so a slow route cannot stall the bench."""
-    with KeepAliveClient(base_url) as client:
+    with KeepAliveClient(base_url, headers=headers) as client:
         for _ in range(warmup):
             _expect_ok(client.request("GET", path), path)
         latencies: list[float] = []

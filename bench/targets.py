@@ -108,6 +108,8 @@ def node_toml(services: list[Hosted]) -> str:
                   'invoke_path = "/"']
         lines += [f"command = {json.dumps(list(svc.command))}"] if svc.command else []
         lines += ["idempotent = true"] if svc.idempotent else []
+        # The bench's backends read every request body (uvicorn, the chat double).
+        lines.append("reuse_connections = true")
         lines.append("")
     return "\n".join(lines)
 

@@ -32,11 +32,13 @@ class WrkResult:
         return asdict(self)
 
 
-def run_wrk(url: str, connections: int, duration_s: float, threads: int = 2) -> WrkResult:
+def run_wrk(url: str, connections: int, duration_s: float, threads: int = 2,
+            headers: tuple[str, ...] = ()) -> WrkResult:
     binary = shutil.which("wrk")
     if binary is None:
         raise RuntimeError("wrk not found: apt-get install wrk")
-    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency", url]
+    argv = [binary, f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
+            *(arg for header in headers for arg in ("-H", header)), url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")

@@ -4,6 +4,7 @@ run(ctx) -> ScenarioResult; add a module here to add a scenario."""
 from __future__ import annotations
 
 from bench.scenarios import (
+    api_keys,
     discovery,
     failover,
     footprint,
@@ -16,4 +17,4 @@ from bench.scenarios import (
 )
 
 SCENARIOS = {module.NAME: module for module in (local_route, forwarded_route, large_body, discovery, failover,
-                                                 footprint, models, openai, lying_nodes)}
+                                                 footprint, models, openai, lying_nodes, api_keys)}

@@ -25,7 +25,7 @@ SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 BUILTIN_SERVICES = ("vision-ocr", "rag-embeddings", "llm-inference")
 MESH_SECRET_FILE = "mesh.secret"
 SERVICE_KEYS = frozenset({"url", "health_path", "invoke_path", "command", "idempotent", "timeout_s", "api_key",
-                          "models"})
+                          "models", "reuse_connections"})
 
 
 class ConfigError(ValueError):
@@ -50,6 +50,11 @@ class ServiceConfig:
     api_key: str = field(default="", repr=False)  # sent as a bearer token; never printed or logged
     # Models it serves, for a backend that cannot list them at GET /v1/models; () = ask it.
     models: tuple[Model, ...] = ()
+    # Whether Envoy may send it a second request on a connection: only safe for a backend
+    # that reads (or discards) every request body, as any HTTP framework does; one that
+    # answers without reading it would answer a request hidden in that body to the next
+    # client (clusters.one_request_per_connection). On for the built-ins (uvicorn).
+    reuse_connections: bool = False
 
     @property
     def auth_headers(self) -> dict[str, str]:
@@ -268,6 +273,7 @@ def _builtin_service(name: str, runtime_dir: Path) -> dict[str, Any]:
         "url": f"unix:{runtime_dir / f'svc-{name}.sock'}",
         "command": ["meshworker", "run", f"svc-{name}"],
         "idempotent": True,
+        "reuse_connections": True,
     }
 
 
@@ -293,6 +299,7 @@ def _service(name: str, table: Mapping[str, Any], runtime_dir: Path) -> ServiceC
         idempotent=bool(table.get("idempotent", False)),
         timeout_s=_as_float(f"{key}.timeout_s", table.get("timeout_s", 60.0)),
         api_key=str(table.get("api_key", "")),
+        reuse_connections=_as_bool(f"{key}.reuse_connections", table.get("reuse_connections", False)),
         models=tuple(_as_model(f"{key}.models", m) for m in _as_model_list(f"{key}.models", table.get("models", []))),
     )
 

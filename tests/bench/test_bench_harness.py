@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {"local_route", "forwarded_route", "large_body", "discovery", "failover", "footprint", "models",
-             "openai"}
+             "openai", "lying_nodes", "api_keys"}
 # The smoke run takes about 190 s (it starts ten nodes, one loading the three models for ~20 s
 # and then waiting up to ~30 s for its peer to list them, kills eight programs under load,
 # each watched until it recovers or for 4 s, and measures a four-node mesh for ~45 s);

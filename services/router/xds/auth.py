@@ -41,6 +41,7 @@ LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 RBAC_FILTER = "envoy.filters.http.rbac"
 KEY = routes.KEY
 PROVIDER = "mesh-keys"
+JWT_CACHE_SIZE = 1024  # keys per worker thread (a mesh holds at most keybook.MAX_MESH_KEYS)
 LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 GUARDED = ("/v1/", "/service/")
@@ -71,6 +72,10 @@ def jwt_filter(keys: tuple[ApiKey, ...], required: bool) -> dict[str, Any]:
         "claim_to_headers": [{"header_name": KEY, "claim_name": "sub"}], "clear_route_cache": True,
         "clock_skew_seconds": 5,  # an expired key stops within seconds of its time, not a minute after
         "payload_in_metadata": "key",  # the usage filter counts only what a key asked for
+        # A key's signature is checked once per worker thread, not on every request (an
+        # Ed25519 check costs more than the rest of the request); a new key set (a key
+        # revoked) comes with a new filter and an empty cache, and a cached key still expires.
+        "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
     }
     return {"name": JWT_FILTER, "typed_config": typed(
         "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", {

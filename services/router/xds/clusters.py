@@ -116,8 +116,9 @@ def local_cluster(view: MeshView, svc: LocalService) -> Cluster:
             {"endpoint": {"address": where, "hostname": view.worker_id}}]}]},
         "health_checks": [health_check(view, svc)],
         "circuit_breakers": circuit_breakers(),
-        "typed_extension_protocol_options": {HTTP_OPTIONS: one_request_per_connection()},
     }
+    if not svc.config.reuse_connections:
+        shape["typed_extension_protocol_options"] = {HTTP_OPTIONS: one_request_per_connection()}
     if upstream.startswith("https://"):
         shape["transport_socket"] = upstream_tls(svc)
     return make(Cluster, shape)

@@ -34,7 +34,7 @@ def test_defaults_with_only_a_state_dir(env, tmp_path):
     assert cfg.log_level == "INFO"
     assert cfg.services == tuple(ServiceConfig(
         name=name, upstream=f"unix:{tmp_path}/run/svc-{name}.sock",
-        command=("meshworker", "run", f"svc-{name}"), idempotent=True)
+        command=("meshworker", "run", f"svc-{name}"), idempotent=True, reuse_connections=True)
         for name in ("vision-ocr", "rag-embeddings", "llm-inference"))
     assert cfg.unavailable == ()
 
@@ -133,6 +133,8 @@ def test_grpc_over_tcp_is_refused_naming_the_key(env, tmp_path):
     ({"MESHWORKER_DHT_SEEDS": "a:1,nohost"}, "dht_seeds", "host:port"),
     ({"MESHWORKER_SERVICES": "mystery"}, "service.mystery", 'url = "http://host:port"'),
     ({"MESHWORKER_SERVICES": "Bad_Name"}, "services", "a-z, 0-9, '-'"),
+    ({"MESHWORKER_CLIENT_AUTH": "none"}, "client_auth", "one of keys, open"),
+    ({"MESHWORKER_CLIENT_AUTH_LOOPBACK": "maybe"}, "client_auth_loopback", "true or false"),
 ])
 def test_bad_env_value_names_key_and_form(env, extra, key, form):
     with pytest.raises(ConfigError) as caught:
@@ -197,3 +199,16 @@ def test_models_of_a_service_and_aliases_of_the_mesh(env, tmp_path):
 def test_a_service_without_models_asks_its_backend(env, tmp_path):
     write_toml(tmp_path, 'services = ["mine"]\n[service.mine]\nurl = "http://127.0.0.1:9"\n')
     assert load(env).services[0].models == () and load(env).aliases == ()
+
+
+def test_who_may_call_the_node_is_keys_with_loopback_exempt_unless_said(env, tmp_path):
+    cfg = load(env)
+    assert (cfg.client_auth, cfg.client_auth_loopback) == ("keys", True)
+    cfg = load({**env, "MESHWORKER_CLIENT_AUTH": "open", "MESHWORKER_CLIENT_AUTH_LOOPBACK": "false"})
+    assert (cfg.client_auth, cfg.client_auth_loopback) == ("open", False)
+
+
+def test_a_user_service_gets_one_request_per_connection_unless_it_says_it_reads_every_body(env, tmp_path):
+    write_toml(tmp_path, 'services = ["a", "b"]\n[service.a]\nurl = "http://x:1"\n'
+                         '[service.b]\nurl = "http://x:2"\nreuse_connections = true\n')
+    assert [s.reuse_connections for s in load(env).services] == [False, True]

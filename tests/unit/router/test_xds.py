@@ -233,3 +233,18 @@ def test_envoys_own_503_names_the_route_but_no_upstream_address(tmp_path):
     assert unavailable and all("%RESPONSE_CODE_DETAILS%" not in json.dumps(m) for m in unavailable)
     # every route that can fail upstream is named: "%ROUTE_NAME%" is never "-"
     assert all(r.get("name") for r in client_routes(view(tmp_path)) if "route" in r)
+
+
+def test_a_backend_gets_a_second_request_on_a_connection_only_when_its_service_says_it_may(tmp_path):
+    # echo (fixtures): a user service, so one request per connection; web says it reads every body.
+    local = view(tmp_path).local
+    web = dataclasses.replace(local[1], config=dataclasses.replace(local[1].config, reuse_connections=True))
+    found = as_dict_clusters(view(tmp_path, local=(local[0], web)))
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    echo_options = found["local:echo"]["typed_extension_protocol_options"][options]
+    assert echo_options["common_http_protocol_options"]["max_requests_per_connection"] == 1
+    assert "typed_extension_protocol_options" not in found["local:web"]
+
+
+def as_dict_clusters(v: MeshView) -> dict[str, dict]:
+    return {name: as_dict(c) for name, c in resources.build(v, 1).resources[resources.CLUSTER].items()}
