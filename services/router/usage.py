@@ -63,6 +63,8 @@ class Usage(Collector):
         self.minutes[name] = (window, count + Count(1, prompt + completion))
 
     def collect(self) -> Iterator[Metric]:
+        if not self.by_key:  # a family without samples says nothing (and none is made up)
+            return
         requests = CounterMetricFamily("meshworker_key_requests", "Requests made with each API key here",
                                        labels=["key"])
         errors = CounterMetricFamily("meshworker_key_errors", "Requests with each API key answered 400 or above",
