@@ -17,6 +17,7 @@ from bench.context import Context
 from bench.report import Row, ScenarioResult, Target
 from bench.targets import REPO, VENV_BIN
 from bench.wrk import run_wrk
+from services.common import keys
 
 NAME = "api_keys"
 CONNECTIONS = 16
@@ -32,7 +33,7 @@ def make_key(ctx: Context) -> str:
                MESHWORKER_CONFIG=str(node.state_dir / "meshworker.toml"))
     done = subprocess.run([str(VENV_BIN / "meshworker"), "keys", "create", "--name", "bench"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=60, check=True)
-    return next(line for line in done.stdout.splitlines() if line.startswith("ey"))
+    return next(line for line in done.stdout.splitlines() if line.startswith(keys.PREFIX))
 
 
 def measure(ctx: Context, headers: tuple[str, ...]) -> dict:

@@ -29,6 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from services.common.rpc import dht_pb2
 
 KEYS = "@keys"  # no service may take this name (config.SERVICE_NAME has no "@")
+# Every key starts so (as OpenAI's start with "sk-"), which says what it is to a person or a
+# secret scanner; Envoy reads the token after it (xds/auth.py).
+PREFIX = "mk-"
 ISSUER = "meshworker"
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 
@@ -62,7 +65,7 @@ def check_name(name: str) -> str:
 
 def make(name: str, now: float, requests_per_minute: int = 0, tokens_per_minute: int = 0,
          models: Iterable[str] = (), ttl_s: int = 0) -> tuple[ApiKey, str]:
-    """A new key and its token: the secret, shown once and kept nowhere."""
+    """A new key and its token (PREFIX, then a JWT): the secret, shown once and kept nowhere."""
     private = Ed25519PrivateKey.generate()
     public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key = ApiKey(id=f"mk-{secrets.token_hex(6)}", name=check_name(name),
@@ -71,7 +74,7 @@ def make(name: str, now: float, requests_per_minute: int = 0, tokens_per_minute:
                  models=tuple(models), expires_at=int(now) + ttl_s if ttl_s else 0, created_at=int(now))
     claims = {"iss": ISSUER, "sub": key.name, "iat": key.created_at} | (
         {"exp": key.expires_at} if key.expires_at else {})
-    return key, jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": key.id})
+    return key, PREFIX + jwt.encode(claims, private, algorithm="EdDSA", headers={"kid": key.id})
 
 
 def revoked(key: ApiKey) -> ApiKey:

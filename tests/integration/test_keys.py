@@ -19,6 +19,8 @@ import openai
 import pytest
 from meshtest import BIN, sample, wait_for, with_minute_left
 
+from services.common import keys
+
 pytestmark = pytest.mark.timeout(240)
 DOUBLE = Path(__file__).resolve().parents[2] / "bench" / "openai_double.py"
 MODEL, DOUBLE_PORT = "double-1", 9112
@@ -41,7 +43,7 @@ def cli(node, *args: str) -> subprocess.CompletedProcess:
 def create(node, name: str, *options: str) -> str:
     done = cli(node, "create", "--name", name, *options)
     assert done.returncode == 0, done.stderr
-    return next(line for line in done.stdout.splitlines() if line.startswith("ey"))  # the token's line
+    return next(line for line in done.stdout.splitlines() if line.startswith(keys.PREFIX))  # the token's line
 
 
 def sdk(node, key: str) -> openai.OpenAI:
@@ -80,6 +82,7 @@ def test_a_wrong_key_is_401(node):
         chat(node, "sk-not-a-mesh-key")
     token = create(node, "tampered")
     assert curl(node, "/service/plain/x", f"X-API-Key: {token[:-2]}AA")[0] == 401  # a signature that fails
+    assert curl(node, "/service/plain/x", f"X-API-Key: {token.removeprefix(keys.PREFIX)}")[0] == 401  # no prefix
 
 
 def test_a_key_works_from_the_sdk_and_as_x_api_key_and_never_reaches_the_backend(node):

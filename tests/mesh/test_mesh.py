@@ -29,6 +29,7 @@ from kademlia.utils import digest
 from meshtest import BIN, SENTENCE, peer_post, render_png, wait_for, with_minute_left
 from netns import Lab
 
+from services.common import keys
 from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
 from services.identity.mesh_ca import TlsCredentials, secret_mode_credentials
@@ -337,7 +338,8 @@ def test_a_key_made_on_one_node_and_revoked_on_another_holds_on_every_node_withi
     at_c = f"http://{c.host.address}:8000/service/echo/whoami"
     assert status_from(a.host, at_c, {}) == 401  # a network client needs a key
     assert c.get("/service/echo/whoami").status == 200  # a loopback one does not
-    token = next(line for line in cli(a, "keys", "create", "--name", "mesh-wide").splitlines() if line.startswith("ey"))
+    made = cli(a, "keys", "create", "--name", "mesh-wide")
+    token = next(line for line in made.splitlines() if line.startswith(keys.PREFIX))
     made = time.monotonic()
     wait_for(lambda: status_from(a.host, at_c, {"X-API-Key": token}) == 200, 10, "C to accept A's new key")
     wait_for(lambda: "mesh-wide" in cli(b, "keys", "list"), 10, "B to know A's key")  # B reads on its own cycle
@@ -360,7 +362,7 @@ def test_a_key_used_up_at_one_node_is_refused_at_another(mesh):
     a, b = mesh["a"], mesh["b"]
     with_minute_left(30)
     token = next(line for line in cli(a, "keys", "create", "--name", "four-a-minute", "--rpm", "4").splitlines()
-                 if line.startswith("ey"))
+                 if line.startswith(keys.PREFIX))
     at = {n: f"http://{mesh[n].host.address}:8000/service/echo/whoami" for n in "ac"}
     wait_for(lambda: status_from(b.host, at["c"], {"X-API-Key": token}) == 200, 10, "C to accept the key")
     assert [status_from(b.host, at["c"], {"X-API-Key": token}) for _ in range(3)] == [200] * 3

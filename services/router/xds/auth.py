@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 from services.common import errors
-from services.common.keys import ISSUER, ApiKey, jwks
+from services.common.keys import ISSUER, PREFIX, ApiKey, jwks
 from services.gateway.bootstrap import XDS_CLUSTER  # the router's gRPC server: ADS, and the access log
 from services.router.xds import routes
 from services.router.xds.typed import typed
@@ -55,8 +55,11 @@ NOBODY = {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "nobody", "x": 
 
 
 def key_filters(keys: tuple[ApiKey, ...], required: bool) -> list[dict[str, Any]]:
-    """What a request passes first on the client listener: its key checked, then counted."""
-    return [jwt_filter(keys, required), limit_filter(keys)]
+    """What a request passes first on the client listener: its key checked, then counted.
+    A filter only where it has work (each costs every request some CPU): no key check
+    where none is needed and none could pass, no buckets without a limited key."""
+    return ([jwt_filter(keys, required)] if keys or required else []) + (
+        [limit_filter(keys)] if limited(keys) else [])
 
 
 def jwt_filter(keys: tuple[ApiKey, ...], required: bool) -> dict[str, Any]:
@@ -64,7 +67,8 @@ def jwt_filter(keys: tuple[ApiKey, ...], required: bool) -> dict[str, Any]:
         "requirements": [{"provider_name": PROVIDER}, {"allow_missing_or_failed": {}}]}}
     provider = {
         "issuer": ISSUER, "local_jwks": {"inline_string": json.dumps(key_set(keys))},
-        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-api-key"}],
+        "from_headers": [{"name": "authorization", "value_prefix": f"Bearer {PREFIX}"},
+                         {"name": "x-api-key", "value_prefix": PREFIX}],
         # Kept on the request, so a request Envoy sends through the routes again (the api's
         # redirect after a first lookup) shows its key again; no backend gets it (routes.forward).
         "forward": True,
@@ -144,14 +148,16 @@ def retry_after(keys: tuple[ApiKey, ...]) -> list[tuple[str, int]]:
     return [(k.name, math.ceil(refill(k)[0])) for k in limited(keys)]
 
 
-def rbac_filter(keys: tuple[ApiKey, ...]) -> dict[str, Any]:
-    """A key limited to models may not call /service routes (model routes: model_rule)."""
+def rbac_filters(keys: tuple[ApiKey, ...]) -> list[dict[str, Any]]:
+    """A key limited to models may not call /service routes (model routes: model_rule);
+    none without such a key."""
     restricted = [k.name for k in keys if k.models]
+    if not restricted:
+        return []
     rules = {"action": "DENY", "policies": {"models only": {
-        "permissions": [{"url_path": {"path": {"prefix": "/service/"}}}],
-        "principals": [named(restricted)]}}} if restricted else {"action": "DENY"}
-    return {"name": RBAC_FILTER, "typed_config": typed("envoy.extensions.filters.http.rbac.v3.RBAC",
-                                                       {"rules": rules})}
+        "permissions": [{"url_path": {"path": {"prefix": "/service/"}}}], "principals": [named(restricted)]}}}
+    return [{"name": RBAC_FILTER, "typed_config": typed("envoy.extensions.filters.http.rbac.v3.RBAC",
+                                                        {"rules": rules})}]
 
 
 def model_rule(keys: tuple[ApiKey, ...], names: tuple[str, ...]) -> dict[str, Any]:
@@ -204,9 +210,10 @@ def usage_read() -> dict[str, Any]:
     return {USAGE_FILTER: typed(LUA_PER_ROUTE, {"source_code": {"inline_string": USAGE_CODE}})}
 
 
-def access_log() -> list[dict[str, Any]]:
-    """Each request that carried a verified key, to the router once it is answered."""
-    return [{"name": "envoy.access_loggers.http_grpc",
+def access_log(keys: tuple[ApiKey, ...]) -> list[dict[str, Any]]:
+    """Each request that carried a verified key, to the router once it is answered (none
+    while the mesh has no key)."""
+    return [] if not keys else [{"name": "envoy.access_loggers.http_grpc",
              "filter": {"header_filter": {"header": {"name": KEY, "present_match": True}}},
              "typed_config": typed("envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig", {
                  "common_config": {"log_name": ACCESS_LOG, "transport_api_version": "V3",

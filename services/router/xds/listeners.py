@@ -121,14 +121,14 @@ def http_manager(view: MeshView, name: str, key_required: bool = False) -> dict[
             # A /v1 POST's first route turns the usage filter on (models.model_read).
             *([auth.usage_filter(), *models.filters()] if client else []),
             # After the model filter has picked the model's route, whose rule it applies.
-            *([auth.rbac_filter(view.keys)] if client else []),
+            *(auth.rbac_filters(view.keys) if client else []),
             # Off unless a route turns it on: only a body of unknown length is held (routes.py).
             {"name": routes.BUFFER_FILTER, "disabled": True, "typed_config": typed(
                 "envoy.extensions.filters.http.buffer.v3.Buffer", {"max_request_bytes": view.max_body_bytes})},
             {"name": "envoy.filters.http.router", "typed_config": typed(
                 "envoy.extensions.filters.http.router.v3.Router", {"suppress_envoy_headers": True})}],
         **({"early_header_mutation_extensions": [peer_only_headers_dropped()],
-            "access_log": auth.access_log()} if client else {}),
+            "access_log": auth.access_log(view.keys)} if client else {}),
         "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
         "common_http_protocol_options": {"idle_timeout": IDLE_TIMEOUT, "max_headers_count": HEADERS_COUNT},
         "max_request_headers_kb": HEADERS_KB,

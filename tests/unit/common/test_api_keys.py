@@ -19,7 +19,9 @@ def public_key(key: keys.ApiKey) -> Ed25519PublicKey:
 
 
 def test_a_token_names_its_key_and_verifies_with_the_published_key_only():
-    key, token = keys.make("ci", NOW, requests_per_minute=60, models=("smol",), ttl_s=3600)
+    key, secret = keys.make("ci", NOW, requests_per_minute=60, models=("smol",), ttl_s=3600)
+    assert secret.startswith("mk-eyJ")  # says what it is; a JWT after it
+    token = secret.removeprefix(keys.PREFIX)
     assert jwt.get_unverified_header(token)["kid"] == key.id and key.id.startswith("mk-")
     claims = jwt.decode(token, public_key(key), algorithms=["EdDSA"], issuer=keys.ISSUER,
                         options={"verify_exp": False, "verify_iat": False})
@@ -27,12 +29,12 @@ def test_a_token_names_its_key_and_verifies_with_the_published_key_only():
     other, _ = keys.make("ci", NOW)
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(token, public_key(other), algorithms=["EdDSA"], options={"verify_exp": False})
-    assert token not in repr(key) and key.public_key not in token  # the key holds no secret
+    assert token not in repr(key) and key.public_key not in secret  # the key holds no secret
 
 
 def test_a_key_without_expiry_has_no_exp_claim():
-    _, token = keys.make("forever", NOW)
-    assert "exp" not in jwt.decode(token, options={"verify_signature": False})
+    _, secret = keys.make("forever", NOW)
+    assert "exp" not in jwt.decode(secret.removeprefix(keys.PREFIX), options={"verify_signature": False})
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "has space", "x" * 49, "-leading"])

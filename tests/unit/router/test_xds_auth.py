@@ -40,8 +40,22 @@ def test_network_clients_need_a_key_and_loopback_clients_only_may_show_one(tmp_p
 def test_without_the_loopback_exemption_or_in_open_mode_there_is_one_chain(tmp_path):
     [strict] = client_chains(view(tmp_path, loopback_exempt=False))
     assert jwt_rules(strict)[0]["requires"] == {"provider_name": "mesh-keys"}
-    [open_] = client_chains(view(tmp_path, client_auth="open"))
+    [open_] = client_chains(view(tmp_path, client_auth="open", keys=(CI,)))
     assert "allow_missing_or_failed" in str(jwt_rules(open_)[0]["requires"])
+
+
+def test_a_filter_is_there_only_while_it_has_work(tmp_path):
+    # No key in the mesh: nothing to check on loopback, and only the refusal for the network.
+    loopback, network = client_chains(view(tmp_path))
+    assert not {"envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.rbac"} & set(filters(loopback))
+    assert set(filters(network)) & {"envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit"} == {
+        "envoy.filters.http.jwt_authn"}
+    assert "access_log" not in loopback["filters"][0]["typed_config"]
+    loopback, _ = client_chains(view(tmp_path, keys=(CI, SMOL_ONLY)))
+    assert {"envoy.filters.http.jwt_authn", "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.rbac"} <= set(filters(loopback))
+    assert loopback["filters"][0]["typed_config"]["access_log"]
 
 
 def test_envoy_verifies_each_key_by_its_id_and_names_it_in_a_header(tmp_path):
@@ -51,7 +65,7 @@ def test_envoy_verifies_each_key_by_its_id_and_names_it_in_a_header(tmp_path):
     assert jwks[-1]["kid"] == "nobody"  # Envoy refuses an empty key set
     assert provider["mesh-keys"]["claim_to_headers"] == [{"header_name": "x-mesh-key", "claim_name": "sub"}]
     headers = {h["name"]: h.get("value_prefix") for h in provider["mesh-keys"]["from_headers"]}
-    assert headers == {"authorization": "Bearer ", "x-api-key": None}
+    assert headers == {"authorization": "Bearer mk-", "x-api-key": "mk-"}
 
 
 def test_a_limited_key_has_its_own_bucket_and_its_own_retry_after(tmp_path):
