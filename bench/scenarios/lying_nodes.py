@@ -37,7 +37,8 @@ ROUTER_DEADLINE_MS = 2000  # the router waits this long for FindProviders
 
 
 class LyingProtocol(MeshProtocol):
-    """The attacker's node: it accepts every STORE and keeps nothing."""
+    """The attacker's node (a test double, tests/unit/dht/test_lookup.py uses it too): it
+    accepts every STORE and keeps nothing."""
 
     def rpc_store(self, sender, nodeid, key, value):
         return True

@@ -10,28 +10,16 @@ import pytest
 from dhtnodes import OTHER_SECRET, seed
 from kademlia.node import Node
 
+from bench.scenarios.lying_nodes import LyingServer  # the attacker's node, a test double
 from services.common.identity import MeshTrust
 from services.dht import records
 from services.dht.lookup import contacts
-from services.dht.node import MeshProtocol, MeshServer
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
 
 pytestmark = pytest.mark.timeout(30)
 LIARS = 25  # issue 12 H2: an outsider ran 25 nodes next to providers/echo
 ROUTER_DEADLINE_S = 2.0  # the router's deadline for FindProviders
-
-
-class LyingProtocol(MeshProtocol):
-    """Test double of an attacker's node: it accepts every STORE and keeps nothing."""
-
-    def rpc_store(self, sender, nodeid, key, value):
-        return True
-
-
-class LyingServer(MeshServer):
-    def _create_protocol(self) -> LyingProtocol:
-        return LyingProtocol(self.node, self.storage, self.ksize, self.unverified)
 
 
 @pytest.fixture
