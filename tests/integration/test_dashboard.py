@@ -90,6 +90,9 @@ def mesh(lab, start_module_node):
         models = first.get("/v1/models").json()["data"]
         return len({n["worker_id"] for m in models if m["kind"] == "embedding" for n in m["nodes"]}) == 2
     wait_for(balanced, 60, "node1 to see node2's embeddings model", interval=1)
+    # node2's echo record too: a lookup that runs before it is stored finds nothing, and the
+    # miss is remembered for 5 s (the fresh-clone run once met exactly that).
+    wait_for(lambda: first.get("/service/echo/hello").status == 200, 30, "node1 to reach node2's echo", interval=1)
     yield first, second
     with ThreadPoolExecutor(2) as pool:  # stopping one by one costs seconds each
         list(pool.map(lambda n: n.stop(), (first, second)))
@@ -149,7 +152,7 @@ def traffic(mesh, prometheus):
         reply = first.post_json("/v1/embeddings", {"model": models["embedding"], "input": ["a cat"]})
         assert reply.status == 200, reply.body
     assert first.post_json("/service/rag-embeddings", {"texts": ["a cat"]}).status == 200  # the envelope
-    for _ in range(3):  # forwarded to node2, found by a DHT lookup the first time
+    for _ in range(3):  # forwarded to node2, found by a DHT lookup (the mesh fixture's first)
         reply = first.get("/service/echo/hello")
         assert reply.status == 200 and reply.headers["x-mesh-route"] == "forwarded", reply.body
     assert first.get("/service/nobody-hosts-this/x").status == 404  # a lookup that finds nothing

@@ -75,10 +75,22 @@ def test_promtool_accepts_metrics(node):
         assert f"# TYPE {family.removesuffix('_total')}" in text
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of a process's sockets; a descriptor it closes while they are read is skipped."""
+    found = set()
+    for link in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = link.readlink().name
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
 def listening_port(pid: int) -> int | None:
     """The TCP port a process listens on, read from /proc (prometheus takes port 0 but says 0)."""
-    inodes = {link.readlink().name[8:-1] for link in Path(f"/proc/{pid}/fd").iterdir()
-              if link.readlink().name.startswith("socket:[")}
+    inodes = socket_inodes(pid)
     for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
