@@ -131,14 +131,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def limits_forever(self) -> None:
         """A key that reaches a limit is refused from then until its minute ends; this
         node's use of limited keys goes out in its key record."""
+        counted: dict[str, limits.Count] = {}
         while True:
             await asyncio.sleep(LIMITS_TICK_S)
-            names = tuple(name for name, _ in self.blocked(time.time()))
+            now = time.time()
+            names = tuple(name for name, _ in self.blocked(now))
             if names != self.blocked_names:
                 self.blocked_names = names
                 self.changed.set()
-            if self.announcer is not None:
-                self.announcer.changed(KEYS)  # stored only if it says something new
+            # The key record again only when this minute's use here changed (a new minute too).
+            if (here := self.usage.in_window(limits.window_of(now))) != counted and self.announcer is not None:
+                counted = here
+                self.announcer.changed(KEYS)
 
     def local_offers(self, healthy: bool = True) -> list[Offer]:
         """The models of this node's healthy backends (of its failing ones: healthy=False),

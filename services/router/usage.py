@@ -8,7 +8,6 @@ the answer. Nothing here is on a request's path. Counted since the router starte
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from prometheus_client.registry import Collector
 from services.router import limits
 from services.router.limits import Count
 from services.router.xds.auth import KEY, USAGE
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
