@@ -10,9 +10,10 @@ proven by a key proof, of one of two kinds, told apart by their shape:
   certificate expires. `init` and `join` obtain it (<state>/nebula/identity.proof).
 
 Provider records carry (public key, proof, signature), so the kind of
-proof changes neither format. A node trusts a secret proof when it has the secret, and a
-CA proof when it is in an overlay (checked against the CA key of its own membership and
-the CA-signed blocklist); a node in an overlay needs no mesh secret at all.
+proof changes neither format. A node in an overlay trusts CA proofs alone (checked against
+the CA key of its own membership and the CA-signed blocklist): a node the CA revoked is
+refused even if it still holds a mesh secret. Outside an overlay, a node trusts secret
+proofs of its mesh secret.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ class OverlayView:
 
     ca_key: bytes | None = None  # raw ed25519; None: not in an overlay (or its state is unusable)
     blocklist: frozenset[str] = frozenset()  # certificate fingerprints, from the CA-signed record
+    address: str = ""  # this node's overlay address, from its membership ("" outside an overlay)
     own: bytes | None = None  # this node's CA proof as stored
 
 
@@ -215,6 +217,11 @@ class OverlayTrust:
 
     def configured(self) -> bool:
         return (self.root / MESH_FILE).exists()
+
+    def joined(self) -> bool:
+        """This node is in an overlay (as its files said at most `recheck_s` ago)."""
+        self.refresh()
+        return self.view.ca_key is not None
 
     def refresh(self, force: bool = False) -> None:
         now = self._monotonic()
@@ -290,7 +297,7 @@ def read_overlay(root: Path, previous: OverlayView | None = None) -> OverlayView
         own = None
     blocklist = previous.blocklist if previous is not None and previous.ca_key == ca_key else frozenset()
     return OverlayView(ca_key, _read_blocklist(root / RECORD_FILE, ca_key, mesh.get("ca_fingerprint"), blocklist),
-                       own)
+                       str(mesh.get("overlay_ip", "")), own)
 
 
 def _read_blocklist(path: Path, ca_key: bytes, ca_fingerprint: object, previous: frozenset[str]) -> frozenset[str]:
@@ -311,8 +318,8 @@ def _read_blocklist(path: Path, ca_key: bytes, ca_fingerprint: object, previous:
 class MeshTrust:
     """Which node keys are members of this mesh, and this node's own proof.
 
-    A secret proof is trusted when a secret is given, a CA proof when an overlay is given
-    and its CA signed the proof; anything else is refused.
+    In an overlay, only a proof its CA signed is trusted; outside one, only a secret proof
+    of the given secret; anything else is refused.
     """
 
     def __init__(self, secret: str | None, overlay: OverlayTrust | None = None,
@@ -333,10 +340,10 @@ class MeshTrust:
         return own or self.secret_proof(public_key) or b""
 
     def trusts(self, public_key: bytes, proof: bytes) -> bool:
-        if len(proof) == SECRET_PROOF_BYTES:
-            expected = self.secret_proof(public_key)
-            return expected is not None and hmac.compare_digest(expected, proof)
-        return self.overlay is not None and self.overlay.member(public_key, proof, self._clock())
+        if self.overlay is not None and self.overlay.joined():
+            return self.overlay.member(public_key, proof, self._clock())
+        expected = self.secret_proof(public_key)
+        return expected is not None and hmac.compare_digest(expected, proof)
 
     def refresh(self) -> None:
         """Re-read the overlay's files now if they changed (before signing with `proof`)."""

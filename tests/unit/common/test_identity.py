@@ -268,7 +268,7 @@ class Overlay:
         """Write the membership and the record; with `key`, this node's proof of it."""
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.paths.mesh.write_text(json.dumps({"version": 1, "ca_public_key": raw(self.ca.public_key()).hex(),
-                                               "ca_fingerprint": CA_FINGERPRINT}))
+                                               "ca_fingerprint": CA_FINGERPRINT, "overlay_ip": "10.42.0.2"}))
         self.publish()
         if key is not None:
             self.paths.identity_proof.write_bytes(self.certify(key, **proof))
@@ -392,13 +392,36 @@ def test_a_blocklist_not_signed_by_the_ca_is_ignored_and_the_previous_one_kept(t
     assert not trust.trusts(key, overlay.certify(key))
 
 
-def test_a_secret_proof_is_still_trusted_beside_the_ca(tmp_path):
+def test_in_an_overlay_the_mesh_secret_vouches_for_nobody(tmp_path):
+    """A node the CA revoked may still hold the mesh secret: in an overlay its secret proof
+    is worth nothing, on any node, with or without the secret."""
     overlay = Overlay(tmp_path / "me").enroll()
     key = key_of(tmp_path, "peer")
 
-    assert ca_trust(overlay.state_dir, SECRET).trusts(key, MeshTrust(SECRET).proof(key))
+    assert not ca_trust(overlay.state_dir, SECRET).trusts(key, MeshTrust(SECRET).proof(key))
+    assert not ca_trust(overlay.state_dir).trusts(key, MeshTrust(SECRET).proof(key))
     assert ca_trust(overlay.state_dir, SECRET).trusts(key, overlay.certify(key))
-    assert not ca_trust(overlay.state_dir).trusts(key, MeshTrust(SECRET).proof(key))  # CA only
+
+
+def test_the_overlay_view_names_this_nodes_overlay_address(tmp_path):
+    trust = OverlayTrust(tmp_path, monotonic=Clock(0.0))
+    assert trust.view.address == "" and not trust.joined()
+
+    Overlay(tmp_path).enroll()
+    trust.refresh(force=True)
+
+    assert trust.view.address == "10.42.0.2" and trust.joined()
+
+
+def test_a_node_that_joins_an_overlay_stops_trusting_secret_proofs(tmp_path):
+    key, monotonic = key_of(tmp_path, "peer"), Clock(0.0)
+    trust = ca_trust(tmp_path / "me", SECRET, monotonic=monotonic)
+    assert trust.trusts(key, MeshTrust(SECRET).proof(key))
+
+    overlay = Overlay(tmp_path / "me").enroll()  # `meshworker join` while the node runs
+    monotonic.now = identity.RECHECK_S
+
+    assert not trust.trusts(key, MeshTrust(SECRET).proof(key)) and trust.trusts(key, overlay.certify(key))
 
 
 def test_without_an_overlay_no_ca_proof_is_trusted(tmp_path):
