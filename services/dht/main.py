@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily
 from services.common import capabilities, grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
-from services.common.identity import NodeIdentity, mesh_trust
+from services.common.identity import MeshTrust, NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
 from services.dht import reach, state
 from services.dht.node import DhtNode, Signer
@@ -134,10 +134,11 @@ class Overlay:
 
 async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
     """Keep the overlay view current: it can appear after a join, blink out while nebula
-    restarts, or end on revoke. A new address (or a new gateway port, or a new address
-    the peers see) is announced at once, not at the next republish, so peers stop using
-    the old one."""
+    restarts, or end on revoke. A join moves the DHT onto the overlay address. A new address
+    (or a new gateway port, or a new address the peers see) is announced at once, not at
+    the next republish, so peers stop using the old one."""
     watch = AddressWatch(node)
+    trust = node.signer.trust
     announced = advertised_url(cfg, overlay)
     async with grpcclient.channel(cfg, "nebula-agent") as channel:
         agent = nebula_pb2_grpc.NebulaAgentStub(channel)
@@ -148,6 +149,8 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 status = None
             if status is not None:
                 overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
+            if listen_host(cfg, trust) != node.host:
+                await move(cfg, node, trust, overlay)
             if needs_observed_address(cfg, overlay):
                 await watch.update(overlay, time.monotonic())
             if advertised_url(cfg, overlay) not in (announced, None):
@@ -155,6 +158,23 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 log.info("this gateway is now reached at %s", announced)
                 await node.reannounce()
             await asyncio.sleep(OVERLAY_POLL_S)
+
+
+def listen_host(cfg: Config, trust: MeshTrust) -> str:
+    """In an overlay, the DHT listens on the overlay address alone (bound even while nebula's
+    tun device is down): a host of the underlay that never joined reads and stores nothing."""
+    if trust.overlay is not None and trust.overlay.joined() and trust.overlay.view.address:
+        return trust.overlay.view.address
+    return cfg.dht_host
+
+
+async def move(cfg: Config, node: DhtNode, trust: MeshTrust, overlay: Overlay) -> None:
+    """Rebind on the same port at the new address, then meet the overlay's lighthouses: the
+    peers known until now were met on the underlay, which this node no longer hears."""
+    host = listen_host(cfg, trust)
+    log.info("overlay membership changed: the DHT moves from %s to %s", node.host, host)
+    await node.listen(host, node.port)
+    await node.bootstrap([(ip, cfg.dht_port) for ip in overlay.lighthouses if ip != overlay.ip])
 
 
 def needs_observed_address(cfg: Config, overlay: Overlay) -> bool:
@@ -223,13 +243,14 @@ async def start_on_known_port(cfg: Config, node: DhtNode, saved: state.DhtState,
     """With dht_port 0, a restart binds the port it had before: that is where the other
     nodes' routing tables (and seeds) point. A new one is taken if that is taken."""
     port = cfg.dht_port or saved.port
+    host = listen_host(cfg, node.signer.trust)
     try:
-        await node.start(cfg.dht_host, port, seeds_)
+        await node.start(host, port, seeds_)
     except OSError as err:
         if cfg.dht_port:
             raise
         log.warning("DHT port %d is taken (%s): binding a new one", port, err.strerror)
-        await node.start(cfg.dht_host, 0, seeds_)
+        await node.start(host, 0, seeds_)
     saved.port = node.port
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +34,9 @@ REQUEST = b"\x00"  # rpcudp's first byte of a request (b"\x01" starts an answer)
 # bytes for a request of about 75, so a forged source draws no more than it sent.
 UNPROVEN_CONTACTS = 2
 MAX_HELD_TOKENS = 1024  # peers' tokens this node keeps for its own requests
+# Linux's IP_FREEBIND (the socket module does not name it): bind an address this host does
+# not hold yet, so a node binds its overlay address before nebula's tun device is up.
+IP_FREEBIND = 15
 
 
 class MeshProtocol(KademliaProtocol):
@@ -159,7 +163,7 @@ class DhtNode:
         self.storage = ProviderStorage(signer.trust)
         self.unverified = UnverifiedPeers()
         self.server = MeshServer(self.storage, node_id, self.unverified)
-        self.port = 0
+        self.host, self.port = "", 0  # where the DHT listens, once it does
         self._announced: dict[str, records.Record] = {}
         self.holders: dict[bytes, Node] = {}  # peers that kept this node's last records, least recent first
         self._proof_kind = ""
@@ -169,10 +173,30 @@ class DhtNode:
         return self.server.node.id
 
     async def start(self, host: str, port: int, seeds: list[tuple[str, int]]) -> None:
-        await self.server.listen(port, host)
-        self.port = self.server.transport.get_extra_info("sockname")[1]
-        log.info("DHT listening on UDP %s:%d, node id %s", host, self.port, self.node_id.hex()[:12])
+        await self.listen(host, port)
+        self.server.refresh_table()
         await self.bootstrap(seeds)
+
+    async def listen(self, host: str, port: int) -> None:
+        """Bind (host, port), or move there from the address bound before, keeping the routing
+        table and the records stored: a node that joins an overlay moves its DHT onto it."""
+        if self.server.transport is not None:
+            self.server.transport.close()
+            await asyncio.sleep(0)  # the old socket is closed on the loop's next turn
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        protocol = self.server.protocol or self.server._create_protocol()
+        loop = asyncio.get_running_loop()
+        self.server.transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        self.server.protocol = protocol
+        self.host, self.port = host, sock.getsockname()[1]
+        log.info("DHT listening on UDP %s:%d, node id %s", host, self.port, self.node_id.hex()[:12])
 
     async def bootstrap(self, seeds: list[tuple[str, int]]) -> int:
         if not seeds:

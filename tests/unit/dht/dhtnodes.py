@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import umsgpack
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.utils import digest
 
+from services.common import identity
+from services.common.identity import MeshTrust, NodeIdentity, OverlayTrust
 from services.dht import records
 from services.dht.node import DhtNode, Signer
 
@@ -66,3 +72,37 @@ class RawPeer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class MeshCa:
+    """The overlay's CA holder as `init` and `join` act for it: it writes a node's membership
+    (the CA key), the CA-signed record (blocklist) and the CA's proof of the node's key."""
+
+    def __init__(self) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.public = self.key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                         serialization.PublicFormat.Raw)
+
+    @staticmethod
+    def fingerprint(name: str) -> str:
+        return name.encode().hex().ljust(64, "0")
+
+    def enroll(self, state_dir: Path, name: str, overlay_ip: str = "10.42.0.9") -> None:
+        root = state_dir / identity.OVERLAY_DIR
+        root.mkdir(parents=True, exist_ok=True)
+        (root / identity.MESH_FILE).write_text(json.dumps({"ca_public_key": self.public.hex(),
+                                                           "ca_fingerprint": "ca", "overlay_ip": overlay_ip}))
+        self.publish(state_dir)
+        key = NodeIdentity.load_or_create(state_dir).public_key
+        (root / identity.CA_PROOF_FILE).write_bytes(
+            identity.sign_ca_proof(self.key, key, name, self.fingerprint(name), int(time.time()) + 3600))
+
+    def publish(self, state_dir: Path, blocked: tuple[str, ...] = ()) -> None:
+        body = json.dumps({"ca_fingerprint": "ca", "blocklist": [self.fingerprint(n) for n in blocked]})
+        signature = self.key.sign(identity.MESH_RECORD_CONTEXT + body.encode()).hex()
+        (state_dir / identity.OVERLAY_DIR / identity.RECORD_FILE).write_text(
+            json.dumps({"signed": {"body": body, "signature": signature}}))
+
+    @staticmethod
+    def signer(state_dir: Path, secret: str | None = None) -> Signer:
+        return Signer(NodeIdentity.load_or_create(state_dir), MeshTrust(secret, OverlayTrust(state_dir)))
