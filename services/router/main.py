@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from services.common import capabilities, grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
+from services.common.identity import OverlayTrust
 from services.common.keys import KEYS
 from services.common.models import CATALOG, Model, Offer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
@@ -75,6 +76,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.cache, self.version = cache_file.load(self.cache_path, time.time())
         self.version += 1
         self.tls = trust.current(cfg, None, time.time())
+        self.overlay = OverlayTrust(cfg.state_dir)  # its view names this node's overlay address
+        self.overlay.refresh()
         self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
         self.keybook = KeyBook(cfg.state_dir / keybook.FILE)
         self.usage = Usage()
@@ -109,7 +112,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
             remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
             models=self.model_routes(now), aliases=cfg.aliases, keys=self.keybook.in_force(now),
-            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.blocked(now))
+            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.blocked(now),
+            overlay_address=self.overlay.view.address)
 
     def minute_counts(self, now: float) -> dict[str, limits.Count]:
         window = limits.window_of(now)
@@ -400,10 +404,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self.publish()
 
     async def watch_credentials(self) -> None:
-        """A fresh certificate before the old one runs out, and a joined overlay's (or its
-        new revocation list) within seconds of its arrival on disk."""
+        """A fresh certificate before the old one runs out, and a joined overlay's (its
+        certificate, its new revocation list, this node's address in it) within seconds of
+        their arrival on disk."""
         while True:
             await asyncio.sleep(CREDENTIALS_CHECK_S)
+            address = self.overlay.view.address
+            await asyncio.to_thread(self.overlay.refresh)
+            if self.overlay.view.address != address:
+                self.changed.set()
             try:
                 fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
             except StateError as err:  # a record or CRL that cannot be used: keep what Envoy has

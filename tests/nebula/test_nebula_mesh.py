@@ -148,11 +148,13 @@ def test_a_forwarded_request_travels_over_the_overlay(mesh):
         [f"https://{ips['node2']}:8443"]
 
 
-def to_node2(nodes, sender, credentials, workdir: Path) -> int | str:
-    """GET-like POST to node2's peer listener for its echo, from `sender`'s namespace, over
-    the overlay when the sender is in it (else node2's underlay address)."""
+def to_node2(nodes, sender, credentials, workdir: Path, address: str | None = None) -> int | str:
+    """GET-like POST to node2's peer listener for its echo, from `sender`'s namespace, at
+    `address`, else over the overlay when the sender is in it (else node2's underlay address)."""
     overlay = overlay_mode_credentials(nodes["node2"].state_dir)
-    address = status(nodes["node2"]).overlay_ip if status_when_up(sender).overlay_ip else nodes["node2"].host.address
+    if address is None:
+        in_overlay = status_when_up(sender).overlay_ip
+        address = status(nodes["node2"]).overlay_ip if in_overlay else nodes["node2"].host.address
     return sender.host.call(peer_post, address, 8443, overlay.trusted_ca_pem, credentials, workdir,
                             "/service/echo", {"X-Mesh-Service": "echo", "X-Mesh-Envelope": "1"})
 
@@ -165,6 +167,25 @@ def test_only_certificates_of_the_mesh_ca_may_forward(mesh, tmp_path):
     assert to_node2(nodes, outsider, self_issued, tmp_path / "a") != 200
     member = overlay_mode_credentials(nodes["node3"].state_dir)
     assert to_node2(nodes, nodes["node3"], member, tmp_path / "b") == 200
+
+
+def udp_listeners(node, port: int) -> set[str]:
+    """The local address:port of every UDP socket bound to `port` in node's namespace."""
+    out = subprocess.run(node.host.command(["ss", "-Hlun", f"sport = :{port}"]), capture_output=True, text=True,
+                         timeout=10, check=True).stdout
+    return {line.split()[3] for line in out.splitlines() if line.strip()}
+
+
+def test_dht_and_peer_traffic_stay_in_the_overlay(mesh, tmp_path):
+    """Overlay means overlay (issue 12 M5): node2's DHT is bound to its overlay address alone,
+    and its peer listener, which serves a member's certificate over the overlay, closes the
+    connection that member makes to node2's underlay address."""
+    nodes, ips = mesh[0], overlay_ips(mesh)
+    assert udp_listeners(nodes["node2"], 8468) == {f"{ips['node2']}:8468"}
+    member = overlay_mode_credentials(nodes["node3"].state_dir)
+    assert to_node2(nodes, nodes["node3"], member, tmp_path / "a", address=ips["node2"]) == 200
+    underlay = to_node2(nodes, nodes["node3"], member, tmp_path / "b", address=nodes["node2"].host.address)
+    assert underlay not in (200, 403, 404)  # refused before any HTTP: no TLS handshake at all
 
 
 def test_status_reports_certificate_lighthouse_and_tunnels(mesh):
@@ -275,7 +296,8 @@ def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh, tmp_path):
     wait_for(lambda: reaches(nodes["node4"], ips["node3"]) is None, 15, "lighthouse 2 to block node3 too")
     assert reaches(nodes["node1"], ips["node2"]) == "node2" and reaches(nodes["node2"], ips["node1"]) == "node1"
     assert status(nodes["node3"]).revoked and "revoked" in nodes["node3"].health()["vpn_reason"]
-    # Nor may it forward on the underlay: its TLS certificate is on the mesh CA's revocation list.
+    # Nor may it forward on the underlay, which an overlay's peer listeners do not serve (and its
+    # certificate is on the CA's revocation list: test_nebula_enrollment checks that on its own).
     revoked = overlay_mode_credentials(nodes["node3"].state_dir)
     wait_for(lambda: to_node2(nodes, nodes["node3"], revoked, tmp_path) != 200, 15,
              "node2's Envoy to refuse node3's revoked certificate")

@@ -183,9 +183,20 @@ def downstream_mtls() -> dict[str, Any]:
                 "validation_context_sds_secret_config": {"name": MESH_CA, "sds_config": ADS}}})}
 
 
+def overlay_only(view: MeshView) -> dict[str, Any]:
+    """In an overlay, peers reach this node over it: the peer listener serves connections made
+    to the overlay address (and this node's own, on loopback) and closes any other before
+    TLS begins. The socket itself stays where it is bound: Envoy cannot move a listener that
+    does not share its port to another address without a gap or a refusal."""
+    if not view.overlay_address:
+        return {}
+    own = {"address_prefix": view.overlay_address, "prefix_len": 128 if ":" in view.overlay_address else 32}
+    return {"filter_chain_match": {"prefix_ranges": [own, *LOOPBACK]}}
+
+
 def peer_listener(view: MeshView) -> Listener:
     return make(Listener, {"name": routes.PEER, "address": bound(view.listen_host, view.peer_port), **NOT_SHARED,
-                           "filter_chains": [{"filters": [http_manager(view, routes.PEER)],
+                           "filter_chains": [{**overlay_only(view), "filters": [http_manager(view, routes.PEER)],
                                               "transport_socket": downstream_mtls()}]})
 
 

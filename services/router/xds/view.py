@@ -100,6 +100,7 @@ class MeshView:
     client_auth: str = "keys"  # "open": nobody needs a key
     loopback_exempt: bool = True  # loopback clients need no key
     blocked: tuple[tuple[str, int], ...] = ()  # keys past a limit: (name, seconds until their minute ends)
+    overlay_address: str = ""  # this node's, in an overlay: its peers connect to it alone
 
     def names_of(self, model_id: str) -> tuple[str, ...]:
         """A model's id and the aliases it is known by here."""

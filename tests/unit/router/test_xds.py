@@ -124,6 +124,19 @@ def test_the_peer_listener_routes_only_to_local_backends(tmp_path):
     assert routes[-1]["direct_response"]["status"] == 404  # anything else: not hosted here
 
 
+def test_in_an_overlay_the_peer_listener_serves_connections_to_the_overlay_address_alone(tmp_path):
+    def chain(v: MeshView) -> dict:
+        [listener] = [as_dict(x) for x in resources.build(v, 1).resources[resources.LISTENER].values()
+                      if x.name == "peer"]
+        [only] = listener["filter_chains"]  # a connection no chain matches is closed before TLS
+        return only
+
+    assert "filter_chain_match" not in chain(view(tmp_path))  # no overlay: any address of the host
+    ranges = chain(view(tmp_path, overlay_address="10.42.0.2"))["filter_chain_match"]["prefix_ranges"]
+    assert {"address_prefix": "10.42.0.2", "prefix_len": 32} in ranges  # not the underlay's
+    assert {"address_prefix": "127.0.0.0", "prefix_len": 8} in ranges  # this node's own model routes
+
+
 def test_local_backends_get_their_api_key_and_peers_do_not(tmp_path):
     routes = client_routes(view(tmp_path))
     added = [h["header"] for h in matching(routes, prefix="/service/echo/")[0]["request_headers_to_add"]]
