@@ -15,7 +15,7 @@ import grpc
 
 from services.api.backends import Backends
 from services.api.metrics import ApiMetrics
-from services.api.routing import STATS_FILTER, ClusterTotals, EnvelopeCounts, cluster_totals
+from services.api.routing import STATS_FILTER, ClusterCounters, ClusterTotals, EnvelopeCounts
 from services.common import grpcclient
 from services.common.config import COMPONENTS, Config
 from services.common.envoy_admin import EnvoyAdmin
@@ -47,6 +47,7 @@ class ApiNode:
         # Shown while the router or Envoy does not answer: counters only grow, so the last
         # values read are closer to the truth than zeros.
         self.last_router_counters = router_pb2.RouterCounters()
+        self.clusters = ClusterCounters()
         self.last_cluster_totals = ClusterTotals()
 
     async def component_health(self) -> dict[str, str]:
@@ -96,7 +97,7 @@ class ApiNode:
     async def cluster_totals(self) -> ClusterTotals:
         stats = await self.envoy.counters(STATS_FILTER)
         if stats is not None:
-            self.last_cluster_totals = cluster_totals(stats)
+            self.last_cluster_totals = self.clusters.update(stats)
         return self.last_cluster_totals
 
     async def close(self) -> None:

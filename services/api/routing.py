@@ -37,24 +37,48 @@ class ClusterTotals:
     failed: int = 0
 
 
-def cluster_totals(stats: Iterable[Mapping]) -> ClusterTotals:
-    """Sum `{"name", "value"}` entries of Envoy's JSON stats over local and remote clusters.
+def kind_of(name: str) -> str | None:
+    """Which total an Envoy stat adds to: "local", "forwarded", "failed" or none.
 
     A connection Envoy could not make counts in upstream_rq_5xx but not in
     upstream_rq_total, so failed requests are summed on their own."""
-    local = forwarded = failed = 0
-    for stat in stats:
-        name, value = stat.get("name", ""), int(stat.get("value", 0))
-        if not name.startswith((LOCAL_PREFIX, REMOTE_PREFIX)):
-            continue
-        if name.endswith(".upstream_rq_5xx"):
-            failed += value
-        elif name.endswith(".upstream_rq_total"):
-            if name.startswith(LOCAL_PREFIX):
-                local += value
-            else:
-                forwarded += value
-    return ClusterTotals(local, forwarded, failed)
+    if not name.startswith((LOCAL_PREFIX, REMOTE_PREFIX)):
+        return None
+    if name.endswith(".upstream_rq_5xx"):
+        return "failed"
+    if name.endswith(".upstream_rq_total"):
+        return "local" if name.startswith(LOCAL_PREFIX) else "forwarded"
+    return None
+
+
+def cluster_totals(counters: Mapping[str, int]) -> ClusterTotals:
+    """Envoy's counters (by stat name) summed over local and remote clusters."""
+    sums = {"local": 0, "forwarded": 0, "failed": 0}
+    for name, value in counters.items():
+        if (kind := kind_of(name)) is not None:
+            sums[kind] += value
+    return ClusterTotals(**sums)
+
+
+class ClusterCounters:
+    """Envoy's cluster counters, summed so that no total ever goes down. A remote cluster
+    goes when its providers leave (or a service stops being asked for), and a restarted
+    Envoy counts from 0: either would take requests already served out of /stats. What a
+    counter had counted when it went (or fell) is kept; one that starts again counts on.
+    (An Envoy restart is missed if its counters passed their old values between two reads.)"""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.gone: dict[str, int] = {}  # by stat name: what its earlier lives counted
+
+    def update(self, stats: Iterable[Mapping]) -> ClusterTotals:
+        """The totals after one read of Envoy's `{"name", "value"}` stats."""
+        now = {s["name"]: int(s.get("value", 0)) for s in stats if kind_of(s.get("name", "")) is not None}
+        for name, value in self.last.items():
+            if now.get(name, 0) < value:
+                self.gone[name] = self.gone.get(name, 0) + value
+        self.last = now
+        return cluster_totals({name: self.gone.get(name, 0) + now.get(name, 0) for name in {*self.gone, *now}})
 
 
 def routing_stats(envoy: ClusterTotals, router: router_pb2.RouterCounters,

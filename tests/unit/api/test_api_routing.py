@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from services.api.routing import STATS_FILTER, ClusterTotals, EnvelopeCounts, cluster_totals, routing_stats
+from services.api.routing import STATS_FILTER, ClusterCounters, ClusterTotals, EnvelopeCounts, routing_stats
 from services.common.rpc import router_pb2
 
 
@@ -19,7 +19,30 @@ def test_cluster_totals_sum_local_and_remote_clusters_only():
              # the aggregate's sub-clusters count its requests; the api's are counted by the api
              stat("cluster.service_llm.upstream_rq_total", 100), stat("cluster.api.upstream_rq_total", 100),
              stat("cluster.api.upstream_rq_5xx", 100)]
-    assert cluster_totals(stats) == ClusterTotals(local=7, forwarded=11, failed=3)
+    assert ClusterCounters().update(stats) == ClusterTotals(local=7, forwarded=11, failed=3)
+
+
+def test_requests_of_a_cluster_that_went_stay_counted_and_a_new_one_counts_on():
+    counters = ClusterCounters()
+    counters.update([stat("cluster.remote_llm.upstream_rq_total", 5), stat("cluster.remote_llm.upstream_rq_5xx", 1),
+                     stat("cluster.local_echo.upstream_rq_total", 3)])
+
+    # llm's providers left: the router removed its cluster
+    assert counters.update([stat("cluster.local_echo.upstream_rq_total", 4)]) == \
+        ClusterTotals(local=4, forwarded=5, failed=1)
+    # asked for again: a new cluster counting from 0
+    assert counters.update([stat("cluster.remote_llm.upstream_rq_total", 2),
+                            stat("cluster.local_echo.upstream_rq_total", 4)]) == ClusterTotals(4, 7, 1)
+
+
+def test_a_restarted_envoy_counting_from_zero_takes_nothing_away():
+    counters = ClusterCounters()
+    counters.update([stat("cluster.local_echo.upstream_rq_total", 30), stat("cluster.remote_llm.upstream_rq_total", 9)])
+
+    totals = counters.update([stat("cluster.local_echo.upstream_rq_total", 2),
+                              stat("cluster.remote_llm.upstream_rq_total", 9)])
+
+    assert totals == ClusterTotals(local=32, forwarded=9)
 
 
 def test_the_admin_filter_selects_exactly_the_summed_counters():
