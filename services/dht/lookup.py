@@ -9,12 +9,18 @@ arrives, and the lookup as a whole has a deadline. A value lookup that heard no 
 from the k closest goes on past them to the WIDEN*k closest: nodes that accept STOREs and
 keep nothing can take the k places next to a key (ids are free to choose), not every
 member's place in a reader's view, and every provider holds its own record.
+
+Contacts that did not answer lately are not asked (DeadContacts): kademlia drops a contact
+from this node's routing table when a request to it times out, but the peers that have not
+asked it yet still name it in their answers, so every lookup would wait for it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
 from kademlia.node import Node
@@ -22,12 +28,43 @@ from kademlia.node import Node
 Ask = Callable[[Node, Node], Awaitable[tuple[bool, Any]]]
 WIDEN = 3
 ID_BYTES = 20
+# Long enough to span the lookups that follow a batch of nodes leaving (their peers forget
+# them only as they ask them, one RPC timeout each), short enough that a contact back at
+# the same address is asked again within a minute; any datagram from it forgives it sooner.
+DEAD_FOR_S = 60.0
+MAX_DEAD = 1024  # addresses remembered; a peer may name any number of made-up contacts
+
+
+class DeadContacts:
+    """Addresses whose last request from this node timed out, for DEAD_FOR_S; `node in dead`
+    says whether a lookup should leave a contact out. Bounded: the oldest go first."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._since: OrderedDict[tuple[str, int], float] = OrderedDict()
+
+    def died(self, node: Node) -> None:
+        self._since.pop((node.ip, node.port), None)
+        self._since[(node.ip, node.port)] = self.clock()  # most recent last
+        if len(self._since) > MAX_DEAD:
+            self._since.popitem(last=False)
+
+    def heard(self, address: tuple) -> None:
+        """A datagram came from `address` (an IPv6 one has 4 fields): it is alive after all."""
+        self._since.pop(tuple(address[:2]), None)
+
+    def __contains__(self, node: object) -> bool:
+        since = self._since.get((node.ip, node.port)) if isinstance(node, Node) else None
+        if since is not None and self.clock() - since >= DEAD_FOR_S:
+            del self._since[(node.ip, node.port)]
+            return False
+        return since is not None
 
 
 async def crawl(target: Node, start: list[Node], ask: Ask, ksize: int, deadline_s: float,
-                take_value: Callable[[Node, Any], bool] | None = None) -> list[Node]:
+                take_value: Callable[[Node, Any], bool] | None = None, skip: Container[Node] = ()) -> list[Node]:
     """The `ksize` closest nodes to `target` that answered `ask(node, target)`: a
-    protocol's call_find_node or call_find_value.
+    protocol's call_find_node or call_find_value. Contacts in `skip` are not asked.
 
     A {"value": v} answer goes to take_value(node, v), which says whether it held what was
     looked for; with take_value, the lookup widens when the k closest held nothing. Queries
@@ -42,7 +79,8 @@ async def crawl(target: Node, start: list[Node], ask: Ask, ksize: int, deadline_
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline_s
     while True:
-        closest = sorted((n for i, n in known.items() if i not in failed), key=target.distance_to)[:width]
+        closest = sorted((n for i, n in known.items() if i not in failed and n not in skip),
+                         key=target.distance_to)[:width]
         for node in closest:
             if node.id not in asked:
                 asked.add(node.id)

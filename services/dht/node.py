@@ -49,6 +49,7 @@ class MeshProtocol(KademliaProtocol):
       contacts and never a value. Only an asker that showed a token, or a peer that answered
       this node, enters the routing table, and nothing is sent to it unasked.
     - requests are rate-limited per source host.
+    - a contact that did not answer is left out of lookups for a while (lookup.DeadContacts).
     Its own find_node and find_value send the token they hold for the peer, and once more
     with the new one when the peer gives one (first contact, a restart, a rotated secret).
     """
@@ -60,11 +61,20 @@ class MeshProtocol(KademliaProtocol):
         self.tokens = Tokens()
         self.limiter = RateLimiter()
         self.held: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # the peers' tokens
+        self.dead = lookup.DeadContacts()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if data[:1] == REQUEST and not self.limiter.allow(addr[0]):
             return  # counted in limiter.dropped
+        self.dead.heard(addr)
         super().datagram_received(data, addr)
+
+    def handle_call_response(self, result: tuple[bool, Any], node: Node) -> tuple[bool, Any]:
+        # kademlia drops a contact that timed out from the routing table; peers that have not
+        # timed out on it yet still name it, so it is remembered as dead too (lookup.py).
+        if not result[0]:
+            self.dead.died(node)
+        return super().handle_call_response(result, node)
 
     def welcome_if_new(self, node: Node) -> None:
         # Not kademlia's welcome transfer (paper 2.5: send a new contact every key it should
@@ -303,7 +313,8 @@ class DhtNode:
                      take_value: Callable[[Node, Any], bool] | None = None) -> list[Node]:
         target = Node(dkey)
         start = self.server.protocol.router.find_neighbors(target, k=lookup.WIDEN * self.server.ksize)
-        return await lookup.crawl(target, start, ask, self.server.ksize, LOOKUP_DEADLINE_S, take_value)
+        return await lookup.crawl(target, start, ask, self.server.ksize, LOOKUP_DEADLINE_S, take_value,
+                                  skip=self.server.protocol.dead)
 
     async def _store(self, service: str, record: records.Record) -> int:
         """Store on this node, on the k closest peers and on the peers that kept this node's

@@ -3,8 +3,9 @@ kademlia nodes over UDP on 127.0.0.1."""
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from dhtnodes import OTHER_SECRET, seed
@@ -13,7 +14,7 @@ from kademlia.node import Node
 from bench.scenarios.lying_nodes import LyingServer  # the attacker's node, a test double
 from services.common.identity import MeshTrust
 from services.dht import records
-from services.dht.lookup import contacts
+from services.dht.lookup import DEAD_FOR_S, MAX_DEAD, DeadContacts, contacts
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
 
@@ -91,6 +92,62 @@ async def test_a_lookup_through_dead_contacts_ends_within_the_routers_deadline(m
 
     assert elapsed < ROUTER_DEADLINE_S
     assert [r["worker_id"] for r in found] == ["a"]
+
+
+@pytest.fixture
+def silent() -> Iterator[list[socket.socket]]:
+    """UDP sockets on loopback that never answer: where nodes that left were."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(LIARS)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+async def test_contacts_that_timed_out_are_not_asked_by_the_next_lookup(make_node, silent):
+    # After the liars left, each lookup waited one RPC timeout for them (the bench's p95 of
+    # 504 ms): kademlia took them out of the reader's routing table, but d, a peer that had
+    # not asked them since, named them again in every answer.
+    key = int.from_bytes(records.storage_key("echo"), "big")
+    a = await make_node("a")
+    await a.announce("echo")  # alone: only a holds its record
+    d = await make_node("d", seeds=seed(a))
+    dead = [Node((key ^ i).to_bytes(20, "big"), *sock.getsockname()) for i, sock in enumerate(silent, 1)]
+    for node in dead:
+        d.server.protocol.router.add_contact(node)
+    c = await make_node("c", seeds=(*seed(a), *seed(d)))
+    protocol, asked = c.server.protocol, []
+
+    async def counted(node: Node, target: Node):
+        asked.append(node.id)
+        return await type(protocol).call_find_value(protocol, node, target)
+
+    protocol.call_find_value = counted
+    assert [r["worker_id"] for r in await c.find_providers("echo")] == ["a"]
+    timed_out = {node.id for node in dead if node in protocol.dead}  # here or in c's bootstrap
+    assert len(timed_out) >= 10
+    asked.clear()
+
+    assert [r["worker_id"] for r in await c.find_providers("echo")] == ["a"]
+    # d still names them (and may name one it promoted meanwhile from its replacement cache)
+    assert d.node_id in asked and not set(asked) & timed_out
+
+
+def test_a_dead_contact_is_forgotten_when_heard_from_or_after_a_while():
+    now = [0.0]
+    dead = DeadContacts(clock=lambda: now[0])
+    gone, back = Node(b"g" * 20, "10.0.0.1", 8468), Node(b"b" * 20, "10.0.0.2", 8468)
+    dead.died(gone)
+    dead.died(back)
+
+    dead.heard(("10.0.0.2", 8468))
+    assert gone in dead and back not in dead
+    now[0] = DEAD_FOR_S
+    assert gone not in dead
+    for port in range(1, MAX_DEAD + 2):
+        dead.died(Node(b"x" * 20, "10.0.0.3", port))
+    assert Node(b"x" * 20, "10.0.0.3", 1) not in dead and Node(b"x" * 20, "10.0.0.3", 2) in dead
 
 
 def test_contacts_takes_only_well_formed_entries_and_at_most_the_limit():
