@@ -7,9 +7,13 @@ The four components are fixed in supervisord.conf; backends depend on the config
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from services.common.config import ServiceConfig
 
+# The fixed programs, and the include of the rendered ones: `up` runs supervisord on it, and
+# supervisorctl needs it to find supervisord's socket.
+SUPERVISORD_CONF = Path(__file__).resolve().parents[2] / "supervisord.conf"
 BACKEND_PRIORITY = 40  # after the router (which health-checks them), before the gateway
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import services
+from services.common import programs
 from services.common.config import Config
 from services.nebula import node
 from services.nebula.state import NebulaPaths, write_atomically
@@ -22,7 +22,6 @@ from services.nebula.state import NebulaPaths, write_atomically
 log = logging.getLogger(__name__)
 PROGRAM = "nebula"
 PRIORITY = 5  # before nebula-agent (10): the overlay comes first
-SUPERVISORD_CONF = Path(services.__file__).resolve().parent.parent / "supervisord.conf"
 TIMEOUT_S = 15.0
 LOG_MAX_BYTES = 5 * 1024 * 1024
 
@@ -78,7 +77,7 @@ class Supervisor:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         bindir = Path(sys.executable).parent
-        self.argv = [str(bindir / "supervisorctl"), "-c", str(SUPERVISORD_CONF)]
+        self.argv = [str(bindir / "supervisorctl"), "-c", str(programs.SUPERVISORD_CONF)]
 
     def available(self) -> bool:
         return (self.cfg.runtime_dir / "supervisor.sock").exists()

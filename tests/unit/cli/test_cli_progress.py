@@ -14,69 +14,70 @@ from typing import ClassVar
 
 import pytest
 
-from services import cli
+from services.cli import node as cli_node
+from services.cli import progress
 from services.common.config import load
 from services.nebula import bootstrap, membership
 from services.nebula import cli as nebula_cli
 from services.nebula.state import EnrollmentError
 
-LLM = cli.ModelFile("SmolLM2-135M-Instruct-Q4_1", 98_362_432)
-ALL = frozenset(cli.PROGRESS_COMPONENTS)
+LLM = progress.ModelFile("SmolLM2-135M-Instruct-Q4_1", 98_362_432)
+ALL = frozenset(progress.PROGRESS_COMPONENTS)
 
 
 def test_sizes_are_in_the_largest_binary_unit_that_fits():
-    assert cli.size_text(98_362_432) == "93.8 MiB"
-    assert cli.size_text(3 << 30) == "3.0 GiB"
-    assert cli.size_text(2048) == "2.0 KiB"
-    assert cli.size_text(12) == "12 B"
+    assert progress.size_text(98_362_432) == "93.8 MiB"
+    assert progress.size_text(3 << 30) == "3.0 GiB"
+    assert progress.size_text(2048) == "2.0 KiB"
+    assert progress.size_text(12) == "12 B"
 
 
 def test_a_line_carries_the_seconds_since_up_started_under_the_programs_prefix():
-    assert cli.stamp(3.14159, "dht ready") == "progress        | [   3.1s] dht ready"
+    assert progress.stamp(3.14159, "dht ready") == "progress        | [   3.1s] dht ready"
 
 
 def test_each_component_is_reported_once_when_it_becomes_ready_in_start_up_order():
-    first = cli.NodeView(ready=frozenset({"router", "dht"}))
-    then = cli.NodeView(ready=frozenset({"router", "dht", "api", "gateway"}), ports=(8000, 8443))
+    first = progress.NodeView(ready=frozenset({"router", "dht"}))
+    then = progress.NodeView(ready=frozenset({"router", "dht", "api", "gateway"}), ports=(8000, 8443))
 
-    assert cli.progress_lines(cli.NodeView(), first, {}) == ["dht ready", "router ready"]
-    assert cli.progress_lines(first, then, {}) == [
+    assert progress.progress_lines(progress.NodeView(), first, {}) == ["dht ready", "router ready"]
+    assert progress.progress_lines(first, then, {}) == [
         "api ready", "gateway (Envoy) ready: clients on :8000, peers (mTLS) on :8443"]
-    assert cli.progress_lines(then, then, {}) == []
+    assert progress.progress_lines(then, then, {}) == []
 
 
 def test_a_component_that_stops_answering_during_start_up_is_said():
-    before = cli.NodeView(ready=ALL)
-    now = cli.NodeView(ready=ALL - {"router"})
+    before = progress.NodeView(ready=ALL)
+    now = progress.NodeView(ready=ALL - {"router"})
 
-    assert cli.progress_lines(before, now, {}) == ["router stopped answering (supervisord restarts it)"]
+    assert progress.progress_lines(before, now, {}) == ["router stopped answering (supervisord restarts it)"]
 
 
 def test_a_model_backend_says_its_model_load_time_file_size_and_memory():
-    loading = cli.NodeView(ready=ALL, backends=(cli.BackendView("llm-inference", False, last_error="HTTP 503"),))
-    loaded = cli.NodeView(ready=ALL, backends=(cli.BackendView(
+    loading = progress.NodeView(ready=ALL, backends=(progress.BackendView("llm-inference", False, last_error="HTTP 503"),))
+    loaded = progress.NodeView(ready=ALL, backends=(progress.BackendView(
         "llm-inference", True, "SmolLM2-135M-Instruct-Q4_1", 7.24, 685 << 20),))
 
-    assert cli.progress_lines(loading, loaded, {"llm-inference": LLM}) == [
+    assert progress.progress_lines(loading, loaded, {"llm-inference": LLM}) == [
         "llm-inference ready: SmolLM2-135M-Instruct-Q4_1 loaded in 7.2 s (93.8 MiB on disk, 685.0 MiB resident)"]
 
 
 def test_a_backend_that_describes_nothing_is_just_ready():
-    backend = cli.BackendView("my-llm", True)
+    backend = progress.BackendView("my-llm", True)
 
-    assert cli.backend_ready_line(backend, None) == "my-llm ready"
-    assert cli.backend_ready_line(cli.BackendView("x", True, model="m"), None) == "x ready: m"
+    assert progress.backend_ready_line(backend, None) == "my-llm ready"
+    assert progress.backend_ready_line(progress.BackendView("x", True, model="m"), None) == "x ready: m"
 
 
 def test_the_waiting_line_names_what_is_not_ready_and_why():
-    now = cli.NodeView(ready=ALL - {"gateway"}, backends=(
-        cli.BackendView("vision-ocr", True),
-        cli.BackendView("llm-inference", False, last_error="health check answered HTTP 503")))
+    now = progress.NodeView(ready=ALL - {"gateway"}, backends=(
+        progress.BackendView("vision-ocr", True),
+        progress.BackendView("llm-inference", False, last_error="health check answered HTTP 503")))
 
-    assert cli.waiting_line(now, {"llm-inference": LLM}) == (
+    assert progress.waiting_line(now, {"llm-inference": LLM}) == (
         "still waiting for gateway, llm-inference (loading SmolLM2-135M-Instruct-Q4_1, 93.8 MiB; "
         "health check answered HTTP 503)")
-    assert cli.waiting_line(cli.NodeView(ready=ALL, status="degraded"), {}) == (
+    assert progress.waiting_line(progress.NodeView(ready=ALL, status="degraded"), {}) == (
         "still waiting for the node to report healthy (it says degraded)")
 
 
@@ -87,28 +88,28 @@ def test_the_waiting_line_names_what_is_not_ready_and_why():
     ("fd00::7", True, "http://[fd00::7]:8000/"),
 ])
 def test_the_healthy_line_says_where_to_look(host, page, url):
-    assert cli.healthy_line("node-a", host, 8000, page) == f"node node-a is healthy: open {url}"
+    assert progress.healthy_line("node-a", host, 8000, page) == f"node node-a is healthy: open {url}"
 
 
 def test_the_start_lines_list_the_parts_and_the_models_with_their_size():
-    assert cli.starting_lines(["vision-ocr", "llm-inference"], {"llm-inference": LLM}) == [
+    assert progress.starting_lines(["vision-ocr", "llm-inference"], {"llm-inference": LLM}) == [
         "starting nebula-agent, dht, router, api, gateway (Envoy); services vision-ocr, llm-inference",
         "llm-inference: loading SmolLM2-135M-Instruct-Q4_1 (93.8 MiB)"]
-    assert cli.starting_lines([], {})[0].endswith("; no local service")
+    assert progress.starting_lines([], {})[0].endswith("; no local service")
 
 
 def test_model_files_are_the_installed_packages_files():
-    found = cli.model_files(["vision-ocr", "llm-inference", "rag-embeddings"])
+    found = progress.model_files(["vision-ocr", "llm-inference", "rag-embeddings"])
 
     assert set(found) <= {"llm-inference", "rag-embeddings"} and "vision-ocr" not in found
     for model in found.values():  # the dev extra installs both: each weighs tens of MiB
         assert model.size_bytes > 10 << 20 and model.model
-    assert cli.model_files(["vision-ocr"]) == {}
+    assert progress.model_files(["vision-ocr"]) == {}
 
 
 def test_the_watcher_is_a_program_that_starts_first_and_is_never_restarted():
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(cli.progress_program())
+    parser.read_string(progress.progress_program())
     section = parser["program:progress"]
 
     assert section["command"] == "meshworker run progress"
@@ -117,16 +118,16 @@ def test_the_watcher_is_a_program_that_starts_first_and_is_never_restarted():
 
 
 def test_up_writes_the_watchers_program_before_it_execs_supervisord(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli.shutil, "which", lambda name, path=None: "/bin/supervisord")
+    monkeypatch.setattr(cli_node.shutil, "which", lambda name, path=None: "/bin/supervisord")
     seen = {}
 
     def execve(path, argv, env):
         seen["programs"] = sorted(p.name for p in (tmp_path / "run" / "programs").iterdir())
         raise SystemExit(0)
-    monkeypatch.setattr(cli.os, "execve", execve)
+    monkeypatch.setattr(cli_node.os, "execve", execve)
 
     with pytest.raises(SystemExit):
-        cli.up(load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_SERVICES": ""}))
+        cli_node.up(load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_SERVICES": ""}))
 
     assert seen["programs"] == ["progress.conf"]
 
@@ -134,14 +135,14 @@ def test_up_writes_the_watchers_program_before_it_execs_supervisord(tmp_path, mo
 class FakeWatcher:
     """Scripted looks at a node, as the real Watcher would report them."""
 
-    looks: ClassVar[list[cli.NodeView]] = []
+    looks: ClassVar[list[progress.NodeView]] = []
     closed: ClassVar[bool] = False
 
     def __init__(self, cfg):
         self.script = list(self.looks)
         FakeWatcher.closed = False
 
-    async def look(self) -> cli.NodeView:
+    async def look(self) -> progress.NodeView:
         return self.script.pop(0)
 
     def gateway_address(self):
@@ -156,8 +157,8 @@ class FakeWatcher:
 
 @pytest.fixture
 def node_cfg(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "Watcher", FakeWatcher)
-    monkeypatch.setattr(cli, "PROGRESS_POLL_S", 0)
+    monkeypatch.setattr(progress, "Watcher", FakeWatcher)
+    monkeypatch.setattr(progress, "PROGRESS_POLL_S", 0)
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_SERVICES": "vision-ocr",
                 "MESHWORKER_WORKER_ID": "node-a"})
     cfg.runtime_dir.mkdir(parents=True)
@@ -167,13 +168,13 @@ def node_cfg(tmp_path, monkeypatch):
 async def test_the_watcher_prints_each_step_then_healthy_and_exits_0(node_cfg):
     (node_cfg.runtime_dir / "node.json").write_text(json.dumps({"started_at": time.time() - 2}))
     FakeWatcher.looks = [
-        cli.NodeView(ready=frozenset({"dht"})),
-        cli.NodeView(ready=ALL, backends=(cli.BackendView("vision-ocr", True),), ports=(8000, 8443),
+        progress.NodeView(ready=frozenset({"dht"})),
+        progress.NodeView(ready=ALL, backends=(progress.BackendView("vision-ocr", True),), ports=(8000, 8443),
                      status="healthy"),
     ]
     lines: list[str] = []
 
-    assert await cli.watch_progress(node_cfg, lines.append) == 0
+    assert await progress.watch_progress(node_cfg, lines.append) == 0
 
     texts = [line.split("] ", 1)[1] for line in lines]
     assert texts[0].startswith("starting nebula-agent") and "dht ready" in texts
@@ -183,11 +184,11 @@ async def test_the_watcher_prints_each_step_then_healthy_and_exits_0(node_cfg):
 
 
 async def test_the_watcher_says_what_it_waits_for_and_gives_up_with_status_1(node_cfg, monkeypatch):
-    monkeypatch.setattr(cli, "PROGRESS_GIVE_UP_S", 0)
-    FakeWatcher.looks = [cli.NodeView(ready=ALL, status="degraded")]
+    monkeypatch.setattr(progress, "PROGRESS_GIVE_UP_S", 0)
+    FakeWatcher.looks = [progress.NodeView(ready=ALL, status="degraded")]
     lines: list[str] = []
 
-    assert await cli.watch_progress(node_cfg, lines.append) == 1
+    assert await progress.watch_progress(node_cfg, lines.append) == 1
     assert "not healthy after" in lines[-1] and "meshworker status" in lines[-1]
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from services import cli
+from services.cli import node as cli_node
 from services.common.config import ConfigError, load
 from services.common.statefile import StateError
 
@@ -17,7 +17,7 @@ def test_a_runtime_dir_outside_the_state_dir_is_made_0700(tmp_path):
     runtime = tmp_path / "elsewhere" / "run"
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path / "state"), "MESHWORKER_RUNTIME_DIR": str(runtime)})
 
-    cli.prepare_runtime(cfg)
+    cli_node.prepare_runtime(cfg)
 
     assert runtime.stat().st_mode & 0o777 == 0o700
     assert (runtime / "programs").stat().st_mode & 0o777 == 0o700
@@ -29,7 +29,7 @@ def test_an_existing_open_runtime_dir_of_ours_is_tightened(tmp_path):
     runtime.chmod(0o755)
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path / "state"), "MESHWORKER_RUNTIME_DIR": str(runtime)})
 
-    cli.prepare_runtime(cfg)
+    cli_node.prepare_runtime(cfg)
 
     assert runtime.stat().st_mode & 0o777 == 0o700
 
@@ -41,7 +41,7 @@ def test_a_shared_runtime_dir_is_refused_not_closed(tmp_path):
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path / "state"), "MESHWORKER_RUNTIME_DIR": str(shared)})
 
     with pytest.raises(StateError, match=f"{shared}.*runtime_dir"):
-        cli.prepare_runtime(cfg)
+        cli_node.prepare_runtime(cfg)
     assert shared.stat().st_mode & 0o7777 == 0o1777
 
 
@@ -53,16 +53,16 @@ def test_children_never_get_the_mesh_secret_and_still_read_it(tmp_path, monkeypa
     # environment. Now the secret goes to <state>/mesh.secret (0600), where config reads it.
     monkeypatch.setenv("MESHWORKER_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("MESHWORKER_MESH_SECRET", SECRET)
-    monkeypatch.setattr(cli.shutil, "which", lambda name, path=None: "/bin/supervisord")
+    monkeypatch.setattr(cli_node.shutil, "which", lambda name, path=None: "/bin/supervisord")
     handed: dict[str, str] = {}
 
     def execve(path, argv, env):
         handed.update(env)
         raise SystemExit(0)
-    monkeypatch.setattr(cli.os, "execve", execve)
+    monkeypatch.setattr(cli_node.os, "execve", execve)
 
     with pytest.raises(SystemExit):
-        cli.up(load(dict(os.environ)))
+        cli_node.up(load(dict(os.environ)))
 
     assert handed and "MESHWORKER_MESH_SECRET" not in handed and SECRET not in handed.values()
     assert handed["MESHWORKER_STATE_DIR"] == str(tmp_path)
@@ -77,4 +77,4 @@ def test_a_secret_in_the_config_file_that_the_variable_contradicts_is_refused(tm
     cfg = load(environ, str(toml))
 
     with pytest.raises(ConfigError, match="mesh_secret"):
-        cli.child_environment(cfg, environ)
+        cli_node.child_environment(cfg, environ)
