@@ -1,4 +1,4 @@
-"""Fixtures that run real nodes (see meshnode.py).
+"""Fixtures that run real nodes (see meshtest.py), and each test's marker.
 
 Every node a test starts is stopped at teardown, and every process it had is reaped:
 the test fails if one outlives the node.
@@ -94,3 +94,16 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# Each test is marked by the directory it is in (registered in pyproject.toml): `pytest -m unit`
+# runs the pure cores, `-m "not mesh"` leaves out the meshes in network namespaces.
+KINDS = {"unit": "unit", "integration": "integration", "mesh": "mesh", "bench": "integration"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        kind = KINDS.get(item.path.relative_to(root).parts[0])
+        if kind is not None:
+            item.add_marker(kind)

@@ -1,5 +1,5 @@
 """Tests for services.identity.overlay: the CA holder's mesh TLS CA and the credentials a
-joined node reads back (enrollment itself is tested in tests/nebula)."""
+joined node reads back (enrollment itself is tested in tests/unit/nebula)."""
 
 from __future__ import annotations
 
