@@ -50,7 +50,7 @@ class CountCollector:
     """A counter kept by another object (prometheus_client's Counter wants to be incremented
     itself): meshworker_dht_unverified_records_total, records dropped as not authentic on
     arrival (services/dht/unverified.py; which peers sent them is in ListPeers, not in
-    labels), and meshworker_dht_rate_limited_requests_total."""
+    labels), meshworker_dht_rate_limited_requests_total and meshworker_dht_over_quota_records_total."""
 
     def __init__(self, name: str, documentation: str, read: Callable[[], int]):
         self.name, self.documentation, self.read = name, documentation, read
@@ -74,6 +74,9 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
                                          "secret or CA, revoked, or forged)", lambda: node.unverified.total))
         registry.register(CountCollector("meshworker_dht_rate_limited_requests",
                                          "DHT requests dropped by the per-host rate limit", node.rate_limited))
+        registry.register(CountCollector("meshworker_dht_over_quota_records",
+                                         "Records refused because their signer already holds records under "
+                                         "MAX_KEYS_PER_SIGNER keys on this node", lambda: node.storage.over_quota))
         Gauge("meshworker_dht_unverified_peers", "Peers that sent records this node could not verify",
               registry=registry).set_function(lambda: len(node.unverified.peers()))
 
