@@ -15,9 +15,7 @@ import hashlib
 import hmac
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 TOKEN_BYTES = 8
 # BEP 5: "tokens up to ten minutes old are accepted"; the secret changes every five.
@@ -25,9 +23,8 @@ TOKEN_ROTATE_S = 300.0
 # A real node sends a peer one or two requests per lookup or announce, a few hundred when it
 # (re)announces many services at once; a flood sends thousands a second. Loopback tests and
 # the bench run many nodes behind one address, hence room well above one node's needs.
-RATE_PER_S = 500.0
+RATE_PER_S = 500.0  # for services.common.ratelimit.RateLimiter, per source host
 BURST = 1000.0
-MAX_HOSTS = 4096  # buckets kept; a forged flood of new addresses evicts the least recent
 
 
 class Tokens:
@@ -53,33 +50,3 @@ class Tokens:
 
 def _mac(secret: bytes, address: tuple[str, int]) -> bytes:
     return hmac.new(secret, f"{address[0]}|{address[1]}".encode(), hashlib.sha256).digest()[:TOKEN_BYTES]
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
-class RateLimiter:
-    """A token bucket per source host: BURST requests at once, RATE_PER_S after that."""
-
-    def __init__(self, rate_per_s: float = RATE_PER_S, burst: float = BURST,
-                 clock: Callable[[], float] = time.monotonic):
-        self.rate_per_s, self.burst, self.clock = rate_per_s, burst, clock
-        self.dropped = 0  # requests refused since start: meshworker_dht_rate_limited_requests_total
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def allow(self, host: str) -> bool:
-        now = self.clock()
-        bucket = self._buckets.pop(host, None) or _Bucket(self.burst, now)
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate_per_s)
-        bucket.at = now
-        self._buckets[host] = bucket  # most recent last
-        if len(self._buckets) > MAX_HOSTS:
-            self._buckets.popitem(last=False)
-        if bucket.tokens < 1:
-            self.dropped += 1
-            return False
-        bucket.tokens -= 1
-        return True

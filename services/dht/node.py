@@ -16,8 +16,9 @@ from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
 from services.common.identity import MeshTrust, NodeIdentity, proof_kind
+from services.common.ratelimit import RateLimiter
 from services.dht import lookup, records
-from services.dht.admission import RateLimiter, Tokens
+from services.dht.admission import BURST, RATE_PER_S, Tokens
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
 
@@ -59,13 +60,13 @@ class MeshProtocol(KademliaProtocol):
         self._wait_timeout = RPC_TIMEOUT_S
         self.unverified = unverified
         self.tokens = Tokens()
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter(RATE_PER_S, BURST)
         self.held: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # the peers' tokens
         self.dead = lookup.DeadContacts()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if data[:1] == REQUEST and not self.limiter.allow(addr[0]):
-            return  # counted in limiter.dropped
+            return  # counted in limiter.refused
         self.dead.heard(addr)
         super().datagram_received(data, addr)
 
@@ -289,7 +290,7 @@ class DhtNode:
 
     def rate_limited(self) -> int:
         """Requests this node dropped by the per-host rate limit since it started."""
-        return self.server.protocol.limiter.dropped if self.server.protocol is not None else 0
+        return self.server.protocol.limiter.refused if self.server.protocol is not None else 0
 
     def peers(self) -> list[Node]:
         if self.server.protocol is None:  # not listening yet

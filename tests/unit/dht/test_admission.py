@@ -11,7 +11,7 @@ import pytest
 from dhtnodes import RawPeer, plant, seed
 
 from services.dht import admission, records
-from services.dht.admission import RateLimiter, Tokens
+from services.dht.admission import Tokens
 
 pytestmark = pytest.mark.timeout(30)
 # An answer to an address with no token may be at most this many times the bytes asked with.
@@ -108,30 +108,6 @@ async def test_a_flood_from_one_host_is_cut_to_the_rate_while_another_host_is_an
     assert answered <= admission.BURST + admission.RATE_PER_S * elapsed + 1
     assert a.rate_limited() >= 3000 - answered - 100  # a few may be lost in a full buffer
     assert await other.ask(("127.0.0.1", a.port), "ping", os.urandom(20)) == a.node_id
-
-
-def test_a_bucket_refills_at_its_rate_up_to_its_burst():
-    clock = [0.0]
-    limiter = RateLimiter(rate_per_s=10, burst=5, clock=lambda: clock[0])
-
-    assert [limiter.allow("h") for _ in range(6)] == [True] * 5 + [False]
-    clock[0] += 0.2  # two tokens
-    assert [limiter.allow("h") for _ in range(3)] == [True, True, False]
-    clock[0] += 100
-    assert sum(limiter.allow("h") for _ in range(10)) == 5
-    assert limiter.allow("other") is True
-    assert limiter.dropped == 1 + 1 + 5
-
-
-def test_the_table_of_hosts_is_bounded(monkeypatch):
-    monkeypatch.setattr(admission, "MAX_HOSTS", 3)
-    limiter = RateLimiter(rate_per_s=1, burst=1, clock=lambda: 0.0)
-
-    for host in ("a", "b", "c", "d"):
-        assert limiter.allow(host)
-
-    assert limiter.allow("a") is True  # forgotten: a new bucket
-    assert limiter.allow("d") is False
 
 
 def test_a_token_holds_for_one_address_across_one_rotation_of_the_secret():
