@@ -6,10 +6,21 @@ the reason, with the command that installs it, is shown by /health and `meshwork
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 from services.backends.embeddings import engine as embeddings_engine
 from services.backends.llm import engine as llm_engine
+from services.common.config import BUILTIN_SERVICES, Config
+
+
+def offered(cfg: Config) -> Config:
+    """cfg without the built-ins this machine cannot run, each named in `unavailable` with why
+    (config.load reads only what was asked for: whether it can run is this machine's fact)."""
+    unavailable = tuple((s.name, reason) for s in cfg.services
+                        if s.name in BUILTIN_SERVICES and (reason := unavailable_reason(s.name)))
+    kept = tuple(s for s in cfg.services if s.name not in dict(unavailable))
+    return dataclasses.replace(cfg, services=kept, unavailable=unavailable)
 
 
 def unavailable_reason(name: str) -> str | None:

@@ -10,6 +10,7 @@ import os
 import sys
 from importlib.metadata import version
 
+from services.backends import registry
 from services.cli import commands
 from services.cli.node import run_component, up
 from services.common import config
@@ -62,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        cfg = config.load(os.environ, args.config)
+        cfg = registry.offered(config.load(os.environ, args.config))
     except ConfigError as err:
         print(f"meshworker: {err}", file=sys.stderr)
         return 2

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.backends import registry
 from services.common.models import KINDS, MODEL_ID, Model
 
 ENV_PREFIX = "MESHWORKER_"
@@ -352,10 +351,7 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
     names = _as_list("services", environ.get(ENV_PREFIX + "SERVICES",
                                               file_values.get("services", list(BUILTIN_SERVICES))))
     tables = file_values.get("service", {})
-    unavailable = tuple((n, reason) for n in dict.fromkeys(names)
-                        if n in BUILTIN_SERVICES and (reason := registry.unavailable_reason(n)))
-    services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names)
-                     if n not in dict(unavailable))
+    services = tuple(_service(n, tables.get(n, {}), runtime_dir) for n in dict.fromkeys(names))
     if "mesh_secret" not in values:
         values["mesh_secret"] = _read_secret_file(state_dir)
     values["aliases"] = values.pop("models", ())  # the [models] table holds aliases
@@ -365,6 +361,5 @@ def load(environ: Mapping[str, str], config_path: str | None = None) -> Config:
         runtime_dir=runtime_dir,
         config_path=path,
         services=services,
-        unavailable=unavailable,
         **values,
     )

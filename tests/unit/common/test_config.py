@@ -39,15 +39,6 @@ def test_defaults_with_only_a_state_dir(env, tmp_path):
     assert cfg.unavailable == ()
 
 
-def test_a_builtin_that_is_not_installed_is_not_offered_and_says_why(env, monkeypatch):
-    monkeypatch.setattr("services.backends.registry.shutil.which", lambda name: None)
-
-    cfg = load(env)
-
-    assert [s.name for s in cfg.services] == ["rag-embeddings", "llm-inference"]
-    assert cfg.unavailable == (("vision-ocr", "not installed: apt-get install tesseract-ocr"),)
-
-
 def test_toml_file_in_state_dir_is_read(env, tmp_path):
     write_toml(tmp_path, 'worker_id = "box-1"\ngateway_port = 9000\nlog_level = "debug"\n')
 
