@@ -13,15 +13,16 @@ import sys
 import urllib.error
 import urllib.request
 
-from services.common import config
+from services.common import config, runtime_files
 
 
 def main() -> int:
     cfg = config.load(os.environ)
+    address = runtime_files.read_gateway(cfg)
     try:
-        address = json.loads(cfg.gateway_address_file.read_text())
-        host = "127.0.0.1" if address["host"] in ("0.0.0.0", "::") else address["host"]
-        with urllib.request.urlopen(f"http://{host}:{address['port']}/health", timeout=4) as reply:
+        if address is None:
+            raise OSError(f"no {runtime_files.gateway_path(cfg)} yet")
+        with urllib.request.urlopen(f"{address.local_url}/health", timeout=4) as reply:
             status = json.load(reply).get("status")
     except urllib.error.HTTPError as err:  # 503: Envoy answers, the node is unhealthy
         status = f"HTTP {err.code}"

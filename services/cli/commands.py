@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import grpc
 
-from services.common import grpcclient
+from services.common import grpcclient, runtime_files
 from services.common.config import Config
 from services.common.rpc import router_pb2, router_pb2_grpc
 from services.router.announcer import ANNOUNCE_DEADLINE_S
@@ -31,14 +31,15 @@ class Refused(Exception):
 
 def gateway_get(cfg: Config, path: str) -> dict:
     """GET a JSON document from this node's gateway (found through gateway.json)."""
+    address = runtime_files.read_gateway(cfg)
+    if address is None:
+        raise NotRunning(f"node {cfg.worker_id} is not running (no {runtime_files.gateway_path(cfg)})")
     try:
-        address = json.loads(cfg.gateway_address_file.read_text())
-        host = "127.0.0.1" if address["host"] in ("0.0.0.0", "::") else address["host"]
-        with urllib.request.urlopen(f"http://{host}:{address['port']}{path}", timeout=10) as reply:
+        with urllib.request.urlopen(address.local_url + path, timeout=10) as reply:
             return json.load(reply)
     except urllib.error.HTTPError as err:
         return json.load(err)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError) as err:
         raise NotRunning(f"node {cfg.worker_id} is not running (no gateway answers: {err})") from None
 
 

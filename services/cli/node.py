@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -20,8 +19,8 @@ import uvloop
 from prometheus_client import disable_created_metrics
 
 from services.backends import registry
-from services.cli.progress import PROGRESS_PROGRAM, node_started_at, progress_program, watch_progress
-from services.common import config, identity, programs
+from services.cli.progress import PROGRESS_PROGRAM, progress_program, watch_progress
+from services.common import config, identity, programs, runtime_files
 from services.common.config import Config, ConfigError
 from services.common.statefile import StateError, write_atomically
 from services.nebula import supervise
@@ -67,7 +66,7 @@ def prepare_runtime(cfg: Config) -> None:
     nebula = supervise.nebula_program(cfg)  # None until the node is in an overlay
     if nebula is not None:
         write_atomically(programs_dir / "nebula.conf", nebula.encode())
-    write_atomically(cfg.runtime_dir / "node.json", json.dumps({"started_at": time.time()}).encode())
+    runtime_files.write_started(cfg, time.time())
     identity.NodeIdentity.load_or_create(cfg.state_dir)  # made once, before any program reads it
 
 
@@ -134,7 +133,7 @@ def run_component(cfg: Config, component: str) -> int:
         exec_envoy(cfg)  # returns only if the exec failed, which raises
     if component == "api":
         from services.api.main import serve as serve_api
-        uvloop.run(serve_api(cfg, node_started_at(cfg)))
+        uvloop.run(serve_api(cfg, runtime_files.started_at(cfg)))
         return 0
     if component.startswith("svc-") and cfg.service(component[4:]) is not None:
         return run_backend(cfg, component[4:])

@@ -12,7 +12,7 @@ import grpc
 
 from services.backends.embeddings import engine as embeddings_engine
 from services.backends.llm import engine as llm_engine
-from services.common import config, grpcclient
+from services.common import config, grpcclient, runtime_files
 from services.common.config import Config
 from services.common.rpc import router_pb2, router_pb2_grpc
 
@@ -174,13 +174,6 @@ class Watcher:
     async def close(self) -> None:
         await asyncio.gather(self.envoy.close(), self.http.close(), *(c.close() for c in self.channels.values()))
 
-    def gateway_address(self) -> tuple[str, int, int] | None:
-        try:
-            address = json.loads(self.cfg.gateway_address_file.read_text())
-            return address["host"], int(address["port"]), int(address["peer_port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
     async def api_answers(self) -> bool:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.cfg.api_socket)), 1.0)
@@ -199,12 +192,11 @@ class Watcher:
                      for s in reply.services)
 
     async def get(self, path: str) -> tuple[int, bytes] | None:
-        address = self.gateway_address()
+        address = runtime_files.read_gateway(self.cfg)
         if address is None:
             return None
-        host = "127.0.0.1" if address[0] in ("0.0.0.0", "::") else address[0]
         try:
-            async with self.http.get(f"http://{host}:{address[1]}{path}") as reply:
+            async with self.http.get(address.local_url + path) as reply:
                 return reply.status, await reply.read()
         except (self.aiohttp.ClientError, OSError, TimeoutError):
             return None
@@ -222,15 +214,15 @@ class Watcher:
             self.api_answers(), self.envoy.ready(), self.backends(), self.status())
         ready = {c for c, s in zip(self.channels, states, strict=True) if s == "SERVING"}
         ready |= {name for name, up in (("api", api), ("gateway", envoy)) if up}
-        address = self.gateway_address()
-        return NodeView(frozenset(ready), backends, status, address[1:] if address else None)
+        address = runtime_files.read_gateway(self.cfg)
+        return NodeView(frozenset(ready), backends, status, (address.port, address.peer_port) if address else None)
 
 
 async def watch_progress(cfg: Config, out: Callable[[str], None]) -> int:
     """Print the node's start-up as it happens; 0 once it is healthy, 1 if it never was."""
     services = [s.name for s in cfg.services]
     models = model_files(services)
-    started_at = node_started_at(cfg)
+    started_at = runtime_files.started_at(cfg)
     for line in starting_lines(services, models):
         out(stamp(time.time() - started_at, line))
     watcher = Watcher(cfg)
@@ -243,7 +235,7 @@ async def watch_progress(cfg: Config, out: Callable[[str], None]) -> int:
                 out(stamp(elapsed, line))
             if now.status == "healthy":
                 page = await watcher.get("/")
-                host = (watcher.gateway_address() or (cfg.gateway_host,))[0]
+                host = address.host if (address := runtime_files.read_gateway(cfg)) else cfg.gateway_host
                 out(stamp(elapsed, healthy_line(cfg.worker_id, host, now.ports[0] if now.ports else cfg.gateway_port,
                                                 page is not None and page[0] == 200)))
                 return 0
@@ -257,10 +249,3 @@ async def watch_progress(cfg: Config, out: Callable[[str], None]) -> int:
             await asyncio.sleep(PROGRESS_POLL_S)
     finally:
         await watcher.close()
-
-
-def node_started_at(cfg: Config) -> float:
-    try:
-        return json.loads((cfg.runtime_dir / "node.json").read_text())["started_at"]
-    except (OSError, ValueError, KeyError):
-        return time.time()

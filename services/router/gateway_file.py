@@ -1,20 +1,15 @@
-"""gateway.json: the ports Envoy's listeners are bound to, for the CLI, the dht and tests.
-
-With gateway_port or peer_port 0 (tests, several nodes on one host) only Envoy knows
-the real ports; each time a (re)started Envoy has taken its listeners, they are read
-from its admin interface and written here atomically.
-"""
+"""Keeps gateway.json (services/common/runtime_files) true: each time a (re)started Envoy has
+taken its listeners, their ports are read from its admin interface and written."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 
+from services.common import runtime_files
 from services.common.config import Config
 from services.common.envoy_admin import EnvoyAdmin
-from services.common.statefile import write_atomically
 from services.router.ads import AdsServer
 from services.router.xds import resources, routes
 
@@ -40,8 +35,7 @@ async def keep_written(cfg: Config, ads: AdsServer, on_ports: Callable[[int, int
                 await asyncio.sleep(RETRY_S)
                 continue
             client, peer = ports[routes.CLIENT], ports.get(routes.PEER, 0)
-            write_atomically(cfg.gateway_address_file, json.dumps(
-                {"host": cfg.gateway_host, "port": client, "peer_port": peer}))
+            runtime_files.write_gateway(cfg, runtime_files.GatewayAddress(cfg.gateway_host, client, peer))
             log.info("Envoy serves clients on %s:%d and peers on port %d", cfg.gateway_host, client, peer)
             on_ports(client, peer)
             await ads.wait_until(lambda a: not a.connected, None)
