@@ -47,6 +47,13 @@ def body_too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
+def too_many_lookups() -> ApiError:
+    """429: this client asked for too many names no cache holds, each a DHT lookup. The
+    router gives a client a new lookup at least every second (LOOKUPS_PER_CLIENT_PER_S)."""
+    return ApiError(429, "too_many_lookups", "too many requests for services this node has not seen; "
+                    "retry later", retry_after=1)
+
+
 def unavailable(code: str, message: str, unserved: bool = False) -> ApiError:
     """503 with Retry-After: the condition is expected to pass within a second or so."""
     return ApiError(503, code, message, retry_after=1, unserved=unserved)

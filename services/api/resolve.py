@@ -5,7 +5,8 @@ service. The router's Resolve looks the service up (the seed's cache miss and DH
 and answers once Envoy holds the route, so a 307 to the same URL, which Envoy follows
 internally (internal_redirect_policy), now reaches the right cluster. Envoy marks a
 request it redirected with x-envoy-original-url; one that comes back here anyway is
-answered 503, never redirected again.
+answered 503, never redirected again. A client that starts too many lookups (names no
+cache holds) is answered 429 (the router's per-client limit).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.api.errors import ApiError, no_such_service, unavailable
+from services.api.errors import ApiError, no_such_service, too_many_lookups, unavailable
 from services.api.node import ApiNode
 from services.common.config import SERVICE_NAME
 from services.common.rpc import router_pb2
@@ -22,6 +23,7 @@ from services.common.rpc import router_pb2
 # Resolve may wait on a DHT lookup and on Envoy acknowledging the new route.
 RESOLVE_DEADLINE_S = 5.0
 REDIRECTED = "x-envoy-original-url"
+FORWARDED_FOR = "x-forwarded-for"
 
 
 def decide(name: str, resolution: router_pb2.Resolution, redirected: bool) -> ApiError | None:
@@ -45,6 +47,13 @@ def same_url(request: Request) -> str:
     return f"{scheme}://{host}{target}" + (f"?{query}" if query else "")
 
 
+def client_of(request: Request) -> str:
+    """The client's address as Envoy saw it: on the client listener Envoy drops what the
+    client claims and appends the address that connected (use_remote_address), so it is
+    the last entry of X-Forwarded-For ("" when the request did not come through Envoy)."""
+    return request.headers.get(FORWARDED_FOR, "").rsplit(",", 1)[-1].strip()
+
+
 async def resolve(node: ApiNode, request: Request, name: str) -> Response:
     # Read the body to its end first (Envoy bounds it): an answer while the client still
     # sends would reset the connection, and Envoy replays the body from its own copy.
@@ -53,9 +62,11 @@ async def resolve(node: ApiNode, request: Request, name: str) -> Response:
     if not SERVICE_NAME.match(name):
         return no_such_service(name).response()
     try:
-        resolution = await node.router.Resolve(router_pb2.ResolveRequest(service=name),
+        resolution = await node.router.Resolve(router_pb2.ResolveRequest(service=name, client=client_of(request)),
                                                 timeout=RESOLVE_DEADLINE_S)
-    except grpc.aio.AioRpcError:
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return too_many_lookups().response()
         return unavailable("router_unavailable", "the router is not answering").response()
     error = decide(name, resolution, REDIRECTED in request.headers)
     if error is not None:

@@ -33,6 +33,7 @@ from services.common.grpcserver import ComponentServer
 from services.common.identity import OverlayTrust
 from services.common.keys import KEYS
 from services.common.models import CATALOG, Model, Offer
+from services.common.ratelimit import RateLimiter
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
 from services.router import cache_file, catalog, gateway_file, keybook, limits, trust
@@ -60,6 +61,11 @@ CATALOG_REFRESH_S = 5.0
 KEYS_REFRESH_S = 5.0
 LIMITS_TICK_S = 0.5  # how soon a key past a limit is refused, and how soon a new minute frees it
 GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
+# A name no cache holds costs a DHT lookup (up to 1.5 s of crawling, dozens of datagrams):
+# a client that starts using a mesh asks for a few services at once, a flood of random
+# names for thousands (issue 12 L3). Per client address, as Envoy saw it.
+LOOKUPS_PER_CLIENT_PER_S = 2.0
+LOOKUP_BURST = 10.0
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -94,6 +100,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.changed = asyncio.Event()  # set when the view changed outside a request
         self._publishing = asyncio.Lock()  # one push at a time: a bridge step must not interleave
         self._looking_up: dict[str, asyncio.Task] = {}
+        self.lookup_limit = RateLimiter(LOOKUPS_PER_CLIENT_PER_S, LOOKUP_BURST)
+        self.lookups_refused = Counter("meshworker_router_lookups_refused", "Requests for a name no cache "
+                                       "holds refused (429): their client started too many lookups",
+                                       registry=registry)
         self.families = register_gauges(self, registry)
 
     def view(self, now: float) -> MeshView:
@@ -110,7 +120,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             health_interval_s=cfg.health_interval_s, health_fail_threshold=cfg.health_fail_threshold,
             health_ok_threshold=cfg.health_ok_threshold,
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
-            remote=tuple(remote), nowhere=tuple(self.cache.nowhere(now)), tls=self.tls,
+            remote=tuple(remote), tls=self.tls,
             models=self.model_routes(now), aliases=cfg.aliases, keys=self.keybook.in_force(now),
             client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.blocked(now),
             overlay_address=self.overlay.view.address)
@@ -221,12 +231,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Resolve(self, request, context):
         """A request for a service Envoy has no route for: look it up once (the seed's
-        cache miss and DHT lookup), push the route, and answer when Envoy holds it."""
+        cache miss and DHT lookup), push the route, and answer when Envoy holds it. A
+        client may start only so many lookups (RESOURCE_EXHAUSTED past that)."""
         service, now = request.service, time.time()
         known = self.resolution(service, now)
         if known.healthy or self.cache.get(service, now) is not None:
             return known
         if service not in self._looking_up:  # first requests that arrive together share one lookup
+            if self.lookup_limit.wait(request.client):
+                self.lookups_refused.inc()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"client {request.client or '(unknown)'} started too many lookups")
             self._looking_up[service] = asyncio.create_task(self.look_up(service))
             self._looking_up[service].add_done_callback(lambda _: self._looking_up.pop(service, None))
         try:
@@ -236,13 +251,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return self.resolution(service, time.time())
 
     async def look_up(self, service: str) -> None:
-        """The seed's cache miss and DHT lookup; returns once Envoy holds the outcome."""
+        """The seed's cache miss and DHT lookup; returns once Envoy holds the outcome. A
+        name found nowhere changes no route (unless its providers were routed until now),
+        so it costs Envoy nothing: the router alone remembers it (providers.py)."""
         self.counters.cache_misses += 1
         self.counters.dht_lookups += 1
         providers = await self.lookup(service)
+        routed = service in self.cache.entries  # its providers' records expired meanwhile
         self.cache.put(service, providers, time.time())
         self.counters.misses_found += bool(providers)
-        await self.applied(await self.publish(), service)
+        if self.cache.get(service, time.time()) or routed:
+            await self.applied(await self.publish(), service)
 
     async def applied(self, version: int, service: str) -> bool:
         """Wait until Envoy took the routes of `version` and the endpoints of `service`."""
@@ -454,8 +473,12 @@ class RouterFamilies(Collector):
         self.router, self.gpus = router, []
 
     async def gpus_forever(self) -> None:
+        """Read NVML every GPU_REFRESH_S; records say the first GPU (`hardware`), so they are
+        stored again when the GPUs themselves change (the first read finds them)."""
         while True:  # off the event loop: nvmlInit takes up to seconds without persistence mode
-            self.gpus = await asyncio.to_thread(capabilities.read_gpus, pynvml)
+            before, self.gpus = self.gpus, await asyncio.to_thread(capabilities.read_gpus, pynvml)
+            if [g["name"] for g in self.gpus] != [g["name"] for g in before] and self.router.announcer:
+                self.router.announcer.republish()
             await asyncio.sleep(GPU_REFRESH_S)
 
     def collect(self) -> Iterator[Metric]:
@@ -479,6 +502,12 @@ class RouterFamilies(Collector):
             if gpu["utilization_percent"] is not None:
                 busy.add_metric([str(index)], gpu["utilization_percent"] / 100)
         yield from (used, total, busy)
+
+
+def hardware(gpus: list[dict]) -> dict[str, str | int]:
+    """What every record of this node says of its hardware: its first GPU as NVML last saw it
+    (the router reads NVML for /metrics; the dht only signs what it is given)."""
+    return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
 
 
 def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> RouterFamilies:
@@ -514,7 +543,8 @@ async def serve(cfg: Config) -> None:
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
                           model_of=lambda service: servicer.backends[service].model,
                           catalog_of=lambda: servicer.catalog_entries(),
-                          key_record_of=lambda: servicer.key_record())
+                          key_record_of=lambda: servicer.key_record(),
+                          hardware_of=lambda: hardware(servicer.families.gpus))
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
     server.add(router_pb2_grpc.add_RouterServicer_to_server, servicer,

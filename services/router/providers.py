@@ -2,8 +2,10 @@
 
 Pure: the clock is passed in. A cached entry is bounded by its records' expiry (a
 provider disappears when its record does) and refreshed before that. Services nobody
-hosts are remembered briefly so a burst of requests for them costs one lookup. Which
-provider serves a request is Envoy's choice (least request, outlier ejection).
+hosts are remembered briefly so a burst of requests for them costs one lookup; that is the
+router's alone, never a route in Envoy (a route per unknown name would cost a push each,
+issue 12 L3). Which provider serves a request is Envoy's choice (least request, outlier
+ejection).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class ProviderCache:
             self.negative[service] = now + NEGATIVE_TTL_S
 
     def prune(self, now: float) -> bool:
-        """Forget expired providers and negative entries; True when a route changed."""
+        """Forget expired providers and negative entries; True when a route changed (a
+        negative entry is no route)."""
         changed = False
         for service in list(self.entries):
             live = [p for p in self.entries[service].providers if p.expires_at > now]
@@ -73,19 +76,12 @@ class ProviderCache:
                     self.entries[service].providers = live
                 else:
                     del self.entries[service]
-        negative = {s: until for s, until in self.negative.items() if until > now}
-        changed |= negative.keys() != self.negative.keys()
-        self.negative = negative
+        self.negative = {s: until for s, until in self.negative.items() if until > now}
         return changed
 
     def next_expiry(self) -> float:
-        """When the first cached provider's record or negative entry expires (inf: none)."""
-        return min([*(p.expires_at for e in self.entries.values() for p in e.providers), *self.negative.values()],
-                   default=float("inf"))
-
-    def nowhere(self, now: float) -> list[str]:
-        """Services a recent lookup found no provider of."""
-        return sorted(s for s, until in self.negative.items() if until > now)
+        """When the first cached provider's record expires (inf: none)."""
+        return min((p.expires_at for e in self.entries.values() for p in e.providers), default=float("inf"))
 
     def due_for_refresh(self, now: float, min_age_s: float = 1.0) -> list[str]:
         return [s for s, e in self.entries.items()

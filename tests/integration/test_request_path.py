@@ -241,3 +241,24 @@ def test_injection_and_smuggling_are_400(node, raw):
     answer = exchange(node, raw)
     assert status_of(answer) == 400, answer[:300]
     assert json_body(answer)["error"]["code"] == "bad_request"
+
+
+def metric(node, name: str) -> float:
+    """A sample of the node's /metrics (0 when absent)."""
+    for line in node.get("/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_l3_a_burst_of_unknown_names_costs_a_few_lookups_and_no_route_push(node):
+    # Issue 12 L3: each request for a random unknown name cost a DHT lookup and a route push.
+    pushes = metric(node, "meshworker_router_config_pushes_total")
+    replies = [node.get(f"/service/no-such-{i}/x") for i in range(30)]
+
+    statuses = [r.status for r in replies]
+    refused = [r for r in replies if r.status == 429]
+    assert set(statuses) <= {404, 429} and statuses.count(404) >= 10 and refused, statuses
+    assert refused[0].json()["error"]["code"] == "too_many_lookups" and refused[0].headers["Retry-After"] == "1"
+    assert metric(node, "meshworker_router_lookups_refused_total") >= len(refused)
+    assert metric(node, "meshworker_router_config_pushes_total") - pushes < statuses.count(404)

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from services.common.rpc import dht_pb2 as services_dot_common_dot_rpc_dot_dht__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\x1a\x1dservices/common/rpc/dht.proto\"}\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x02 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x06 \x01(\r\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\"?\n\nCreatedKey\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.meshworker.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"V\n\x07KeyList\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12&\n\x05usage\x18\x02 \x03(\x0b\x32\x17.meshworker.v1.KeyUsage\"\xb2\x01\n\x08KeyUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x04\x12\x14\n\x0clast_used_at\x18\x06 \x01(\x01\x12\x17\n\x0fminute_requests\x18\x07 \x01(\x04\x12\x15\n\rminute_tokens\x18\x08 \x01(\x04\" \n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11MeshModelsRequest\"X\n\rModelProvider\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x14\n\x0cload_percent\x18\x04 \x01(\r\"\x7f\n\tMeshModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12/\n\tproviders\x18\x04 \x03(\x0b\x32\x1c.meshworker.v1.ModelProvider\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\">\n\x12MeshModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.meshworker.v1.MeshModel\"$\n\x13ResolveModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\" \n\x0fModelResolution\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGatewayRequest\"]\n\rGatewayStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x15\n\racked_version\x18\x03 \x01(\x04\x12\x11\n\tlast_nack\x18\x04 \x01(\t\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"!\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"V\n\nResolution\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\x8c\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"e\n\x0eRouterCounters\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x02 \x01(\x04\x12\x14\n\x0cmisses_found\x18\x03 \x01(\x04\x12\x12\n\ncache_size\x18\x04 \x01(\x04*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xdf\x06\n\x06Router\x12\x43\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x19.meshworker.v1.Resolution\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12I\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1d.meshworker.v1.RouterCounters\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponse\x12\x46\n\x07Gateway\x12\x1d.meshworker.v1.GatewayRequest\x1a\x1c.meshworker.v1.GatewayStatus\x12Q\n\nMeshModels\x12 .meshworker.v1.MeshModelsRequest\x1a!.meshworker.v1.MeshModelsResponse\x12R\n\x0cResolveModel\x12\".meshworker.v1.ResolveModelRequest\x1a\x1e.meshworker.v1.ModelResolution\x12G\n\tCreateKey\x12\x1f.meshworker.v1.CreateKeyRequest\x1a\x19.meshworker.v1.CreatedKey\x12\x42\n\x08ListKeys\x12\x1e.meshworker.v1.ListKeysRequest\x1a\x16.meshworker.v1.KeyList\x12\x44\n\tRevokeKey\x12\x1f.meshworker.v1.RevokeKeyRequest\x1a\x16.meshworker.v1.KeyListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n services/common/rpc/router.proto\x12\rmeshworker.v1\x1a\x1dservices/common/rpc/dht.proto\"}\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x02 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x06 \x01(\r\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\r\"?\n\nCreatedKey\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.meshworker.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"\x11\n\x0fListKeysRequest\"V\n\x07KeyList\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12&\n\x05usage\x18\x02 \x03(\x0b\x32\x17.meshworker.v1.KeyUsage\"\xb2\x01\n\x08KeyUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x04\x12\x14\n\x0clast_used_at\x18\x06 \x01(\x01\x12\x17\n\x0fminute_requests\x18\x07 \x01(\x04\x12\x15\n\rminute_tokens\x18\x08 \x01(\x04\" \n\x10RevokeKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11MeshModelsRequest\"X\n\rModelProvider\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x14\n\x0cload_percent\x18\x04 \x01(\r\"\x7f\n\tMeshModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12/\n\tproviders\x18\x04 \x03(\x0b\x32\x1c.meshworker.v1.ModelProvider\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\">\n\x12MeshModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.meshworker.v1.MeshModel\"$\n\x13ResolveModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\" \n\x0fModelResolution\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x10\n\x0eGatewayRequest\"]\n\rGatewayStatus\x12\x11\n\tconnected\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x15\n\racked_version\x18\x03 \x01(\x04\x12\x11\n\tlast_nack\x18\x04 \x01(\t\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\twithdrawn\x18\x01 \x03(\t\"1\n\x0eResolveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06\x63lient\x18\x02 \x01(\t\"V\n\nResolution\x12\x0f\n\x07service\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.meshworker.v1.RouteKind\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"\x1a\n\x18ListLocalServicesRequest\"\xa0\x01\n\x0cLocalService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08upstream\x18\x02 \x01(\t\x12\x13\n\x0bhealth_path\x18\x03 \x01(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x01\x12\x11\n\trss_bytes\x18\x08 \x01(\x04\"J\n\x19ListLocalServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.meshworker.v1.LocalService\"\x14\n\x12RouterStatsRequest\"\x15\n\x13MeshServicesRequest\"\x8c\x01\n\x0cProviderView\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05local\x18\x03 \x01(\x08\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x1a\n\x12record_age_seconds\x18\x05 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x11\n\tgpu_model\x18\x08 \x01(\t\"K\n\x0bServiceView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\tproviders\x18\x02 \x03(\x0b\x32\x1b.meshworker.v1.ProviderView\"D\n\x14MeshServicesResponse\x12,\n\x08services\x18\x01 \x03(\x0b\x32\x1a.meshworker.v1.ServiceView\"e\n\x0eRouterCounters\x12\x14\n\x0c\x63\x61\x63he_misses\x18\x01 \x01(\x04\x12\x13\n\x0b\x64ht_lookups\x18\x02 \x01(\x04\x12\x14\n\x0cmisses_found\x18\x03 \x01(\x04\x12\x12\n\ncache_size\x18\x04 \x01(\x04*P\n\tRouteKind\x12\x13\n\x0fROUTE_KIND_NONE\x10\x00\x12\x14\n\x10ROUTE_KIND_LOCAL\x10\x01\x12\x18\n\x14ROUTE_KIND_FORWARDED\x10\x02\x32\xdf\x06\n\x06Router\x12\x43\n\x07Resolve\x12\x1d.meshworker.v1.ResolveRequest\x1a\x19.meshworker.v1.Resolution\x12\x66\n\x11ListLocalServices\x12\'.meshworker.v1.ListLocalServicesRequest\x1a(.meshworker.v1.ListLocalServicesResponse\x12I\n\x05Stats\x12!.meshworker.v1.RouterStatsRequest\x1a\x1d.meshworker.v1.RouterCounters\x12W\n\x0cMeshServices\x12\".meshworker.v1.MeshServicesRequest\x1a#.meshworker.v1.MeshServicesResponse\x12\x42\n\x05\x44rain\x12\x1b.meshworker.v1.DrainRequest\x1a\x1c.meshworker.v1.DrainResponse\x12\x46\n\x07Gateway\x12\x1d.meshworker.v1.GatewayRequest\x1a\x1c.meshworker.v1.GatewayStatus\x12Q\n\nMeshModels\x12 .meshworker.v1.MeshModelsRequest\x1a!.meshworker.v1.MeshModelsResponse\x12R\n\x0cResolveModel\x12\".meshworker.v1.ResolveModelRequest\x1a\x1e.meshworker.v1.ModelResolution\x12G\n\tCreateKey\x12\x1f.meshworker.v1.CreateKeyRequest\x1a\x19.meshworker.v1.CreatedKey\x12\x42\n\x08ListKeys\x12\x1e.meshworker.v1.ListKeysRequest\x1a\x16.meshworker.v1.KeyList\x12\x44\n\tRevokeKey\x12\x1f.meshworker.v1.RevokeKeyRequest\x1a\x16.meshworker.v1.KeyListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.common.rpc.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTEKIND']._serialized_start=1965
-  _globals['_ROUTEKIND']._serialized_end=2045
+  _globals['_ROUTEKIND']._serialized_start=1981
+  _globals['_ROUTEKIND']._serialized_end=2061
   _globals['_CREATEKEYREQUEST']._serialized_start=82
   _globals['_CREATEKEYREQUEST']._serialized_end=207
   _globals['_CREATEDKEY']._serialized_start=209
@@ -67,27 +67,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINRESPONSE']._serialized_start=1101
   _globals['_DRAINRESPONSE']._serialized_end=1135
   _globals['_RESOLVEREQUEST']._serialized_start=1137
-  _globals['_RESOLVEREQUEST']._serialized_end=1170
-  _globals['_RESOLUTION']._serialized_start=1172
-  _globals['_RESOLUTION']._serialized_end=1258
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=1260
-  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=1286
-  _globals['_LOCALSERVICE']._serialized_start=1289
-  _globals['_LOCALSERVICE']._serialized_end=1449
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=1451
-  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=1525
-  _globals['_ROUTERSTATSREQUEST']._serialized_start=1527
-  _globals['_ROUTERSTATSREQUEST']._serialized_end=1547
-  _globals['_MESHSERVICESREQUEST']._serialized_start=1549
-  _globals['_MESHSERVICESREQUEST']._serialized_end=1570
-  _globals['_PROVIDERVIEW']._serialized_start=1573
-  _globals['_PROVIDERVIEW']._serialized_end=1713
-  _globals['_SERVICEVIEW']._serialized_start=1715
-  _globals['_SERVICEVIEW']._serialized_end=1790
-  _globals['_MESHSERVICESRESPONSE']._serialized_start=1792
-  _globals['_MESHSERVICESRESPONSE']._serialized_end=1860
-  _globals['_ROUTERCOUNTERS']._serialized_start=1862
-  _globals['_ROUTERCOUNTERS']._serialized_end=1963
-  _globals['_ROUTER']._serialized_start=2048
-  _globals['_ROUTER']._serialized_end=2911
+  _globals['_RESOLVEREQUEST']._serialized_end=1186
+  _globals['_RESOLUTION']._serialized_start=1188
+  _globals['_RESOLUTION']._serialized_end=1274
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_start=1276
+  _globals['_LISTLOCALSERVICESREQUEST']._serialized_end=1302
+  _globals['_LOCALSERVICE']._serialized_start=1305
+  _globals['_LOCALSERVICE']._serialized_end=1465
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_start=1467
+  _globals['_LISTLOCALSERVICESRESPONSE']._serialized_end=1541
+  _globals['_ROUTERSTATSREQUEST']._serialized_start=1543
+  _globals['_ROUTERSTATSREQUEST']._serialized_end=1563
+  _globals['_MESHSERVICESREQUEST']._serialized_start=1565
+  _globals['_MESHSERVICESREQUEST']._serialized_end=1586
+  _globals['_PROVIDERVIEW']._serialized_start=1589
+  _globals['_PROVIDERVIEW']._serialized_end=1729
+  _globals['_SERVICEVIEW']._serialized_start=1731
+  _globals['_SERVICEVIEW']._serialized_end=1806
+  _globals['_MESHSERVICESRESPONSE']._serialized_start=1808
+  _globals['_MESHSERVICESRESPONSE']._serialized_end=1876
+  _globals['_ROUTERCOUNTERS']._serialized_start=1878
+  _globals['_ROUTERCOUNTERS']._serialized_end=1979
+  _globals['_ROUTER']._serialized_start=2064
+  _globals['_ROUTER']._serialized_end=2927
 # @@protoc_insertion_point(module_scope)

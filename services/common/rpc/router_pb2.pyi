@@ -152,10 +152,12 @@ class DrainResponse(_message.Message):
     def __init__(self, withdrawn: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ResolveRequest(_message.Message):
-    __slots__ = ("service",)
+    __slots__ = ("service", "client")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
     service: str
-    def __init__(self, service: _Optional[str] = ...) -> None: ...
+    client: str
+    def __init__(self, service: _Optional[str] = ..., client: _Optional[str] = ...) -> None: ...
 
 class Resolution(_message.Message):
     __slots__ = ("service", "kind", "healthy")

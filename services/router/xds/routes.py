@@ -1,10 +1,10 @@
 """Route configurations: `client` for :8000, `peer` for the mTLS listener.
 
-`client` sends each known service to its cluster, answers names known to be nowhere
-with a 404 of its own (no Python on their path either), and hands any other
-`/service/<name>` to the api, which asks the router to look the name up and answers 307
-to the same URL: Envoy follows that redirect internally (internal_redirect_policy), so
-the first request for a new service reaches its provider with one lookup.
+`client` sends each known service to its cluster and hands any other `/service/<name>`
+to the api, which asks the router to look the name up (or answers 404 from the router's
+brief memory of names found nowhere) and answers 307 to the same URL: Envoy follows that
+redirect internally (internal_redirect_policy), so the first request for a new service
+reaches its provider with one lookup.
 
 `peer` routes only to this node's own backends: a forwarded request is never forwarded
 again, by construction.
@@ -206,14 +206,6 @@ def remote_routes(view: MeshView) -> list[dict[str, Any]]:
     return found
 
 
-def nowhere_routes(view: MeshView) -> list[dict[str, Any]]:
-    found = []
-    for name in view.nowhere:
-        message = f"no node of the mesh hosts service {name!r}"
-        found += [{"match": m, **error(404, "no_such_service", message)} for m in (exact(name), below(name))]
-    return found
-
-
 def lookup_route(view: MeshView) -> dict[str, Any]:
     """Any other service name: the api looks it up and redirects back here once. Envoy
     replays the body from its buffer, so it may hold a whole one (the first request for
@@ -231,7 +223,7 @@ def client_routes(view: MeshView, openai: list[dict[str, Any]], over_limit: list
     routes = refusals(view) + over_limit
     for svc in view.local:
         routes += local_routes(view, svc)
-    routes += remote_routes(view) + nowhere_routes(view) + openai + [lookup_route(view), to_api({"prefix": "/"})]
+    routes += remote_routes(view) + openai + [lookup_route(view), to_api({"prefix": "/"})]
     return make(RouteConfiguration, {
         # The routes' additions win over the virtual host's (the default order is the reverse).
         "name": CLIENT, "most_specific_header_mutations_wins": True,

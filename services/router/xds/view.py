@@ -92,7 +92,6 @@ class MeshView:
     health_ok_threshold: int
     local: tuple[LocalService, ...] = ()
     remote: tuple[RemoteService, ...] = ()
-    nowhere: tuple[str, ...] = ()  # names a recent lookup found no provider of
     tls: TlsCredentials | None = None  # None: no peer listener, and no forwarding
     models: tuple[ModelRoute, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()  # a name clients use -> a model id of `models`

@@ -72,6 +72,8 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
     def __init__(self) -> None:
         self.resolution = router_pb2.Resolution(kind=router_pb2.ROUTE_KIND_FORWARDED, healthy=True)
         self.resolved: list[str] = []
+        self.clients: list[str] = []  # each Resolve's client address
+        self.over_limit = False  # Resolve answers RESOURCE_EXHAUSTED, as for a client past its lookups
         self.counters = router_pb2.RouterCounters()
         self.gateway = router_pb2.GatewayStatus(connected=True, version=3, acked_version=3)
         self.local = [router_pb2.LocalService(name="echo", healthy=True, model="m1")]
@@ -79,6 +81,9 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 
     async def Resolve(self, request, context):
         self.resolved.append(request.service)
+        self.clients.append(request.client)
+        if self.over_limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many lookups")
         return router_pb2.Resolution(service=request.service, kind=self.resolution.kind,
                                      healthy=self.resolution.healthy)
 

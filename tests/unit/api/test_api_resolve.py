@@ -64,3 +64,22 @@ async def test_an_invalid_service_name_is_404_without_asking_the_router(start_ap
         async with api.client.post(path, json={}, allow_redirects=False) as resp:
             assert await error_of(resp) == (404, "no_such_service"), path
     assert api.router.resolved == []
+
+
+async def test_the_router_hears_the_client_envoy_saw(start_api):
+    api = await start_api()
+    async with api.client.get("/service/remote-llm/x", headers={"x-forwarded-for": "203.0.113.7"},
+                              allow_redirects=False) as resp:
+        assert resp.status == 307
+    async with api.client.get("/service/remote-llm/x", allow_redirects=False) as resp:
+        assert resp.status == 307
+    assert api.router.clients == ["203.0.113.7", ""]
+
+
+async def test_a_client_past_its_lookups_is_429_with_retry_after(start_api):
+    # L3 (issue 12): a burst of random names from one client cost one DHT crawl each.
+    api = await start_api()
+    api.router.over_limit = True
+    async with api.client.get("/service/random-name/x", allow_redirects=False) as resp:
+        assert await error_of(resp) == (429, "too_many_lookups")
+        assert resp.headers["retry-after"] == "1"

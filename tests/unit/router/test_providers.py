@@ -116,19 +116,16 @@ def test_prune_without_expiry_changes_nothing():
     assert workers(cache.get("svc", T0 + 1)) == ["a"]
 
 
-def test_prune_drops_expired_negative_entries_as_a_route_change():
-    """Envoy answers a name found nowhere itself: that answer must go when the entry does."""
+def test_prune_forgets_expired_negative_entries_and_no_route_changes():
+    """A name found nowhere is the router's memory, never a route in Envoy (issue 12 L3)."""
     cache = ProviderCache()
     cache.put("nobody", [], T0)
     cache.put("still", [], T0 + 3)
-    assert cache.nowhere(T0 + 1) == ["nobody", "still"]
-    assert cache.next_expiry() == T0 + NEGATIVE_TTL_S
 
-    assert cache.prune(T0 + NEGATIVE_TTL_S) is True
+    assert cache.prune(T0 + NEGATIVE_TTL_S) is False
 
     assert cache.negative == {"still": T0 + 3 + NEGATIVE_TTL_S}
-    assert cache.nowhere(T0 + NEGATIVE_TTL_S) == ["still"]
-    assert cache.prune(T0 + NEGATIVE_TTL_S + 1) is False
+    assert cache.get("nobody", T0 + NEGATIVE_TTL_S) is None and cache.get("still", T0 + NEGATIVE_TTL_S) == []
 
 
 def test_due_for_refresh_before_the_records_expire():

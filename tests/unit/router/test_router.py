@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import time
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -56,11 +57,12 @@ def no_envoy(monkeypatch):
     monkeypatch.setattr(router_main, "APPLY_DEADLINE_S", 0.01)
 
 
-def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None) -> RouterServicer:
+def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None,
+             registry: CollectorRegistry | None = None) -> RouterServicer:
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
     cfg = dataclasses.replace(cfg, worker_id="box-1", services=services)
     cfg.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # as `meshworker up` makes it
-    return RouterServicer(cfg, CollectorRegistry(), dht or object())
+    return RouterServicer(cfg, registry or CollectorRegistry(), dht or object())
 
 
 async def resolve(router: RouterServicer, service: str) -> router_pb2.Resolution:
@@ -93,18 +95,51 @@ async def test_a_cached_service_costs_no_lookup(tmp_path):
     assert (router.counters.cache_misses, router.counters.dht_lookups) == (1, 1)
 
 
-async def test_a_service_nowhere_is_remembered_and_answered_by_envoy(tmp_path):
+async def test_a_service_nowhere_is_remembered_and_pushes_nothing_to_envoy(tmp_path):
+    # L3 (issue 12): each random name cost a route push (a 404 route in Envoy for 5 s).
     dht = FakeDht()
     router = servicer(tmp_path, services=(), dht=dht)
+    version = router.version  # one more for each configuration pushed
 
     assert (await resolve(router, "nope")).kind == router_pb2.ROUTE_KIND_NONE
     assert (await resolve(router, "nope")).kind == router_pb2.ROUTE_KIND_NONE
 
     assert dht.calls == 1
     assert router.counters.misses_found == 0
-    client = router.ads.snapshot.resources[resources.ROUTE]["client"]
-    assert any(r.match.path == "/service/nope" and r.direct_response.status == 404
-               for r in client.virtual_hosts[0].routes)
+    assert router.version == version
+    assert router.cache.prune(time.time() + 60) is False  # nor when the memory of it goes
+
+
+class Refused(Exception):
+    pass
+
+
+class Context:
+    """A gRPC servicer context (a test double) whose abort raises, as grpc's does."""
+
+    async def abort(self, code, message):
+        raise Refused(code, message)
+
+
+async def test_a_client_starts_only_so_many_lookups_of_unknown_names(tmp_path):
+    # L3 (issue 12): a burst of random names from one client cost one DHT crawl each.
+    dht, registry = FakeDht(), CollectorRegistry()
+    router = servicer(tmp_path, services=(), dht=dht, registry=registry)
+
+    async def ask(name: str, client: str = "203.0.113.7") -> router_pb2.Resolution:
+        return await router.Resolve(router_pb2.ResolveRequest(service=name, client=client), Context())
+
+    for i in range(int(router_main.LOOKUP_BURST)):
+        assert (await ask(f"random-{i}")).kind == router_pb2.ROUTE_KIND_NONE
+    with pytest.raises(Refused) as refused:
+        await ask("random-more")
+
+    assert refused.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert dht.calls == router_main.LOOKUP_BURST
+    assert registry.get_sample_value("meshworker_router_lookups_refused_total") == 1
+    assert (await ask("random-0")).kind == router_pb2.ROUTE_KIND_NONE  # remembered: no lookup to refuse
+    assert (await ask("random-more", client="198.51.100.1")).kind == router_pb2.ROUTE_KIND_NONE  # another client
+    assert dht.calls == router_main.LOOKUP_BURST + 1
 
 
 async def test_a_healthy_local_service_counts_nothing(tmp_path):

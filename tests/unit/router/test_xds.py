@@ -80,14 +80,6 @@ def test_the_service_timeout_is_the_route_timeout(tmp_path):
     assert matching(client_routes(view(tmp_path)), prefix="/service/web/")[0]["route"]["timeout"] == "5s"
 
 
-def test_a_name_found_nowhere_is_answered_by_envoy_itself(tmp_path):
-    routes = client_routes(view(tmp_path))
-    for route in matching(routes, path="/service/nope") + matching(routes, prefix="/service/nope/"):
-        assert route["direct_response"]["status"] == 404
-        body = json.loads(route["direct_response"]["body"]["inline_string"])
-        assert body["error"]["code"] == "no_such_service"
-
-
 def test_an_unknown_name_goes_to_the_api_which_may_redirect_once(tmp_path):
     routes = client_routes(view(tmp_path))
     lookup = matching(routes, prefix="/service/")[0]["route"]

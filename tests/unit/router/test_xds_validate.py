@@ -63,7 +63,7 @@ KEYS = (ApiKey("mk-000000000001", "ci", "x" * 43, requests_per_minute=7),
 
 
 @pytest.mark.parametrize("changes", [{}, {"tls": None, "models": MODELS[1:2]}, {"local": (), "models": MODELS[2:]},
-                                     {"remote": (), "nowhere": (), "models": (), "aliases": ()}, "crl",
+                                     {"remote": (), "models": (), "aliases": ()}, "crl",
                                      {"keys": KEYS, "blocked": (("ci", 30),)}, {"keys": KEYS, "client_auth": "open"},
                                      {"overlay_address": "10.42.0.2"}],
                          ids=["full", "no-tls", "no-local", "local-only", "revocation-list", "keys", "open", "overlay"])

@@ -34,7 +34,7 @@ def view(tmp_path: Path, **changes) -> MeshView:
                LocalService(ServiceConfig("web", "http://localhost:9000", timeout_s=5.0), False)),
         "remote": (RemoteService("echo", (Peer("node2", "10.0.0.2", 8443),), True),
                 RemoteService("ocr", (Peer("node2", "10.0.0.2", 8443), Peer("node3", "10.0.0.3", 8443)), False)),
-        "nowhere": ("nope",), "tls": tls, "models": MODELS, "aliases": (("gpt-4o-mini", "smol"), ("gone", "x"))}
+        "tls": tls, "models": MODELS, "aliases": (("gpt-4o-mini", "smol"), ("gone", "x"))}
     return MeshView(**(shape | changes))
 
 
