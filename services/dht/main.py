@@ -142,6 +142,7 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
     the next republish, so peers stop using the old one."""
     watch = AddressWatch(node)
     trust = node.signer.trust
+    host = listen_host(cfg, trust)  # where start_on_known_port bound it
     announced = advertised_url(cfg, overlay)
     async with grpcclient.channel(cfg, "nebula-agent") as channel:
         agent = nebula_pb2_grpc.NebulaAgentStub(channel)
@@ -152,8 +153,9 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 status = None
             if status is not None:
                 overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
-            if listen_host(cfg, trust) != node.host:
-                await move(cfg, node, trust, overlay)
+            if listen_host(cfg, trust) != host:
+                host = listen_host(cfg, trust)
+                await move(cfg, node, host, overlay)
             if needs_observed_address(cfg, overlay):
                 await watch.update(overlay, time.monotonic())
             if advertised_url(cfg, overlay) not in (announced, None):
@@ -171,10 +173,9 @@ def listen_host(cfg: Config, trust: MeshTrust) -> str:
     return cfg.dht_host
 
 
-async def move(cfg: Config, node: DhtNode, trust: MeshTrust, overlay: Overlay) -> None:
+async def move(cfg: Config, node: DhtNode, host: str, overlay: Overlay) -> None:
     """Rebind on the same port at the new address, then meet the overlay's lighthouses: the
     peers known until now were met on the underlay, which this node no longer hears."""
-    host = listen_host(cfg, trust)
     log.info("overlay membership changed: the DHT moves from %s to %s", node.host, host)
     await node.listen(host, node.port)
     await node.bootstrap([(ip, cfg.dht_port) for ip in overlay.lighthouses if ip != overlay.ip])
