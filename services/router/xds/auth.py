@@ -30,7 +30,7 @@ from services.common import errors
 from services.common.keys import ISSUER, PREFIX, ApiKey, jwks
 from services.gateway.bootstrap import XDS_CLUSTER  # the router's gRPC server: ADS, and the access log
 from services.router.xds import routes
-from services.router.xds.typed import typed
+from services.router.xds.typed import LUA, typed
 from services.router.xds.view import MeshView
 
 JWT_FILTER = "envoy.filters.http.jwt_authn"
@@ -42,7 +42,6 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 KEY = routes.KEY
 PROVIDER = "mesh-keys"
 JWT_CACHE_SIZE = 1024  # keys per worker thread (a mesh holds at most keybook.MAX_MESH_KEYS)
-LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 GUARDED = ("/v1/", "/service/")
 # Envoy's token buckets refill at most every 50 ms.

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from services.router.xds.typed import (
     ADS,
+    LUA,
     Cluster,
     ClusterLoadAssignment,
     address,
@@ -82,13 +83,45 @@ def health_check(view: MeshView, svc: LocalService) -> dict[str, Any]:
     }
 
 
-def one_request_per_connection() -> dict[str, Any]:
-    """A backend may answer without reading a request's body; it then reads that body as
+# A response a backend cut after its headers (kill -9 between uvicorn's two writes: bench
+# failover) cannot be retried once those headers went on, as Envoy's router retries only
+# before any response byte moved downstream, and the client read a 200 with half a body.
+# For an idempotent service the router's upstream filters hold a short response (its
+# Content-Length up to this) until its last byte: a cut one then reaches the router as a
+# reset before any response, retried here or by the peer that forwarded it. Streams (SSE:
+# no Content-Length) and longer bodies flow as before; a held body stays well below the
+# buffer limit of a connection (1 MiB, Envoy's default).
+WHOLE_RESPONSE_MAX_BYTES = 256 * 1024
+HOLD_WHOLE_RESPONSE = f"""
+function envoy_on_response(response)
+  -- tonumber(nil) would raise, and a script that fails lets the response pass.
+  local length = tonumber(response:headers():get("content-length") or "")
+  if length ~= nil and length <= {WHOLE_RESPONSE_MAX_BYTES} then
+    response:body()
+  end
+end
+"""
+UPSTREAM_CODEC = {"name": "envoy.filters.http.upstream_codec", "typed_config": typed(
+    "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec")}
+
+
+def backend_options(svc: LocalService) -> dict[str, Any] | None:
+    """How Envoy speaks HTTP/1.1 to a backend; None where Envoy's defaults do.
+
+    A backend may answer without reading a request's body; it then reads that body as
     its next request, and on a reused connection Envoy hands what it answers to the next
     client (issue 11, M6: a request hidden in a body answered another client's). Envoy
-    cannot tell, so no connection to a backend carries a second request."""
-    return typed(HTTP_OPTIONS, {"explicit_http_config": {"http_protocol_options": {}},
-                                "common_http_protocol_options": {"max_requests_per_connection": 1}})
+    cannot tell, so unless the service says it reads every body, no connection to its
+    backend carries a second request."""
+    options: dict[str, Any] = {}
+    if not svc.config.reuse_connections:
+        options["common_http_protocol_options"] = {"max_requests_per_connection": 1}
+    if svc.config.idempotent:
+        options["http_filters"] = [{"name": "meshworker.whole_response", "typed_config": typed(
+            LUA, {"default_source_code": {"inline_string": HOLD_WHOLE_RESPONSE}})}, UPSTREAM_CODEC]
+    if not options:
+        return None
+    return typed(HTTP_OPTIONS, {"explicit_http_config": {"http_protocol_options": {}}, **options})
 
 
 def backend_address(upstream: str) -> tuple[str, dict[str, Any]]:
@@ -117,8 +150,8 @@ def local_cluster(view: MeshView, svc: LocalService) -> Cluster:
         "health_checks": [health_check(view, svc)],
         "circuit_breakers": circuit_breakers(),
     }
-    if not svc.config.reuse_connections:
-        shape["typed_extension_protocol_options"] = {HTTP_OPTIONS: one_request_per_connection()}
+    if (options := backend_options(svc)) is not None:
+        shape["typed_extension_protocol_options"] = {HTTP_OPTIONS: options}
     if upstream.startswith("https://"):
         shape["transport_socket"] = upstream_tls(svc)
     return make(Cluster, shape)

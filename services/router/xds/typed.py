@@ -23,6 +23,7 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.transform.v3 import transform_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
@@ -41,6 +42,7 @@ Secret = secret_pb2.Secret
 
 M = TypeVar("M", bound=Message)
 TYPES = "type.googleapis.com/"
+LUA = "envoy.extensions.filters.http.lua.v3.Lua"
 
 
 def make(message_type: type[M], shape: dict[str, Any]) -> M:
