@@ -11,11 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-import pynvml
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
-from services.common import capabilities, grpcclient, keys
+from services.common import grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.identity import MeshTrust, NodeIdentity, mesh_trust
@@ -39,11 +38,6 @@ def record_pb(record: dict) -> dht_pb2.ProviderRecord:
             dht_pb2.Model(id=m[0], kind=m[1], context_length=m[2], service=m[3], load_percent=m[4])
             for m in record.get("models", [])], keys=[keys.entry_pb(k) for k in record.get("keys", [])],
         usage=[dht_pb2.KeyWindow(key=u[0], window=u[1], requests=u[2], tokens=u[3]) for u in record.get("usage", [])])
-
-
-def gpu_summary() -> dict:
-    gpus = capabilities.read_gpus(pynvml)
-    return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
 
 
 class CountCollector:
@@ -83,7 +77,6 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
     async def Announce(self, request, context):
         if self.node.url() is None:  # the router retries: a record must never say port 0
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway has not bound its port yet")
-        summary = await asyncio.to_thread(gpu_summary)
         record, stored = await self.node.announce(request.service, request.ttl_seconds,
                                                   idempotent=request.idempotent, model=request.model,
                                                   models=[(m.id, m.kind, m.context_length, m.service,
@@ -91,7 +84,7 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
                                                   keys=[keys.to_entry(k) for k in request.keys],
                                                   usage=[[u.key, u.window, u.requests, u.tokens]
                                                          for u in request.usage],
-                                                  **summary)
+                                                  gpu_model=request.gpu_model, gpu_free_bytes=request.gpu_free_bytes)
         self.announces.inc()
         return dht_pb2.AnnounceResponse(record=record_pb(record), stored_on=stored)
 

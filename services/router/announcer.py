@@ -48,10 +48,12 @@ class Summary:
 class Announcer:
     def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
                  model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]],
-                 key_record_of: Callable[[], dict[str, list]] = dict):
+                 key_record_of: Callable[[], dict[str, list]] = dict,
+                 hardware_of: Callable[[], dict[str, str | int]] = dict):
         self._channel = channel
         self._idempotent = idempotent
         self._model_of = model_of  # what the backend's health answer names, read at each announce
+        self._hardware_of = hardware_of  # AnnounceRequest's gpu fields now: every record says them
         # This node's models (with their services and load), and the keys it made or revoked
         # with what limited keys used here this minute (AnnounceRequest's keys and usage), now.
         self.summaries = {CATALOG: Summary(lambda: {"models": catalog_of()}, drained=True),
@@ -72,6 +74,13 @@ class Announcer:
         if not await self._sync() or not await self._sync_summary(CATALOG):
             raise ConnectionError("the DHT is not answering")
         return withdrawn
+
+    def republish(self) -> None:
+        """Store every record again now (what they all say changed: this node's GPUs)."""
+        self._wake.set()
+        for summary in self.summaries.values():
+            summary.stored = None
+            summary.wake.set()
 
     def changed(self, name: str) -> None:
         """What a summary record says may have changed (a backend's models or load, a key)."""
@@ -141,8 +150,8 @@ class Announcer:
             return True
         try:
             if any(fields.values()):
-                await self._dht.Announce(dht_pb2.AnnounceRequest(service=name, ttl_seconds=self._ttl_s, **fields),
-                                         timeout=ANNOUNCE_DEADLINE_S)
+                await self._dht.Announce(dht_pb2.AnnounceRequest(service=name, ttl_seconds=self._ttl_s, **fields,
+                                                                 **self._hardware_of()), timeout=ANNOUNCE_DEADLINE_S)
             else:
                 await self._withdraw(name)
         except grpc.aio.AioRpcError:
@@ -156,7 +165,7 @@ class Announcer:
     async def _announce(self, service: str) -> None:
         request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
                                           idempotent=self._idempotent.get(service, False),
-                                          model=self._model_of(service))
+                                          model=self._model_of(service), **self._hardware_of())
         await self._dht.Announce(request, timeout=ANNOUNCE_DEADLINE_S)
 
     async def _watch_dht(self) -> None:
@@ -165,10 +174,7 @@ class Announcer:
             try:
                 async for reply in health.Watch(health_pb2.HealthCheckRequest()):
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        self._wake.set()
-                        for summary in self.summaries.values():  # a restarted dht lost what it stored
-                            summary.stored = None
-                            summary.wake.set()
+                        self.republish()  # a restarted dht lost what it stored
             except grpc.aio.AioRpcError:
                 pass
             await asyncio.sleep(RETRY_S)

@@ -87,7 +87,7 @@ class Model(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., context_length: _Optional[int] = ..., service: _Optional[str] = ..., load_percent: _Optional[int] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys", "usage")
+    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys", "usage", "gpu_model", "gpu_free_bytes")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,8 @@ class AnnounceRequest(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
+    GPU_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
     idempotent: bool
@@ -102,7 +104,9 @@ class AnnounceRequest(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
     usage: _containers.RepeatedCompositeFieldContainer[KeyWindow]
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ...) -> None: ...
+    gpu_model: str
+    gpu_free_bytes: int
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")

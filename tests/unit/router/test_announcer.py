@@ -27,6 +27,7 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
     async def Announce(self, request, context):
         self.announced.append(request.service)
         self.models, self.keys = list(request.models), list(request.keys)
+        self.hardware = (request.gpu_model, request.gpu_free_bytes)
         if request.service in ("b", CATALOG, KEYS):
             self.b_arrived.set()
         else:
@@ -43,7 +44,8 @@ async def dht_and_announcer():
     dht = RecordingDht()
     async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
         yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW),
-                             key_record_of=lambda: {"keys": list(KEYS_NOW)})
+                             key_record_of=lambda: {"keys": list(KEYS_NOW)},
+                             hardware_of=lambda: {"gpu_model": "NVIDIA L4", "gpu_free_bytes": 7})
 
 
 CATALOG_NOW: list[dht_pb2.Model] = []
@@ -114,3 +116,27 @@ async def test_a_backend_turning_healthy_has_the_catalog_stored_again(dht_and_an
     _, announcer = dht_and_announcer
     announcer.set_health("llm", True)
     assert announcer.summaries[CATALOG].wake.is_set()
+
+
+async def test_every_record_says_the_hardware_the_router_read(dht_and_announcer):
+    dht, announcer = dht_and_announcer
+    announcer.set_health("b", True)
+    assert await announcer._sync()
+    assert dht.hardware == ("NVIDIA L4", 7)
+
+    KEYS_NOW[:] = [dht_pb2.ApiKey(id="mk-0123456789ab", name="ci", public_key="x" * 43)]
+    try:
+        dht.hardware = None
+        assert await announcer._sync_summary(KEYS)
+        assert dht.hardware == ("NVIDIA L4", 7)
+    finally:
+        KEYS_NOW.clear()
+
+
+async def test_republish_stores_every_record_again(dht_and_announcer):
+    _, announcer = dht_and_announcer
+    announcer.summaries[CATALOG].stored = {"models": []}
+
+    announcer.republish()
+
+    assert announcer._wake.is_set() and all(s.wake.is_set() and s.stored is None for s in announcer.summaries.values())

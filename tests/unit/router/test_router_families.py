@@ -93,3 +93,24 @@ async def test_each_gpu_memory_and_use_as_nvml_reports_them(router, monkeypatch)
     assert registry.get_sample_value("meshworker_router_gpu_utilization_ratio", {"gpu": "0"}) == 0.37
     # A GPU that cannot report its use has no sample, rather than a false 0.
     assert registry.get_sample_value("meshworker_router_gpu_utilization_ratio", {"gpu": "1"}) is None
+
+
+class CountingAnnouncer:
+    def __init__(self):
+        self.republished = 0
+
+    def republish(self):
+        self.republished += 1
+
+
+async def test_records_say_the_first_gpu_and_are_stored_again_when_the_gpus_change(router, monkeypatch):
+    servicer, _ = router
+    servicer.announcer = announcer = CountingAnnouncer()
+    monkeypatch.setattr(capabilities, "read_gpus", lambda nvml: list(GPUS))  # a new reading each time
+
+    await one_gpu_reading(servicer)  # none before: the first reading found two
+    await one_gpu_reading(servicer)  # the same GPUs: their records wait for the next republish
+
+    assert announcer.republished == 1
+    assert main.hardware(servicer.families.gpus) == {"gpu_model": "NVIDIA H200", "gpu_free_bytes": 100 * GIB}
+    assert main.hardware([]) == {}
