@@ -68,7 +68,12 @@ class KeepAliveClient:
         if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
             body = self._read_chunked()
         else:
-            body = self.reader.read(int(headers.get(b"content-length", b"0")))
+            length = int(headers.get(b"content-length", b"0"))
+            body = self.reader.read(length)
+            if len(body) < length:
+                # A proxy whose upstream died mid-body can only close: a 200 with half a body
+                # failed, and counted so here it fails at its own time, not as the next request.
+                raise HttpError(f"connection closed {len(body)} bytes into a {length}-byte body")
         if headers.get(b"connection", b"").lower() == b"close":
             # The server ends the connection after this reply (RFC 9112 §9.6): open the next one now.
             self.close()
