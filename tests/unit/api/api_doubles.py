@@ -18,6 +18,8 @@ from services.common import unix_socket
 from services.common.config import Config
 from services.common.rpc import router_pb2, router_pb2_grpc
 
+MAX_BODY = 1024  # the test node's max_body_bytes (conftest.py's `api`)
+
 
 class FakeEnvoyAdmin:
     """Envoy's admin endpoints the api reads, answering what the test sets."""

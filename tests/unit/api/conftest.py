@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from api_doubles import FakeEnvoyAdmin, FakeRouter, backend_app, serving_api, serving_health
+from api_doubles import MAX_BODY, FakeEnvoyAdmin, FakeRouter, backend_app, serving_api, serving_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_loopback import serving
 from unix_site import unix_site
@@ -37,7 +37,6 @@ timeout_s = 0.3
 [service.down]
 url = "unix:{dir}/nobody.sock"
 """
-MAX_BODY = 1024
 
 
 @dataclass

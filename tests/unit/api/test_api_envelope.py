@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import MAX_BODY
+from api_doubles import MAX_BODY
 
 from services.api.envelope import declares_json
 
