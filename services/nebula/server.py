@@ -45,7 +45,7 @@ class EnrollmentApp:
                  limiter: JoinRateLimiter | None = None, clock: Callable[[], float] = time.time,
                  on_record_change: Callable[[], None] | None = None):
         self.paths, self.clock = paths, clock
-        self.limiter = limiter or JoinRateLimiter()
+        self.limiter = limiter or JoinRateLimiter(clock=clock)
         self.on_record_change = on_record_change or (lambda: None)
         self.signer = authority.nebula_cert_signer(paths)
         self.outcomes = Counter("meshworker_nebula_join_attempts", "Join requests to this lighthouse "
@@ -71,7 +71,7 @@ class EnrollmentApp:
         return web.json_response({"record": signed})
 
     async def join(self, request: web.Request) -> web.Response:
-        wait = self.limiter.check(request.remote or "?", self.clock())
+        wait = self.limiter.check(request.remote or "?")
         if wait:
             self.outcomes.labels("rate_limited").inc()
             log.warning("join attempt from %s refused: rate limited", request.remote)
