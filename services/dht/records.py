@@ -163,8 +163,8 @@ def encode(providers: dict[str, Record]) -> str:
 
 def merge(current: dict[str, Record], incoming: dict[str, Record], now: float,
           limit: int = MAX_PROVIDERS_PER_KEY) -> dict[str, Record]:
-    """Newest record per worker wins; expired records (tombstones included) are dropped;
-    past `limit`, the freshest records are kept."""
+    """Newest record per worker wins; expired records (tombstones included) are dropped; one
+    record per signing key (its freshest) is kept; past `limit`, the freshest records are kept."""
     merged = dict(current)
     for worker, record in incoming.items():
         kept = merged.get(worker)
@@ -174,7 +174,19 @@ def merge(current: dict[str, Record], incoming: dict[str, Record], now: float,
             merged[worker] = record
     live = sorted(((w, r) for w, r in merged.items() if r.get("expires_at", 0) > now),
                   key=lambda item: item[1].get("issued_at", 0), reverse=True)
-    return dict(_within_budget(live[:limit]))
+    return dict(_within_budget(_one_per_signer(live)[:limit]))
+
+
+def _one_per_signer(records: list[tuple[str, Record]]) -> list[tuple[str, Record]]:
+    """Of the records (freshest first) each signing key's first: a node signs with one key under
+    one worker id, so one member's made-up worker ids cannot crowd the others out of a key."""
+    signers: set[object] = set()
+    kept = []
+    for worker, record in records:
+        if record.get("key") not in signers:
+            signers.add(record.get("key"))
+            kept.append((worker, record))
+    return kept
 
 
 def _within_budget(records: list[tuple[str, Record]]) -> list[tuple[str, Record]]:

@@ -140,7 +140,7 @@ def test_newest_sequence_per_worker_wins_in_any_order(order):
 
 
 def test_two_workers_coexist():
-    merged = records.merge({"a": rec("a", NOW)}, {"b": rec("b", NOW)}, NOW + 1)
+    merged = records.merge({"a": signed("a", NOW)}, {"b": signed("b", NOW)}, NOW + 1)
 
     assert sorted(merged) == ["a", "b"]
 
@@ -170,7 +170,7 @@ def test_tombstone_issued_in_the_same_millisecond_still_removes_the_worker():
 
 
 def test_limit_keeps_the_freshest_records():
-    providers = {w: rec(w, NOW + i) for i, w in enumerate("abcde")}
+    providers = {w: signed(w, NOW + i) for i, w in enumerate("abcde")}
 
     merged = records.merge({}, providers, NOW + 10, limit=3)
 
@@ -178,7 +178,7 @@ def test_limit_keeps_the_freshest_records():
 
 
 def test_default_limit_drops_the_oldest_provider():
-    providers = {f"w{i:02d}": rec(f"w{i:02d}", NOW + i) for i in range(records.MAX_PROVIDERS_PER_KEY + 1)}
+    providers = {f"w{i:02d}": signed(f"w{i:02d}", NOW + i) for i in range(records.MAX_PROVIDERS_PER_KEY + 1)}
 
     merged = records.merge({}, providers, NOW + 30)
 
@@ -187,11 +187,21 @@ def test_default_limit_drops_the_oldest_provider():
 
 
 def test_a_full_key_takes_a_fresher_newcomer():
-    full = {w: rec(w, NOW + i) for i, w in enumerate("abc")}
+    full = {w: signed(w, NOW + i) for i, w in enumerate("abc")}
 
-    merged = records.merge(full, {"z": rec("z", NOW + 5)}, NOW + 10, limit=3)
+    merged = records.merge(full, {"z": signed("z", NOW + 5)}, NOW + 10, limit=3)
 
     assert sorted(merged) == ["b", "c", "z"]
+
+
+def test_a_signer_keeps_one_record_per_key_under_any_number_of_worker_ids():
+    """A member's made-up worker ids, all signed with its one key, cannot crowd out the others."""
+    crowd = {w: records.sign(rec(w, NOW + i), identity_of("m"), TRUST.proof(identity_of("m").public_key))
+             for i, w in enumerate(["m1", "m2", "m3", "m4"])}
+
+    merged = records.merge({"a": signed("a", NOW)}, crowd, NOW + 10, limit=3)
+
+    assert sorted(merged) == ["a", "m4"]
 
 
 def test_encode_decode_round_trip():
