@@ -52,7 +52,7 @@ class ServiceConfig:
     # Whether Envoy may send it a second request on a connection: only safe for a backend
     # that reads (or discards) every request body, as any HTTP framework does; one that
     # answers without reading it would answer a request hidden in that body to the next
-    # client (clusters.backend_options). On for the built-ins (uvicorn).
+    # client (clusters.one_request_per_connection). On for the built-ins (uvicorn).
     reuse_connections: bool = False
 
     @property

@@ -83,8 +83,11 @@ def cfg(tmp_path):
                  "MESHWORKER_WORKER_ID": "node1", "MESHWORKER_SERVICES": ""})
 
 
+SECRET = "the secret of the ads tests"
+
+
 def credentials(cfg) -> TlsCredentials:
-    return secret_mode_credentials("the secret of the ads tests", cfg.state_dir, "node1", time.time())
+    return secret_mode_credentials(SECRET, cfg.state_dir, "node1", time.time())
 
 
 def mesh_view(cfg, **changes) -> MeshView:
