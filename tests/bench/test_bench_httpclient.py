@@ -24,7 +24,7 @@ def test_a_body_cut_short_is_an_error() -> None:
 
         thread = threading.Thread(target=answer_and_close)
         thread.start()
-        with KeepAliveClient(f"http://127.0.0.1:{server.getsockname()[1]}", timeout_s=5) as client:
-            with pytest.raises(HttpError, match="3 bytes into a 10-byte body"):
-                client.request("GET", "/hello")
+        with (KeepAliveClient(f"http://127.0.0.1:{server.getsockname()[1]}", timeout_s=5) as client,
+              pytest.raises(HttpError, match="3 bytes into a 10-byte body")):
+            client.request("GET", "/hello")
         thread.join(5)
