@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import procs
 from bench.targets import REPO
-from services.common.identity import MeshTrust, NodeIdentity
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust
 
 SECRET_ENV = "BENCH_SWARM_SECRET"
 SEEDS = 5                # the first nodes: everyone else bootstraps from a few of them

@@ -22,8 +22,9 @@ from bench.httpclient import KeepAliveClient
 from bench.report import Row, ScenarioResult, Target
 from bench.swarm import Swarm
 from bench.targets import SERVICE
-from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust
 
 NAME = "discovery"
 CACHED_REPEATS = 20         # requests after the first, per service

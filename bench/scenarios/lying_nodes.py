@@ -21,11 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from bench import stats
 from bench.context import Context
 from bench.report import Row, ScenarioResult, Target
-from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
 from services.dht.node import DhtNode, MeshProtocol, MeshServer, Signer
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust
 
 NAME = "lying_nodes"
 MEMBERS = 8

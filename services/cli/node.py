@@ -20,9 +20,11 @@ from prometheus_client import disable_created_metrics
 
 from services.backends import registry
 from services.cli.progress import PROGRESS_PROGRAM, progress_program, watch_progress
-from services.common import config, identity, programs, runtime_files
+from services.common import config, programs, runtime_files
 from services.common.config import Config, ConfigError
 from services.common.statefile import StateError, write_atomically
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import new_mesh_secret
 from services.nebula import supervise
 
 
@@ -67,7 +69,7 @@ def prepare_runtime(cfg: Config) -> None:
     if nebula is not None:
         write_atomically(programs_dir / "nebula.conf", nebula.encode())
     runtime_files.write_started(cfg, time.time())
-    identity.NodeIdentity.load_or_create(cfg.state_dir)  # made once, before any program reads it
+    NodeIdentity.load_or_create(cfg.state_dir)  # made once, before any program reads it
 
 
 def ensure_mesh_secret(cfg: Config) -> Config:
@@ -76,7 +78,7 @@ def ensure_mesh_secret(cfg: Config) -> Config:
         return cfg
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = cfg.state_dir / config.MESH_SECRET_FILE
-    write_atomically(path, identity.new_mesh_secret().encode())
+    write_atomically(path, new_mesh_secret().encode())
     print(f"new mesh: its secret is in {path}; nodes that join this mesh without an overlay "
           "need it as MESHWORKER_MESH_SECRET (with `meshworker join`, the CA vouches instead)", flush=True)
     return dataclasses.replace(cfg, mesh_secret=path.read_text())

@@ -17,10 +17,11 @@ from prometheus_client.core import CounterMetricFamily
 from services.common import grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
-from services.common.identity import MeshTrust, NodeIdentity, mesh_trust
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
 from services.dht import reach, state
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust, mesh_trust
 
 log = logging.getLogger(__name__)
 PING_DEADLINE_S = 1.0

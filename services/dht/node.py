@@ -15,12 +15,14 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.protocol import KademliaProtocol
 
-from services.common.identity import MeshTrust, NodeIdentity, proof_kind
 from services.common.ratelimit import RateLimiter
 from services.dht import lookup, records
 from services.dht.admission import BURST, RATE_PER_S, Tokens
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
+from services.identity.node_key import NodeIdentity
+from services.identity.proofs import proof_kind
+from services.identity.trust import MeshTrust
 
 log = logging.getLogger(__name__)
 # rpcudp waits 5 s for an answer; a mesh's peers answer within milliseconds (LAN or the

@@ -4,7 +4,7 @@ A key (one per service) maps to a JSON object {worker_id: record}. Storing merge
 instead of overwriting, so two workers announcing the same service never erase each
 other (the seed's read-modify-write on one JSON list did). Each record is signed by its
 node's ed25519 key and carries that key's proof of membership (the mesh secret's HMAC or
-the overlay CA's signature, see services.common.identity); readers keep only authentic
+the overlay CA's signature, see services.identity.proofs); readers keep only authentic
 records. Pure functions only.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 from kademlia.utils import digest
 
 from services.common import keys
-from services.common.identity import MeshTrust, NodeIdentity, b64, unb64, verify
+from services.identity.node_key import NodeIdentity, b64, unb64, verify
+from services.identity.trust import MeshTrust
 
 Record = dict[str, Any]
 # rpcudp caps a datagram at 8 KiB and a signed record is about 450 bytes with the mesh

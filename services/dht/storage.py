@@ -8,9 +8,9 @@ from collections import OrderedDict
 
 from kademlia.storage import ForgetfulStorage
 
-from services.common.identity import MeshTrust
 from services.dht import records
 from services.dht.unverified import claimed_worker
+from services.identity.trust import MeshTrust
 
 log = logging.getLogger(__name__)
 KEY_BYTES = 20  # a Kademlia key: 160 bits

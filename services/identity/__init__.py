@@ -1,6 +1,10 @@
-"""Node identity for the mTLS data plane: the mesh's TLS CA (ECDSA P-256, derived from the
-mesh secret, or held by the overlay's CA holder), this node's TLS key, the short-lived
-certificates that name a node `spiffe://meshworker/<mesh id>/node/<worker id>`, and the
-trust inputs (CA bundle, revoked nodes) the router hands Envoy. Pure functions where
-possible; the only I/O is the node key file and reading the overlay's trust files.
+"""Who a node is and whom it trusts.
+
+- node_key: this node's ed25519 key (its records' signatures);
+- proofs: what proves a key is a member's (the mesh secret's HMAC, or the overlay CA's word);
+- trust: which proofs this node accepts (the CA's alone in an overlay), and its own;
+- mesh_ca, overlay, revocation: the mTLS side, the mesh's TLS CA (derived from the mesh
+  secret, or held by the overlay's CA holder), this node's certificate naming it
+  `spiffe://meshworker/<mesh id>/node/<worker id>`, and the CA's revocation list, which the
+  router hands Envoy.
 """

@@ -21,7 +21,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.common.identity import OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError
 from services.identity.mesh_ca import (
     MeshCa,
@@ -32,6 +31,7 @@ from services.identity.mesh_ca import (
     load_or_create_node_key,
     worker_of,
 )
+from services.identity.trust import OVERLAY_DIR, RECORD_FILE
 
 # In <state>/nebula/ (services/nebula's NebulaPaths names the same files).
 TLS_CA_CERT_FILE = "mesh-tls-ca.crt"  # every member

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.identity import b64, is_usable_key, sign_ca_proof, unb64
 from services.identity import overlay
 from services.identity.mesh_ca import issue_node_certificate, serial_of
+from services.identity.node_key import b64, is_usable_key, unb64
+from services.identity.proofs import sign_ca_proof
 from services.identity.revocation import revocation_list
 from services.nebula import allocation, membership, pki, records, tokens
 from services.nebula.state import EnrollmentError, NebulaPaths, locked

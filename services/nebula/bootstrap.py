@@ -16,9 +16,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.common.identity import NodeIdentity, b64, check_ca_proof, sign_ca_proof, unb64
 from services.identity import overlay
 from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key, serial_of
+from services.identity.node_key import NodeIdentity, b64, unb64
+from services.identity.proofs import check_ca_proof, sign_ca_proof
 from services.nebula import allocation, client, membership, pki, records, tls, tokens
 from services.nebula.authority import check_name
 from services.nebula.membership import Membership

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.common.identity import MESH_RECORD_CONTEXT
+from services.identity.proofs import MESH_RECORD_CONTEXT
 from services.nebula.pki import ED25519_PRIVATE, pem_body
 
 DEFAULT_SYNC_INTERVAL_S = 30

@@ -5,7 +5,7 @@ self-signed certificate that the joiner pins by SHA-256; the joiner also checks 
 CA's fingerprint from GET /v1/ca before it sends its token. POST /v1/join takes only
 public keys, the token and a name; private keys never cross the network. With the joiner's
 identity key (ed25519, base64url) the reply carries the CA's proof of that key
-("identity_proof", base64url; see services.common.identity.CaProof), which makes the
+("identity_proof", base64url; see services.identity.proofs.CaProof), which makes the
 joiner's provider records and forwarded requests trusted by every member. With its TLS
 public key (P-256, PEM) the reply carries its certificate of the mesh TLS CA and that CA's
 certificate ("tls_certificate", "tls_ca"; see services.identity.overlay), for Envoy's mTLS.

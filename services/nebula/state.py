@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.common.identity import CA_PROOF_FILE, MESH_FILE, OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError, write_atomically
 from services.identity.overlay import NODE_CERT_FILE, TLS_CA_CERT_FILE, TLS_CA_KEY_FILE
+from services.identity.trust import CA_PROOF_FILE, MESH_FILE, OVERLAY_DIR, RECORD_FILE
 
 STATE_VERSION = 1
 
@@ -45,7 +45,7 @@ class NebulaPaths:
     ca_crt = property(lambda self: self.root / "ca.crt")
     host_crt = property(lambda self: self.root / "host.crt")
     host_key = property(lambda self: self.root / "host.key")
-    # mesh.json, record.json and identity.proof are also read by services.common.identity:
+    # mesh.json, record.json and identity.proof are also read by services.identity.trust:
     # the mesh CA's key, its blocklist, and its proof of this node's identity key.
     mesh = property(lambda self: self.root / MESH_FILE)
     record = property(lambda self: self.root / RECORD_FILE)

@@ -30,12 +30,12 @@ from prometheus_client.registry import Collector
 from services.common import capabilities, grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
-from services.common.identity import OverlayTrust
 from services.common.keys import KEYS
 from services.common.models import CATALOG, Model, Offer
 from services.common.ratelimit import RateLimiter
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
+from services.identity.trust import OverlayTrust
 from services.router import cache_file, catalog, gateway_file, keybook, limits, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer

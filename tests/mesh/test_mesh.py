@@ -30,9 +30,10 @@ from meshtest import BIN, SENTENCE, peer_post, render_png, wait_for, with_minute
 from netns import Lab
 
 from services.common import keys
-from services.common.identity import MeshTrust, NodeIdentity
 from services.dht import records
 from services.identity.mesh_ca import TlsCredentials, secret_mode_credentials
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust
 
 pytestmark = pytest.mark.timeout(300)
 SECRET = "mesh-test-secret-0123456789"

@@ -10,9 +10,10 @@ from prometheus_client.metrics_core import Metric
 
 from services.api.metrics import ApiMetrics
 from services.common.config import load
-from services.common.identity import NodeIdentity, mesh_trust
 from services.dht.main import DhtServicer
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import mesh_trust
 from services.nebula.main import NebulaAgentServicer
 from services.router.main import RouterServicer
 

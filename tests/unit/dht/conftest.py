@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from dhtnodes import SECRET
 
-from services.common.identity import MeshTrust, NodeIdentity
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity
+from services.identity.trust import MeshTrust
 
 
 @pytest.fixture

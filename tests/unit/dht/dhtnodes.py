@@ -14,10 +14,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.utils import digest
 
-from services.common import identity
-from services.common.identity import MeshTrust, NodeIdentity, OverlayTrust
 from services.dht import records
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity
+from services.identity.proofs import MESH_RECORD_CONTEXT, sign_ca_proof
+from services.identity.trust import (
+    CA_PROOF_FILE,
+    MESH_FILE,
+    OVERLAY_DIR,
+    RECORD_FILE,
+    MeshTrust,
+    OverlayTrust,
+)
 
 SECRET = "m" * 32
 OTHER_SECRET = "o" * 32
@@ -88,19 +96,19 @@ class MeshCa:
         return name.encode().hex().ljust(64, "0")
 
     def enroll(self, state_dir: Path, name: str, overlay_ip: str = "10.42.0.9") -> None:
-        root = state_dir / identity.OVERLAY_DIR
+        root = state_dir / OVERLAY_DIR
         root.mkdir(parents=True, exist_ok=True)
-        (root / identity.MESH_FILE).write_text(json.dumps({"ca_public_key": self.public.hex(),
+        (root / MESH_FILE).write_text(json.dumps({"ca_public_key": self.public.hex(),
                                                            "ca_fingerprint": "ca", "overlay_ip": overlay_ip}))
         self.publish(state_dir)
         key = NodeIdentity.load_or_create(state_dir).public_key
-        (root / identity.CA_PROOF_FILE).write_bytes(
-            identity.sign_ca_proof(self.key, key, name, self.fingerprint(name), int(time.time()) + 3600))
+        (root / CA_PROOF_FILE).write_bytes(
+            sign_ca_proof(self.key, key, name, self.fingerprint(name), int(time.time()) + 3600))
 
     def publish(self, state_dir: Path, blocked: tuple[str, ...] = ()) -> None:
         body = json.dumps({"ca_fingerprint": "ca", "blocklist": [self.fingerprint(n) for n in blocked]})
-        signature = self.key.sign(identity.MESH_RECORD_CONTEXT + body.encode()).hex()
-        (state_dir / identity.OVERLAY_DIR / identity.RECORD_FILE).write_text(
+        signature = self.key.sign(MESH_RECORD_CONTEXT + body.encode()).hex()
+        (state_dir / OVERLAY_DIR / RECORD_FILE).write_text(
             json.dumps({"signed": {"body": body, "signature": signature}}))
 
     @staticmethod

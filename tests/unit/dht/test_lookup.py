@@ -12,11 +12,11 @@ from dhtnodes import OTHER_SECRET, seed
 from kademlia.node import Node
 
 from bench.scenarios.lying_nodes import LyingServer  # the attacker's node, a test double
-from services.common.identity import MeshTrust
 from services.dht import records
 from services.dht.lookup import DEAD_FOR_S, MAX_DEAD, DeadContacts, contacts
 from services.dht.storage import ProviderStorage
 from services.dht.unverified import UnverifiedPeers
+from services.identity.trust import MeshTrust
 
 pytestmark = pytest.mark.timeout(30)
 LIARS = 25  # issue 12 H2: an outsider ran 25 nodes next to providers/echo

@@ -13,11 +13,13 @@ from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.utils import digest
 
-from services.common import identity
-from services.common.identity import MeshTrust, NodeIdentity, StateError, proof_kind
+from services.common.statefile import StateError
 from services.dht import node as node_module
 from services.dht import records, state
 from services.dht.node import DhtNode, Signer
+from services.identity.node_key import NodeIdentity, unb64
+from services.identity.proofs import proof_kind
+from services.identity.trust import CA_PROOF_FILE, OVERLAY_DIR, MeshTrust
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -256,7 +258,7 @@ def test_the_signer_proof_becomes_the_cas_as_soon_as_the_node_joins(tmp_path):
 
     MeshCa().enroll(tmp_path, "a")  # `meshworker join` while the dht runs
 
-    assert signer.proof == (tmp_path / identity.OVERLAY_DIR / identity.CA_PROOF_FILE).read_bytes()
+    assert signer.proof == (tmp_path / OVERLAY_DIR / CA_PROOF_FILE).read_bytes()
 
 
 async def test_members_of_one_ca_trust_each_others_records_and_no_outsider(make_node, tmp_path):
@@ -274,7 +276,7 @@ async def test_members_of_one_ca_trust_each_others_records_and_no_outsider(make_
     for outsider in (x, y):
         await outsider.announce("svc")
 
-    assert proof_kind(identity.unb64(record["proof"])) == "ca"
+    assert proof_kind(unb64(record["proof"])) == "ca"
     assert summary(await b.find_providers("svc")) == [("a", "http://a:8000")]
     assert summary(await a.find_providers("svc")) == [("a", "http://a:8000")]
 

@@ -11,18 +11,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kademlia.utils import digest
 
-from services.common.identity import (
-    MESH_FILE,
-    OVERLAY_DIR,
-    MeshTrust,
-    NodeIdentity,
-    OverlayTrust,
-    b64,
-    sign_ca_proof,
-)
 from services.dht import records
 from services.dht import storage as storage_module
 from services.dht.storage import ProviderStorage
+from services.identity.node_key import NodeIdentity, b64
+from services.identity.proofs import sign_ca_proof
+from services.identity.trust import MESH_FILE, OVERLAY_DIR, MeshTrust, OverlayTrust
 
 NOW = 1_700_000_000.0
 TRUST = MeshTrust("m" * 32)

@@ -1,4 +1,4 @@
-"""Tests for services.common.identity (node key, mesh trust: secret and CA proofs) and the
+"""Tests for services.identity's node key, proofs and trust (secret and CA proofs) and the
 mesh_secret config key."""
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common import identity
 from services.common.config import MESH_SECRET_FILE, ConfigError, load
-from services.common.identity import (
-    KEY_FILE,
-    CaProof,
+from services.common.statefile import StateError
+from services.identity import node_key
+from services.identity.node_key import KEY_FILE, NodeIdentity, b64, is_usable_key, unb64, verify
+from services.identity.proofs import CaProof, check_ca_proof, proof_kind, sign_ca_proof
+from services.identity.trust import (
+    CA_PROOF_FILE,
+    MESH_FILE,
+    RECHECK_S,
+    RECORD_FILE,
     MeshTrust,
-    NodeIdentity,
     OverlayTrust,
-    StateError,
-    check_ca_proof,
     mesh_trust,
-    proof_kind,
-    sign_ca_proof,
-    verify,
+    new_mesh_secret,
 )
 from services.nebula import records
 from services.nebula.state import NebulaPaths
@@ -95,7 +95,7 @@ def test_two_processes_creating_the_key_at_once_get_the_same_identity(tmp_path, 
     # gateway and the dht both create the key; the one that writes last replaces the other's file,
     # so one process signs with a key the state directory no longer holds. Here the "other
     # process" creates its key between this one's exists() check and its write.
-    real = identity.Ed25519PrivateKey
+    real = node_key.Ed25519PrivateKey
     other: list[NodeIdentity] = []
     calls = []
 
@@ -105,7 +105,7 @@ def test_two_processes_creating_the_key_at_once_get_the_same_identity(tmp_path, 
             other.append(NodeIdentity.load_or_create(tmp_path))
         return real.generate()
 
-    monkeypatch.setattr(identity, "Ed25519PrivateKey",
+    monkeypatch.setattr(node_key, "Ed25519PrivateKey",
                         types.SimpleNamespace(generate=generate, from_private_bytes=real.from_private_bytes))
 
     mine = NodeIdentity.load_or_create(tmp_path)
@@ -140,12 +140,12 @@ DEGENERATE_KEY = bytes([1]) + bytes(31)
 ], ids=bytes.hex)
 def test_a_forged_signature_under_a_small_order_key_does_not_verify(key):
     assert not verify(key, key + bytes(32), b"any message at all")
-    assert not identity.is_usable_key(key)
-    assert not identity.is_usable_key(key[:31] + bytes([key[31] | 0x80]))  # same point, sign bit set
+    assert not is_usable_key(key)
+    assert not is_usable_key(key[:31] + bytes([key[31] | 0x80]))  # same point, sign bit set
 
 
 def test_real_keys_are_usable(tmp_path):
-    assert all(identity.is_usable_key(NodeIdentity.load_or_create(tmp_path / str(i)).public_key)
+    assert all(is_usable_key(NodeIdentity.load_or_create(tmp_path / str(i)).public_key)
                for i in range(20))
 
 
@@ -172,13 +172,13 @@ def test_proof_of_another_key_is_refused(tmp_path):
 
 def test_b64_round_trip_without_padding():
     for data in (b"", b"a", b"ab", b"abc", bytes(range(256))):
-        assert "=" not in identity.b64(data)
-        assert identity.unb64(identity.b64(data)) == data
+        assert "=" not in b64(data)
+        assert unb64(b64(data)) == data
 
 
 def test_new_mesh_secret_is_long_and_random():
-    assert len(identity.new_mesh_secret()) >= 16
-    assert identity.new_mesh_secret() != identity.new_mesh_secret()
+    assert len(new_mesh_secret()) >= 16
+    assert new_mesh_secret() != new_mesh_secret()
 
 
 def test_mesh_trust_without_a_secret_names_mesh_secret(tmp_path):
@@ -370,7 +370,7 @@ def test_a_blocked_certificate_is_refused_once_the_record_says_so(tmp_path):
     assert trust.trusts(key, overlay.certify(key))
 
     overlay.publish(blocklist=(FINGERPRINT,))  # `meshworker revoke node2` reached this node
-    monotonic.now = identity.RECHECK_S
+    monotonic.now = RECHECK_S
 
     assert not trust.trusts(key, overlay.certify(key))
     assert trust.trusts(key, overlay.certify(key, name="node3", fingerprint="ef" * 32))
@@ -387,7 +387,7 @@ def test_a_blocklist_not_signed_by_the_ca_is_ignored_and_the_previous_one_kept(t
     forged.paths.root.mkdir(parents=True)
     forged.publish(blocklist=())
     overlay.paths.record.write_text(forged.paths.record.read_text())
-    monotonic.now = identity.RECHECK_S
+    monotonic.now = RECHECK_S
 
     assert not trust.trusts(key, overlay.certify(key))
 
@@ -419,7 +419,7 @@ def test_a_node_that_joins_an_overlay_stops_trusting_secret_proofs(tmp_path):
     assert trust.trusts(key, MeshTrust(SECRET).proof(key))
 
     overlay = Overlay(tmp_path / "me").enroll()  # `meshworker join` while the node runs
-    monotonic.now = identity.RECHECK_S
+    monotonic.now = RECHECK_S
 
     assert not trust.trusts(key, MeshTrust(SECRET).proof(key)) and trust.trusts(key, overlay.certify(key))
 
@@ -464,7 +464,7 @@ def test_a_join_while_running_is_picked_up_within_the_recheck_interval(tmp_path)
 
     overlay = Overlay(tmp_path).enroll(me.public_key)  # `meshworker join` while the node runs
     assert proof_kind(trust.proof(me.public_key)) == "secret"  # not looked at again yet: no stat per call
-    monotonic.now += identity.RECHECK_S
+    monotonic.now += RECHECK_S
 
     assert trust.proof(me.public_key) == overlay.paths.identity_proof.read_bytes()
     assert trust.trusts(peer, overlay.certify(peer))
@@ -496,4 +496,4 @@ def test_nebula_paths_name_the_files_the_trust_reads(tmp_path):
 
     assert paths.root == OverlayTrust(tmp_path).root
     assert (paths.mesh.name, paths.record.name, paths.identity_proof.name) == (
-        identity.MESH_FILE, identity.RECORD_FILE, identity.CA_PROOF_FILE)
+        MESH_FILE, RECORD_FILE, CA_PROOF_FILE)

@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from services.common.identity import OVERLAY_DIR, RECORD_FILE
 from services.common.statefile import StateError
 from services.identity.mesh_ca import (
     issue_node_certificate,
@@ -29,6 +28,7 @@ from services.identity.overlay import (
     public_key_pem,
 )
 from services.identity.revocation import revocation_list
+from services.identity.trust import OVERLAY_DIR, RECORD_FILE
 
 T0 = 1_800_000_000.0
 

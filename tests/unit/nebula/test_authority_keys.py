@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.identity import b64
+from services.identity.node_key import b64
 from services.nebula.authority import check_identity_key
 from services.nebula.state import EnrollmentError
 

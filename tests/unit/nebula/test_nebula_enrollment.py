@@ -15,9 +15,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import CollectorRegistry
 
-from services.common import config, identity
+from services.common import config
 from services.identity import overlay
 from services.identity.mesh_ca import NODE_KEY_FILE, spiffe_id
+from services.identity.node_key import NodeIdentity
+from services.identity.proofs import check_ca_proof, proof_kind
+from services.identity.trust import mesh_trust
 from services.nebula import (
     authority,
     bootstrap,
@@ -106,17 +109,17 @@ def test_join_gets_a_certificate_for_a_key_that_never_left(endpoint, tmp_path):
 
 def test_join_certifies_the_nodes_identity_key_for_its_certificate(endpoint, tmp_path):
     bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint)))
-    paths, key = NebulaPaths.of(tmp_path / "n2"), identity.NodeIdentity.load_or_create(tmp_path / "n2").public_key
+    paths, key = NebulaPaths.of(tmp_path / "n2"), NodeIdentity.load_or_create(tmp_path / "n2").public_key
     cert = pki.cert_info(paths.host_crt)
 
-    proof = identity.check_ca_proof(bytes.fromhex(endpoint.member.ca_public_key), key,
+    proof = check_ca_proof(bytes.fromhex(endpoint.member.ca_public_key), key,
                                     paths.identity_proof.read_bytes())
     assert (proof.name, proof.fingerprint, proof.expires_at) == ("node2", cert.fingerprint, cert.not_after)
     # Neither node needs a mesh secret: each trusts the other's key by the CA's word.
-    member, holder = (identity.mesh_trust(cfg_for(p.root.parent)) for p in (paths, endpoint.app.paths))
+    member, holder = (mesh_trust(cfg_for(p.root.parent)) for p in (paths, endpoint.app.paths))
     assert member.proof(key) == paths.identity_proof.read_bytes() and holder.trusts(key, member.proof(key))
-    lh = identity.NodeIdentity.load_or_create(endpoint.app.paths.root.parent).public_key
-    assert member.trusts(lh, holder.proof(lh)) and identity.proof_kind(holder.proof(lh)) == "ca"
+    lh = NodeIdentity.load_or_create(endpoint.app.paths.root.parent).public_key
+    assert member.trusts(lh, holder.proof(lh)) and proof_kind(holder.proof(lh)) == "ca"
 
 
 def test_a_joiner_that_sends_no_identity_key_gets_no_proof(endpoint, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from services.common.identity import MESH_RECORD_CONTEXT
+from services.identity.proofs import MESH_RECORD_CONTEXT
 from services.nebula import records
 from services.nebula.records import MeshRecord, RecordError
 
