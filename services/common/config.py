@@ -106,12 +106,6 @@ class Config:
         return next((s for s in self.services if s.name == name), None)
 
     @property
-    def gateway_address_file(self) -> Path:
-        """Written by the router once Envoy's listeners are bound: the real ports when
-        gateway_port or peer_port is 0."""
-        return self.runtime_dir / "gateway.json"
-
-    @property
     def api_socket(self) -> Path:
         """The api's HTTP server (behind Envoy): /health, /stats, /metrics, /mesh/*, the envelope."""
         return self.runtime_dir / "api.sock"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -14,7 +13,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
-from services.common import grpcclient, keys
+from services.common import grpcclient, keys, runtime_files
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
@@ -230,10 +229,8 @@ def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
 
 def peer_port(cfg: Config) -> int:
     """The peer listener's bound port; 0 while one configured for port 0 has not bound."""
-    try:
-        return json.loads(cfg.gateway_address_file.read_text())["peer_port"]
-    except (OSError, ValueError, KeyError):
-        return cfg.peer_port
+    address = runtime_files.read_gateway(cfg)
+    return address.peer_port if address is not None else cfg.peer_port
 
 
 async def start_on_known_port(cfg: Config, node: DhtNode, saved: state.DhtState,
