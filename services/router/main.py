@@ -10,24 +10,15 @@ its service was never seen before (Resolve).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import ipaddress
 import logging
-import socket
 import time
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import grpc
-import pynvml
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter
 
-from services.common import capabilities, grpcclient, keys
+from services.common import grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.keys import KEYS
@@ -36,16 +27,19 @@ from services.common.ratelimit import RateLimiter
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
 from services.identity.trust import OverlayTrust
-from services.router import cache_file, catalog, gateway_file, keybook, limits, trust
+from services.router import cache_file, catalog, gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
+from services.router.dns import addressed
+from services.router.families import hardware, register_gauges
 from services.router.health import HealthDamper
-from services.router.keybook import KeyBook, KeyBookError
+from services.router.keybook import KeyBookError
+from services.router.mesh_keys import MeshKeys
 from services.router.mesh_view import mesh_services
 from services.router.providers import Provider
 from services.router.stats import RouterCounters
-from services.router.usage import AccessLog, KeyUse, Usage
+from services.router.usage import AccessLog
 from services.router.xds import clusters, resources
 from services.router.xds.view import LocalService, MeshView, ModelRoute, Peer, RemoteService
 
@@ -56,11 +50,6 @@ CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revok
 # How often the mesh's model catalog is read: a model announced anywhere (or a provider's
 # new load) is routed here within this, well inside one announce period.
 CATALOG_REFRESH_S = 5.0
-# How often the mesh's key records are read: a key made or revoked anywhere is in force
-# here within this and the 2 s its node may wait to store its record (10 s, the promise).
-KEYS_REFRESH_S = 5.0
-LIMITS_TICK_S = 0.5  # how soon a key past a limit is refused, and how soon a new minute frees it
-GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
 # A name no cache holds costs a DHT lookup (up to 1.5 s of crawling, dozens of datagrams):
 # a client that starts using a mesh asks for a few services at once, a flood of random
 # names for thousands (issue 12 L3). Per client address, as Envoy saw it.
@@ -85,11 +74,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.overlay = OverlayTrust(cfg.state_dir)  # its view names this node's overlay address
         self.overlay.refresh()
         self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
-        self.keybook = KeyBook(cfg.state_dir / keybook.FILE)
-        self.usage = Usage()
-        registry.register(self.usage)
-        self.published: list[limits.Published] = []  # peers' use of limited keys, as their records say
-        self.blocked_names: tuple[str, ...] = ()  # keys past a limit this minute, in Envoy's routes
+        self.keys = MeshKeys(cfg.state_dir, registry)
         self._reading_catalog: asyncio.Task | None = None
         self.bound_peer_port = cfg.peer_port  # the real one once Envoy bound it (cfg may say 0)
         self.pushes = Counter("meshworker_router_config_pushes", "Configurations the router made for Envoy",
@@ -121,42 +106,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             health_ok_threshold=cfg.health_ok_threshold,
             local=tuple(LocalService(s, self.health[s.name].healthy) for s in cfg.services),
             remote=tuple(remote), tls=self.tls,
-            models=self.model_routes(now), aliases=cfg.aliases, keys=self.keybook.in_force(now),
-            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.blocked(now),
+            models=self.model_routes(now), aliases=cfg.aliases, keys=self.keys.in_force(now),
+            client_auth=cfg.client_auth, loopback_exempt=cfg.client_auth_loopback, blocked=self.keys.blocked(now),
             overlay_address=self.overlay.view.address)
-
-    def minute_counts(self, now: float) -> dict[str, limits.Count]:
-        window = limits.window_of(now)
-        return limits.mesh_counts(self.usage.in_window(window), self.published, window)
-
-    def blocked(self, now: float) -> tuple[tuple[str, int], ...]:
-        return limits.blocked(self.keybook.in_force(now), self.minute_counts(now), now)
-
-    def key_record(self) -> dict[str, list]:
-        """This node's key record: the keys it made or revoked, and this minute's use of the
-        limited ones here (peers add it to theirs)."""
-        now = time.time()
-        window = limits.window_of(now)
-        limited = {k.name for k in self.keybook.in_force(now) if k.requests_per_minute or k.tokens_per_minute}
-        return {"keys": [keys.to_pb(k) for k in self.keybook.own], "usage": [
-            dht_pb2.KeyWindow(key=name, window=window, requests=count.requests, tokens=count.tokens)
-            for name, count in sorted(self.usage.in_window(window).items()) if name in limited]}
-
-    async def limits_forever(self) -> None:
-        """A key that reaches a limit is refused from then until its minute ends; this
-        node's use of limited keys goes out in its key record."""
-        counted: dict[str, limits.Count] = {}
-        while True:
-            await asyncio.sleep(LIMITS_TICK_S)
-            now = time.time()
-            names = tuple(name for name, _ in self.blocked(now))
-            if names != self.blocked_names:
-                self.blocked_names = names
-                self.changed.set()
-            # The key record again only when this minute's use here changed (a new minute too).
-            if (here := self.usage.in_window(limits.window_of(now))) != counted and self.announcer is not None:
-                counted = here
-                self.announcer.changed(KEYS)
 
     def local_offers(self, healthy: bool = True) -> list[Offer]:
         """The models of this node's healthy backends (of its failing ones: healthy=False),
@@ -295,21 +247,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 log.warning("could not read the model catalog: the DHT answered %s", err.code().name)
             await asyncio.sleep(catalog.next_read_in(self.catalog, time.time(), CATALOG_REFRESH_S))
 
-    async def keys_forever(self) -> None:
-        """Other members' key records: a key they made or revoked, in force here or not."""
-        while True:
-            try:
-                reply = await self.dht.FindProviders(dht_pb2.FindProvidersRequest(service=KEYS),
-                                                     timeout=grpcclient.DEADLINE_S)
-                others = [r for r in reply.providers if r.worker_id != self.cfg.worker_id]
-                self.published = [limits.Published(u.key, u.window, limits.Count(u.requests, u.tokens))
-                                  for r in others for u in r.usage]
-                if self.keybook.read([keys.from_pb(k) for r in others for k in r.keys]):
-                    self.changed.set()
-            except grpc.aio.AioRpcError as err:
-                log.warning("could not read the mesh's API keys: the DHT answered %s", err.code().name)
-            await asyncio.sleep(KEYS_REFRESH_S)
-
     async def keys_changed(self) -> None:
         """This node made or revoked a key: Envoy here holds it before the caller hears
         back, and the node's key record is stored again."""
@@ -320,7 +257,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def CreateKey(self, request, context):
         try:
-            key, token = self.keybook.create(request.name, time.time(), request.requests_per_minute,
+            key, token = self.keys.book.create(request.name, time.time(), request.requests_per_minute,
                                              request.tokens_per_minute, tuple(request.models), request.ttl_seconds)
         except ValueError as err:  # KeyBookError, or a name that is not one
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
@@ -329,16 +266,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return router_pb2.CreatedKey(key=keys.to_pb(key), token=token)
 
     async def ListKeys(self, request, context):
-        now = time.time()
-        found, minute = self.keybook.in_force(now), self.minute_counts(now)
-        return router_pb2.KeyList(keys=[keys.to_pb(k) for k in found], usage=[router_pb2.KeyUsage(
-            name=k.name, minute_requests=minute.get(k.name, limits.Count()).requests,
-            minute_tokens=minute.get(k.name, limits.Count()).tokens,
-            **dataclasses.asdict(self.usage.by_key.get(k.name, KeyUse()))) for k in found])
+        return self.keys.listed(time.time())
 
     async def RevokeKey(self, request, context):
         try:
-            gone = self.keybook.revoke(request.name, time.time())
+            gone = self.keys.book.revoke(request.name, time.time())
         except KeyBookError as err:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         log.info("revoked API key %s (%s)", request.name, ", ".join(k.id for k in gone))
@@ -442,92 +374,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 self.changed.set()
 
 
-async def addressed(provider: Provider) -> Provider | None:
-    """The provider with its advertised host name resolved: Envoy's EDS takes addresses.
-    None (and a warning naming it) when the name does not resolve here."""
-    parts = urlsplit(provider.url)
-    host = parts.hostname or ""
-    try:
-        ipaddress.ip_address(host)
-        return provider
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.to_thread(socket.getaddrinfo, host, parts.port, type=socket.SOCK_STREAM)
-    except OSError as err:
-        log.warning("provider %s advertises %s, whose host does not resolve here (%s): not used",
-                    provider.worker_id, provider.url, err)
-        return None
-    address = infos[0][4][0]
-    netloc = f"[{address}]:{parts.port}" if ":" in address else f"{address}:{parts.port}"
-    return dataclasses.replace(provider, url=parts._replace(netloc=netloc).geturl())
-
-
-class RouterFamilies(Collector):
-    """The router's families that a Gauge cannot hold, for deploy/'s dashboard and alerts: the
-    routing counters `meshworker status` prints, when the TLS certificate Envoy holds expires,
-    and this node's GPUs as NVML saw them at the last `read_gpus` (none until `gpus_forever`
-    reads them; `meshworker_router_gpus` is 0 without a GPU, driver or library)."""
-
-    def __init__(self, router: RouterServicer):
-        self.router, self.gpus = router, []
-
-    async def gpus_forever(self) -> None:
-        """Read NVML every GPU_REFRESH_S; records say the first GPU (`hardware`), so they are
-        stored again when the GPUs themselves change (the first read finds them)."""
-        while True:  # off the event loop: nvmlInit takes up to seconds without persistence mode
-            before, self.gpus = self.gpus, await asyncio.to_thread(capabilities.read_gpus, pynvml)
-            if [g["name"] for g in self.gpus] != [g["name"] for g in before] and self.router.announcer:
-                self.router.announcer.republish()
-            await asyncio.sleep(GPU_REFRESH_S)
-
-    def collect(self) -> Iterator[Metric]:
-        counters = self.router.counters
-        yield CounterMetricFamily("meshworker_router_cache_misses", "Requests for a service Envoy had no "
-                                  "route for, each looked up in the DHT", value=counters.cache_misses)
-        yield CounterMetricFamily("meshworker_router_cache_misses_found", "Cache misses whose DHT lookup "
-                                  "found a provider", value=counters.misses_found)
-        yield GaugeMetricFamily("meshworker_router_tls_cert_expiry_timestamp_seconds", "When the TLS "
-                                "certificate Envoy holds for this node expires (0: none)",
-                                value=self.router.tls.not_after if self.router.tls else 0.0)
-        yield GaugeMetricFamily("meshworker_router_gpus", "GPUs NVML sees on this node", value=len(self.gpus))
-        used = GaugeMetricFamily("meshworker_router_gpu_memory_used_bytes", "GPU memory in use",
-                                 labels=["gpu"])
-        total = GaugeMetricFamily("meshworker_router_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
-        busy = GaugeMetricFamily("meshworker_router_gpu_utilization_ratio", "Share of NVML's last sample "
-                                 "period in which the GPU was busy", labels=["gpu"])
-        for index, gpu in enumerate(self.gpus):
-            used.add_metric([str(index)], gpu["memory_total_bytes"] - gpu["memory_free_bytes"])
-            total.add_metric([str(index)], gpu["memory_total_bytes"])
-            if gpu["utilization_percent"] is not None:
-                busy.add_metric([str(index)], gpu["utilization_percent"] / 100)
-        yield from (used, total, busy)
-
-
-def hardware(gpus: list[dict]) -> dict[str, str | int]:
-    """What every record of this node says of its hardware: its first GPU as NVML last saw it
-    (the router reads NVML for /metrics; the dht only signs what it is given)."""
-    return {"gpu_model": gpus[0]["name"], "gpu_free_bytes": gpus[0]["memory_free_bytes"]} if gpus else {}
-
-
-def register_gauges(router: RouterServicer, registry: CollectorRegistry) -> RouterFamilies:
-    Gauge("meshworker_router_cache_size", "Services with cached remote providers",
-          registry=registry).set_function(lambda: len(router.cache))
-    healthy = Gauge("meshworker_router_service_healthy",
-                    "1 when a local service passes its health checks", ["service"], registry=registry)
-    memory = Gauge("meshworker_router_backend_resident_memory_bytes",
-                   "Resident memory of a local backend, as it reports it", ["service"], registry=registry)
-    load = Gauge("meshworker_router_backend_load_seconds", "Seconds a local backend took to load its "
-                 "model", ["service"], registry=registry)
-    for name, damper in router.health.items():
-        healthy.labels(name).set_function(lambda d=damper: float(d.healthy))
-        memory.labels(name).set_function(lambda b=router.backends[name]: b.rss_bytes)
-        load.labels(name).set_function(lambda b=router.backends[name]: b.load_seconds)
-    families = RouterFamilies(router)
-    registry.register(families)
-    return families
-
-
 def log_client_auth(cfg: Config) -> None:
     if cfg.client_auth == "open":
         log.warning("client_auth = \"open\": anyone who reaches port %d may use every service and model "
@@ -543,7 +389,7 @@ async def serve(cfg: Config) -> None:
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
                           model_of=lambda service: servicer.backends[service].model,
                           catalog_of=lambda: servicer.catalog_entries(),
-                          key_record_of=lambda: servicer.key_record(),
+                          key_record_of=lambda: servicer.keys.record(),
                           hardware_of=lambda: hardware(servicer.families.gpus))
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
     server = ComponentServer(cfg, "router", registry)
@@ -551,7 +397,7 @@ async def serve(cfg: Config) -> None:
                router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
     server.add(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, servicer.ads,
                ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name)
-    server.add(als_pb2_grpc.add_AccessLogServiceServicer_to_server, AccessLog(servicer.usage),
+    server.add(als_pb2_grpc.add_AccessLogServiceServicer_to_server, AccessLog(servicer.keys.usage),
                als_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name)
 
     def on_health_change(service: str, healthy: bool) -> None:
@@ -566,8 +412,10 @@ async def serve(cfg: Config) -> None:
                           tasks.create_task(servicer.watch_credentials()),
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
-                          tasks.create_task(servicer.keys_forever()),
-                          tasks.create_task(servicer.limits_forever()),
+                          tasks.create_task(servicer.keys.read_forever(servicer.dht, cfg.worker_id,
+                                                                       servicer.changed.set)),
+                          tasks.create_task(servicer.keys.limits_forever(servicer.changed.set,
+                                                                         lambda: announcer.changed(KEYS))),
                           tasks.create_task(servicer.families.gpus_forever()),
                           tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],

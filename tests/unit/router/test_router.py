@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.common.config import ServiceConfig, load
 from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, router_pb2
+from services.router import dns
 from services.router import main as router_main
 from services.router.main import RouterServicer
 from services.router.providers import Provider
@@ -200,10 +201,10 @@ async def test_an_expired_provider_leaves_envoys_endpoints_while_a_refresh_looku
 
 async def test_a_provider_advertised_by_host_name_is_resolved_or_left_out():
     named = Provider("a", "https://localhost:8443", 0, 1e12)
-    assert (await router_main.addressed(named)).url == "https://127.0.0.1:8443"
-    assert await router_main.addressed(Provider("b", "https://no-such-host.invalid:8443", 0, 1e12)) is None
+    assert (await dns.addressed(named)).url == "https://127.0.0.1:8443"
+    assert await dns.addressed(Provider("b", "https://no-such-host.invalid:8443", 0, 1e12)) is None
     numeric = Provider("c", "https://10.1.2.3:8443", 0, 1e12)
-    assert await router_main.addressed(numeric) is numeric
+    assert await dns.addressed(numeric) is numeric
 
 
 def test_the_stats_rpc_counts_only_lookups(tmp_path):

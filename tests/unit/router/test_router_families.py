@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common import capabilities
 from services.common.config import load
-from services.router import main
+from services.router import families
 from services.router.main import RouterServicer
 
 GIB = 2**30
@@ -72,7 +72,7 @@ async def test_no_gpu_reading_yet_is_zero_gpus_and_no_per_gpu_series(router):
 
 async def test_without_the_nvidia_driver_there_are_zero_gpus(router, monkeypatch):
     servicer, registry = router
-    monkeypatch.setattr(main, "pynvml", NoNvml())
+    monkeypatch.setattr(families, "pynvml", NoNvml())
     servicer.families.gpus = [GPUS[0]]  # a reading the next one replaces
 
     await one_gpu_reading(servicer)
@@ -112,5 +112,5 @@ async def test_records_say_the_first_gpu_and_are_stored_again_when_the_gpus_chan
     await one_gpu_reading(servicer)  # the same GPUs: their records wait for the next republish
 
     assert announcer.republished == 1
-    assert main.hardware(servicer.families.gpus) == {"gpu_model": "NVIDIA H200", "gpu_free_bytes": 100 * GIB}
-    assert main.hardware([]) == {}
+    assert families.hardware(servicer.families.gpus) == {"gpu_model": "NVIDIA H200", "gpu_free_bytes": 100 * GIB}
+    assert families.hardware([]) == {}
