@@ -25,15 +25,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import uvicorn
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Lifespan
 
 from services.common import errors, unix_socket
+
+if TYPE_CHECKING:
+    from services.backends.model_metrics import ModelMetrics
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +199,20 @@ class ModelSlot(Generic[ModelT]):
         self.get()
         return JSONResponse({"status": "ok", **details, "load_seconds": self.load_seconds,
                              "rss_bytes": rss_bytes()})
+
+
+def model_app(slot: ModelSlot, metrics: ModelMetrics, routes: list[BaseRoute], lifespan: Lifespan,
+              load: Callable[[], Any], **state: Any) -> Starlette:
+    """A built-in model backend's app: its routes and /metrics, the metrics middleware, errors
+    in the mesh's shape, and `lifespan`, which starts loading the model. Its handlers read
+    the slot, the metrics, the loader and `state` from app.state."""
+    app = Starlette(routes=[*routes, Route("/metrics", metrics.endpoint, methods=["GET"])],
+                    middleware=[Middleware(metrics.middleware)], exception_handlers=error_handlers(slot.service),
+                    lifespan=lifespan)
+    app.state.slot, app.state.metrics, app.state.load = slot, metrics, load
+    for name, value in state.items():
+        setattr(app.state, name, value)
+    return app
 
 
 def serve_app(app: ASGIApp, socket_path: str, log_level: str = "info") -> None:

@@ -32,7 +32,6 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -42,7 +41,7 @@ from services.backends.http import (
     ApiError,
     ModelSlot,
     check_model,
-    error_handlers,
+    model_app,
     model_list,
     read_json_object,
 )
@@ -161,21 +160,8 @@ def create_app(
     """The rag-embeddings ASGI app; run it with lifespan on, which starts loading the model."""
     slot = ModelSlot[engine.Embedder](SERVICE)
     metrics = ModelMetrics(slot, ENDPOINTS)
-    app = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/", embed_texts, methods=["POST"]),
-            Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
-        ],
-        middleware=[Middleware(metrics.middleware)],
-        exception_handlers=error_handlers(SERVICE),
-        lifespan=_lifespan,
-    )
-    app.state.slot = slot
-    app.state.metrics = metrics
-    app.state.load = load
-    app.state.max_texts = max_texts
-    app.state.max_chars = max_chars
-    return app
+    return model_app(slot, metrics, [Route("/health", health, methods=["GET"]),
+                                     Route("/", embed_texts, methods=["POST"]),
+                                     Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+                                     Route("/v1/models", models, methods=["GET"])],
+                     _lifespan, load, max_texts=max_texts, max_chars=max_chars)

@@ -34,7 +34,6 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -44,7 +43,7 @@ from services.backends.http import (
     ApiError,
     ModelSlot,
     check_model,
-    error_handlers,
+    model_app,
     model_list,
     read_json_object,
 )
@@ -252,20 +251,7 @@ def create_app(
     """
     slot = ModelSlot[TextModel](SERVICE)
     metrics = GenerationMetrics(slot, ENDPOINTS)
-    app = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            *(Route(path, _handler(kind), methods=["POST"]) for path, kind in ENDPOINTS.items()),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/metrics", metrics.endpoint, methods=["GET"]),
-        ],
-        middleware=[Middleware(metrics.middleware)],
-        exception_handlers=error_handlers(SERVICE),
-        lifespan=_lifespan,
-    )
-    app.state.slot = slot
-    app.state.metrics = metrics
-    app.state.load = load
-    app.state.max_tokens_limit = max_tokens_limit
-    app.state.context_tokens = context_tokens
-    return app
+    return model_app(slot, metrics, [Route("/health", health, methods=["GET"]),
+                                     *(Route(path, _handler(kind), methods=["POST"]) for path, kind in ENDPOINTS.items()),
+                                     Route("/v1/models", models, methods=["GET"])],
+                     _lifespan, load, max_tokens_limit=max_tokens_limit, context_tokens=context_tokens)
