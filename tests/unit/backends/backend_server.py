@@ -4,7 +4,11 @@ one-shot HTTP calls to it, and checks of its two error shapes."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -117,3 +121,28 @@ def model_server_fixtures(create_app: Callable[[], Any]) -> tuple[Any, Any, Any]
         return lambda: model
 
     return served, sock, loaded_model
+
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def served_until_sigterm(service: str, path: Path) -> tuple[int, str]:
+    """Run services/backends/<service>/main.serve on the unix socket `path` in a process of its
+    own, wait until it is healthy, send it SIGTERM: its exit status and its log."""
+    code = ("import logging; logging.basicConfig(level='INFO'); "
+            f"from services.backends.{service}.main import serve; serve({str(path)!r}, 'info')")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        # 0: bound but not accepting yet (or still a dead server's stale file)
+        while not (os.path.exists(path) and call(str(path), "GET", "/health")[0] == 200):
+            assert proc.poll() is None, f"server exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stderr

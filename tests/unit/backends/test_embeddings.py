@@ -11,8 +11,6 @@ import base64
 import importlib.util
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +28,7 @@ from backend_server import (
     model_server_fixtures,
     running,
     samples,
+    served_until_sigterm,
 )
 
 from services.backends.embeddings import engine
@@ -37,7 +36,6 @@ from services.backends.embeddings.app import DEFAULT_MAX_TEXTS, create_app
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 GUITAR = "A man is playing a guitar."
 GUITAR_PARAPHRASE = "Someone is strumming a guitar."
@@ -293,23 +291,10 @@ def test_unavailable_reason_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_serve_becomes_healthy_and_stops_on_sigterm() -> None:
     tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="emb-"))
-    path = str(tmp / "emb.sock")
-    code = ("import logging; logging.basicConfig(level='INFO'); "
-            f"from services.backends.embeddings.main import serve; serve({path!r}, 'info')")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while call(path, "GET", "/health")[0] != 200:
-            assert proc.poll() is None, f"server exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        status, stderr = served_until_sigterm("embeddings", tmp / "emb.sock")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         shutil.rmtree(tmp, ignore_errors=True)
-    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert status in (0, -signal.SIGTERM), stderr
     assert "rag-embeddings model loaded" in stderr
     assert "Application shutdown complete" in stderr

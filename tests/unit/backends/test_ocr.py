@@ -9,12 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +23,7 @@ import aiohttp
 import pytesseract
 import pytest
 import uvicorn
-from backend_server import assert_error, call, call_async, running
+from backend_server import assert_error, call, call_async, running, served_until_sigterm
 from PIL import Image, ImageDraw, ImageFont
 
 from services.backends.ocr import engine
@@ -35,7 +32,6 @@ from services.backends.ocr.app import create_app
 pytestmark = pytest.mark.timeout(60)
 
 SENTENCE = "The quick brown fox 42"
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def render(*lines: str) -> bytes:
@@ -299,21 +295,9 @@ def test_serve_replaces_stale_socket_and_stops_on_sigterm(tmp_sock_dir: Path) ->
     path.parent.mkdir()
     with socket.socket(socket.AF_UNIX) as stale:  # bound, then closed: a dead server's file
         stale.bind(str(path))
-    code = ("import logging; logging.basicConfig(level='INFO'); "
-            f"from services.backends.ocr.main import serve; serve({str(path)!r}, 'info')")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert _wait_healthy(str(path), proc) == 200
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    status, stderr = served_until_sigterm("ocr", path)
     # Uvicorn shuts down gracefully, then re-raises the signal so its parent sees it.
-    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert status in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr
 
 
@@ -325,13 +309,3 @@ def test_serve_refuses_non_socket_file(tmp_sock_dir: Path) -> None:
     with pytest.raises(FileExistsError):
         serve(str(path))
     assert path.read_text() == "keep me"
-
-
-def _wait_healthy(path: str, proc: subprocess.Popen[bytes]) -> int:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        if os.path.exists(path) and (status := call(path, "GET", "/health")[0]):
-            return status  # 0: bound but not accepting yet, or still the stale file
-        time.sleep(0.05)
-    raise AssertionError("server did not become healthy")
