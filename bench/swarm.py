@@ -49,7 +49,7 @@ class Shard:
         identity = NodeIdentity(key, key.public_key().public_bytes(serialization.Encoding.Raw,
                                                                    serialization.PublicFormat.Raw))
         worker = f"swarm-{self.index}-{len(self.nodes)}"
-        node = DhtNode(worker, lambda: f"http://127.0.0.1:8000/{worker}", RECORD_TTL_S, Signer(identity, self.trust))
+        node = DhtNode(worker, RECORD_TTL_S, Signer(identity, self.trust))
         self.nodes.append(node)
         return node
 
@@ -63,7 +63,7 @@ class Shard:
         return {"nodes": [[n.worker_id, n.port] for n in self.nodes]}
 
     async def announce(self, node: int, service: str) -> dict:
-        _, stored = await self.nodes[node].announce(service)
+        _, stored = await self.nodes[node].announce(service, f"http://127.0.0.1:8000/{self.nodes[node].worker_id}")
         return {"stored_on": stored}
 
     async def lookups(self, items: list[list]) -> dict:

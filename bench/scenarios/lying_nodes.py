@@ -54,7 +54,7 @@ def member(name: str, trust: MeshTrust) -> DhtNode:
     key = Ed25519PrivateKey.generate()
     identity = NodeIdentity(key, key.public_key().public_bytes(serialization.Encoding.Raw,
                                                                serialization.PublicFormat.Raw))
-    return DhtNode(name, lambda: f"http://127.0.0.1:8000/{name}", 3600, Signer(identity, trust))
+    return DhtNode(name, 3600, Signer(identity, trust))
 
 
 async def start_liars(seeds: list[tuple[str, int]]) -> list[LyingServer]:
@@ -90,7 +90,7 @@ async def measure(count: int, rng: random.Random) -> dict:
             await nodes[-1].start("127.0.0.1", 0, [("127.0.0.1", nodes[0].port)] if i else [])
         seeds = [("127.0.0.1", n.port) for n in nodes[:2]]
         liars = await start_liars(seeds)
-        stored_on = [(await n.announce(SERVICE))[1] for n in nodes[:PROVIDERS]]
+        stored_on = [(await n.announce(SERVICE, f"http://127.0.0.1:8000/{n.worker_id}"))[1] for n in nodes[:PROVIDERS]]
         readers = []
         for i in range(READERS):
             readers.append(member(f"reader-{i}", trust))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 
-from services.common import grpcclient, keys, runtime_files
+from services.common import grpcclient, keys
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import dht_pb2, dht_pb2_grpc, nebula_pb2, nebula_pb2_grpc
@@ -54,9 +53,10 @@ class CountCollector:
 
 
 class DhtServicer(dht_pb2_grpc.DhtServicer):
-    def __init__(self, node: DhtNode, registry: CollectorRegistry):
+    def __init__(self, node: DhtNode, registry: CollectorRegistry, overlay: Overlay):
         self.node = node
         self.registry = registry
+        self.overlay = overlay
         self.announces = Counter("meshworker_dht_announces", "Announce calls served", registry=registry)
         self.lookups = Counter("meshworker_dht_lookups", "FindProviders calls served", registry=registry)
         Gauge("meshworker_dht_known_peers", "Kademlia peers in the routing table",
@@ -75,9 +75,9 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
               registry=registry).set_function(lambda: len(node.unverified.peers()))
 
     async def Announce(self, request, context):
-        if self.node.url() is None:  # the router retries: a record must never say port 0
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the gateway has not bound its port yet")
-        record, stored = await self.node.announce(request.service, request.ttl_seconds,
+        if not request.url:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a record needs the url peers reach this node at")
+        record, stored = await self.node.announce(request.service, request.url, request.ttl_seconds,
                                                   idempotent=request.idempotent, model=request.model,
                                                   models=[(m.id, m.kind, m.context_length, m.service,
                                                            m.load_percent) for m in request.models],
@@ -115,13 +115,14 @@ class DhtServicer(dht_pb2_grpc.DhtServicer):
             known_peers=len(self.node.peers()), stored_records=self.node.storage.record_count(),
             announces=int(self.registry.get_sample_value("meshworker_dht_announces_total")),
             lookups=int(self.registry.get_sample_value("meshworker_dht_lookups_total")),
-            port=self.node.port, node_id=self.node.node_id.hex())
+            port=self.node.port, node_id=self.node.node_id.hex(), observed_address=self.overlay.observed)
 
 
 @dataclass
 class Overlay:
     """This node's overlay address and the lighthouses', as nebula-agent last reported them;
-    and, for a node with no better address, the one its DHT peers see it at."""
+    and the address its DHT peers see it at (the router advertises it when it knows no
+    better)."""
 
     ip: str = ""
     lighthouses: tuple[str, ...] = ()
@@ -130,13 +131,11 @@ class Overlay:
 
 async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
     """Keep the overlay view current: it can appear after a join, blink out while nebula
-    restarts, or end on revoke. A join moves the DHT onto the overlay address. A new address
-    (or a new gateway port, or a new address the peers see) is announced at once, not at
-    the next republish, so peers stop using the old one."""
+    restarts, or end on revoke. A join moves the DHT onto the overlay address. The address
+    the peers see is asked again as the peers change."""
     watch = AddressWatch(node)
     trust = node.signer.trust
     host = listen_host(cfg, trust)  # where start_on_known_port bound it
-    announced = advertised_url(cfg, overlay)
     async with grpcclient.channel(cfg, "nebula-agent") as channel:
         agent = nebula_pb2_grpc.NebulaAgentStub(channel)
         while True:
@@ -149,12 +148,7 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
             if listen_host(cfg, trust) != host:
                 host = listen_host(cfg, trust)
                 await move(cfg, node, host, overlay)
-            if needs_observed_address(cfg, overlay):
-                await watch.update(overlay, time.monotonic())
-            if advertised_url(cfg, overlay) not in (announced, None):
-                announced = advertised_url(cfg, overlay)
-                log.info("this gateway is now reached at %s", announced)
-                await node.reannounce()
+            await watch.update(overlay, time.monotonic())
             await asyncio.sleep(OVERLAY_POLL_S)
 
 
@@ -172,12 +166,6 @@ async def move(cfg: Config, node: DhtNode, host: str, overlay: Overlay) -> None:
     log.info("overlay membership changed: the DHT moves from %s to %s", node.host, host)
     await node.listen(host, node.port)
     await node.bootstrap([(ip, cfg.dht_port) for ip in overlay.lighthouses if ip != overlay.ip])
-
-
-def needs_observed_address(cfg: Config, overlay: Overlay) -> bool:
-    """Only a node that knows no better (no overlay, no configured URL, no seed to look
-    toward) advertises what its peers see: the first node of a mesh, typically."""
-    return not (overlay.ip or cfg.advertise_url or cfg.dht_seeds)
 
 
 class AddressWatch:
@@ -198,39 +186,9 @@ class AddressWatch:
         answers = await self.node.observed_answers()
         chosen = reach.choose_observed(answers, overlay.observed)
         if chosen is not None and chosen != overlay.observed:
-            log.info("DHT peers see this node at %s (%d of %d answers): advertising it, as no overlay, "
-                     "advertise_url or seed names a better address", chosen,
+            log.info("DHT peers see this node at %s (%d of %d answers)", chosen,
                      sum(1 for peer, seen in answers if reach.usable(peer, seen) == chosen), len(answers))
             overlay.observed = chosen
-
-
-def advertised_url(cfg: Config, overlay: Overlay) -> str | None:
-    """How peers reach this node's mTLS peer listener: over the overlay when it is up; else
-    the configured URL, else the address this host uses toward its first seed (a connected
-    UDP socket sends nothing), else the address its DHT peers see it at, else its host
-    name; with the port Envoy really bound (None until it has)."""
-    port = peer_port(cfg)
-    if overlay.ip and port:
-        return f"https://{overlay.ip}:{port}"
-    if cfg.advertise_url:
-        return cfg.advertise_url
-    if not port:
-        return None
-    host = reach.url_host(overlay.observed) if overlay.observed else socket.gethostname()
-    if cfg.dht_seeds:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(cfg.dht_seeds[0])
-                host = probe.getsockname()[0]
-            except OSError:
-                pass
-    return f"https://{host}:{port}"
-
-
-def peer_port(cfg: Config) -> int:
-    """The peer listener's bound port; 0 while one configured for port 0 has not bound."""
-    address = runtime_files.read_gateway(cfg)
-    return address.peer_port if address is not None else cfg.peer_port
 
 
 async def start_on_known_port(cfg: Config, node: DhtNode, saved: state.DhtState,
@@ -274,10 +232,9 @@ async def serve(cfg: Config) -> None:
     saved = state.load(cfg.state_dir)
     signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
     overlay = Overlay()
-    node = DhtNode(cfg.worker_id, lambda: advertised_url(cfg, overlay), cfg.announce_ttl_s, signer,
-                   saved.node_id)
+    node = DhtNode(cfg.worker_id, cfg.announce_ttl_s, signer, saved.node_id)
     server = ComponentServer(cfg, "dht", registry)
-    server.add(dht_pb2_grpc.add_DhtServicer_to_server, DhtServicer(node, registry),
+    server.add(dht_pb2_grpc.add_DhtServicer_to_server, DhtServicer(node, registry, overlay),
                dht_pb2.DESCRIPTOR.services_by_name["Dht"].full_name)
     await server.start()
     await start_on_known_port(cfg, node, saved, seeds(cfg, overlay, saved))

@@ -167,10 +167,8 @@ class Signer:
 
 
 class DhtNode:
-    def __init__(self, worker_id: str, url: Callable[[], str], ttl_s: float, signer: Signer,
-                 node_id: bytes | None = None):
+    def __init__(self, worker_id: str, ttl_s: float, signer: Signer, node_id: bytes | None = None):
         self.worker_id = worker_id
-        self.url = url  # asked at each announce: the gateway's port or address may change
         self.ttl_s = ttl_s
         self.signer = signer
         self.storage = ProviderStorage(signer.trust)
@@ -223,9 +221,11 @@ class DhtNode:
     def stop(self) -> None:
         self.server.stop()
 
-    async def announce(self, service: str, ttl_s: float = 0, **summary: Any) -> tuple[records.Record, int]:
+    async def announce(self, service: str, url: str, ttl_s: float = 0,
+                       **summary: Any) -> tuple[records.Record, int]:
+        """Sign and store this node's record of `service`; `url` is where peers reach it."""
         previous = self._announced.get(service, {}).get("sequence", 0)
-        record = records.new_record(service, self.worker_id, self.url(), ttl_s or self.ttl_s, time.time(),
+        record = records.new_record(service, self.worker_id, url, ttl_s or self.ttl_s, time.time(),
                                     previous, **summary)
         record = records.sign(record, self.signer.identity, self._proof())
         self._announced[service] = record
@@ -233,13 +233,6 @@ class DhtNode:
         log.info("Published service: %s by %s (%s), stored on %d nodes",
                  service, self.worker_id, record["url"], stored)
         return record, stored
-
-    async def reannounce(self) -> None:
-        """Announce every current service again, as before (the URL may have changed)."""
-        for service, record in list(self._announced.items()):
-            summary = {k: v for k, v in record.items() if k in ("idempotent", "model", "gpu_model", "gpu_free_bytes",
-                                                                  *records.ENTRY_LISTS)}
-            await self.announce(service, record["expires_at"] - record["issued_at"], **summary)
 
     async def withdraw(self, service: str) -> bool:
         record = self._announced.pop(service, None)

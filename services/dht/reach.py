@@ -50,8 +50,3 @@ def choose_observed(answers: Iterable[tuple[str, object]], current: str = "") ->
     leaders = sorted((ip for ip, n in counts.items() if n == most),
                      key=lambda ip: (ipaddress.ip_address(ip).version, int(ipaddress.ip_address(ip))))
     return current if current in leaders else leaders[0]
-
-
-def url_host(ip: str) -> str:
-    """An IP address as the host of a URL (RFC 3986: an IPv6 literal goes in brackets)."""
-    return f"[{ip}]" if ":" in ip else ip

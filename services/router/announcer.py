@@ -48,11 +48,14 @@ class Summary:
 class Announcer:
     def __init__(self, channel: grpc.aio.Channel, ttl_s: int, idempotent: dict[str, bool],
                  model_of: Callable[[str], str], catalog_of: Callable[[], list[dht_pb2.Model]],
-                 key_record_of: Callable[[], dict[str, list]] = dict,
+                 url_of: Callable[[], str | None], key_record_of: Callable[[], dict[str, list]] = dict,
                  hardware_of: Callable[[], dict[str, str | int]] = dict):
         self._channel = channel
         self._idempotent = idempotent
         self._model_of = model_of  # what the backend's health answer names, read at each announce
+        # Where peers reach this node (address.py); None until Envoy bound its peer port: no
+        # record is stored before (one must never say port 0). Every record says it.
+        self._url_of = url_of
         self._hardware_of = hardware_of  # AnnounceRequest's gpu fields now: every record says them
         # This node's models (with their services and load), and the keys it made or revoked
         # with what limited keys used here this minute (AnnounceRequest's keys and usage), now.
@@ -76,7 +79,7 @@ class Announcer:
         return withdrawn
 
     def republish(self) -> None:
-        """Store every record again now (what they all say changed: this node's GPUs)."""
+        """Store every record again now (what they all say changed: this node's URL or GPUs)."""
         self._wake.set()
         for summary in self.summaries.values():
             summary.stored = None
@@ -114,9 +117,10 @@ class Announcer:
             delay = self._republish_delay() if await self._sync() else RETRY_S
 
     async def _sync(self) -> bool:
-        withdrawn, healthy = sorted(self._withdrawn), sorted(self._healthy)
+        url = self._url_of()
+        withdrawn, healthy = sorted(self._withdrawn), sorted(self._healthy) if url else []
         results = await asyncio.gather(*(self._withdraw(s) for s in withdrawn),
-                                       *(self._announce(s) for s in healthy), return_exceptions=True)
+                                       *(self._announce(s, url) for s in healthy), return_exceptions=True)
         for service, result in zip(withdrawn, results, strict=False):
             if result is None:
                 self._withdrawn.discard(service)
@@ -126,7 +130,7 @@ class Announcer:
                 raise failure
         if failures:
             log.warning("DHT not reachable (%s); retrying in %.0f s", failures[0].code().name, RETRY_S)
-        return not failures
+        return not failures and (url is not None or not self._healthy)
 
     async def _summary_forever(self, name: str) -> None:
         summary = self.summaries[name]
@@ -137,7 +141,8 @@ class Announcer:
                 summary.stored = None
             summary.wake.clear()
             if not await self._sync_summary(name):
-                log.warning("DHT not reachable for the %s record; retrying in %.0f s", name, RETRY_S)
+                log.warning("the %s record is not stored yet (the DHT did not answer, or Envoy has not bound "
+                            "the peer port); retrying in %.0f s", name, RETRY_S)
                 await asyncio.sleep(RETRY_S)
                 summary.wake.set()
                 continue
@@ -148,10 +153,14 @@ class Announcer:
         fields = {k: [] for k in summary.fields()} if self.draining and summary.drained else summary.fields()
         if fields == summary.stored:
             return True
+        url = self._url_of()
+        if any(fields.values()) and url is None:
+            return False
         try:
             if any(fields.values()):
-                await self._dht.Announce(dht_pb2.AnnounceRequest(service=name, ttl_seconds=self._ttl_s, **fields,
-                                                                 **self._hardware_of()), timeout=ANNOUNCE_DEADLINE_S)
+                await self._dht.Announce(dht_pb2.AnnounceRequest(service=name, ttl_seconds=self._ttl_s, url=url,
+                                                                 **fields, **self._hardware_of()),
+                                         timeout=ANNOUNCE_DEADLINE_S)
             else:
                 await self._withdraw(name)
         except grpc.aio.AioRpcError:
@@ -162,8 +171,8 @@ class Announcer:
     async def _withdraw(self, service: str) -> None:
         await self._dht.Withdraw(dht_pb2.WithdrawRequest(service=service), timeout=ANNOUNCE_DEADLINE_S)
 
-    async def _announce(self, service: str) -> None:
-        request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s,
+    async def _announce(self, service: str, url: str) -> None:
+        request = dht_pb2.AnnounceRequest(service=service, ttl_seconds=self._ttl_s, url=url,
                                           idempotent=self._idempotent.get(service, False),
                                           model=self._model_of(service), **self._hardware_of())
         await self._dht.Announce(request, timeout=ANNOUNCE_DEADLINE_S)

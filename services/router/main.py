@@ -27,7 +27,7 @@ from services.common.ratelimit import RateLimiter
 from services.common.rpc import dht_pb2, dht_pb2_grpc, router_pb2, router_pb2_grpc
 from services.common.statefile import StateError
 from services.identity.trust import OverlayTrust
-from services.router import cache_file, catalog, gateway_file, trust
+from services.router import address, cache_file, catalog, gateway_file, trust
 from services.router.ads import AdsServer, Applied
 from services.router.announcer import Announcer
 from services.router.checker import BackendInfo, check_forever
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 REFRESH_TICK_S = 1.0
 APPLY_DEADLINE_S = 2.0  # how long a first request waits for Envoy to take its new route
 CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revoke shows soon
+ADDRESS_CHECK_S = 2.0  # how soon a record says a new URL (a join, a port, what the DHT peers see)
 # How often the mesh's model catalog is read: a model announced anywhere (or a provider's
 # new load) is routed here within this, well inside one announce period.
 CATALOG_REFRESH_S = 5.0
@@ -73,6 +74,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.tls = trust.current(cfg, None, time.time())
         self.overlay = OverlayTrust(cfg.state_dir)  # its view names this node's overlay address
         self.overlay.refresh()
+        self.observed = ""  # where the DHT peers see this node (the dht's Stats)
         self.catalog: list[Provider] = []  # peers' catalog records: the models they serve
         self.keys = MeshKeys(cfg.state_dir, registry)
         self._reading_catalog: asyncio.Task | None = None
@@ -132,6 +134,27 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.changed.set()
         if self.announcer is not None:
             self.announcer.changed(CATALOG)
+
+    def url(self) -> str | None:
+        """Where peers reach this node: what every record of it says (address.py)."""
+        return address.advertised_url(self.cfg, self.overlay.view.address, self.bound_peer_port, self.observed)
+
+    async def address_forever(self) -> None:
+        """Every record is stored again when the URL changes: a join (the overlay address, read
+        by watch_credentials), the port Envoy bound, or where the DHT peers see this node."""
+        announced = self.url()
+        while True:
+            await asyncio.sleep(ADDRESS_CHECK_S)
+            try:
+                stats = await self.dht.Stats(dht_pb2.DhtStatsRequest(), timeout=grpcclient.HEALTH_DEADLINE_S)
+                self.observed = stats.observed_address
+            except grpc.aio.AioRpcError:
+                pass
+            if (url := self.url()) != announced:
+                log.info("peers reach this node at %s", url)
+                announced = url
+                if url is not None and self.announcer is not None:
+                    self.announcer.republish()
 
     def on_ports(self, client: int, peer: int) -> None:
         if peer != self.bound_peer_port:
@@ -388,7 +411,7 @@ async def serve(cfg: Config) -> None:
     dht = grpcclient.channel(cfg, "dht")
     announcer = Announcer(dht, cfg.announce_ttl_s, {s.name: s.idempotent for s in cfg.services},
                           model_of=lambda service: servicer.backends[service].model,
-                          catalog_of=lambda: servicer.catalog_entries(),
+                          catalog_of=lambda: servicer.catalog_entries(), url_of=lambda: servicer.url(),
                           key_record_of=lambda: servicer.keys.record(),
                           hardware_of=lambda: hardware(servicer.families.gpus))
     servicer = RouterServicer(cfg, registry, dht_pb2_grpc.DhtStub(dht), announcer)
@@ -410,6 +433,7 @@ async def serve(cfg: Config) -> None:
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
                           tasks.create_task(servicer.watch_credentials()),
+                          tasks.create_task(servicer.address_forever()),
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
                           tasks.create_task(servicer.keys.read_forever(servicer.dht, cfg.worker_id,

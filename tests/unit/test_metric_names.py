@@ -10,7 +10,7 @@ from prometheus_client.metrics_core import Metric
 
 from services.api.metrics import ApiMetrics
 from services.common.config import load
-from services.dht.main import DhtServicer
+from services.dht.main import DhtServicer, Overlay
 from services.dht.node import DhtNode, Signer
 from services.identity.node_key import NodeIdentity
 from services.identity.trust import mesh_trust
@@ -29,13 +29,13 @@ async def registries(tmp_path) -> AsyncIterator[dict[str, CollectorRegistry]]:
     cfg = load({"MESHWORKER_STATE_DIR": str(tmp_path), "MESHWORKER_MESH_SECRET": "x" * 32})
     # Started (UDP on 127.0.0.1, any port): the dht gauges read the live routing table.
     signer = Signer(NodeIdentity.load_or_create(cfg.state_dir), mesh_trust(cfg))
-    node = DhtNode(cfg.worker_id, lambda: "http://node:8000", 60, signer)
+    node = DhtNode(cfg.worker_id, 60, signer)
     await node.start("127.0.0.1", 0, [])
     api = ApiMetrics()
     api.observe("vision-ocr", 200, 0.01)
     api.component_up.labels("router").set(1)
     dht, router, nebula = CollectorRegistry(), CollectorRegistry(), CollectorRegistry()
-    DhtServicer(node, dht)
+    DhtServicer(node, dht, Overlay())
     # The dht stub is only called when a route is resolved; constructing needs none.
     RouterServicer(cfg, router, object()).pushes.inc()
     NebulaAgentServicer(cfg, nebula)

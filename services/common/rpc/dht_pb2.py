@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\xd0\x02\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12$\n\x06models\x18\x0c \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\r \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12\'\n\x05usage\x18\x0e \x03(\x0b\x32\x18.meshworker.v1.KeyWindow\"J\n\tKeyWindow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"\xb7\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\n \x01(\r\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x12\n\ncreated_at\x18\t \x01(\x03\"`\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x14\n\x0cload_percent\x18\x05 \x01(\r\"\xf9\x01\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x06models\x18\x05 \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\x06 \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12\'\n\x05usage\x18\x07 \x03(\x0b\x32\x18.meshworker.v1.KeyWindow\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"X\n\x0eUnverifiedPeer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\r\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"j\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\x12\x31\n\nunverified\x18\x02 \x03(\x0b\x32\x1d.meshworker.v1.UnverifiedPeer\"\x11\n\x0f\x44htStatsRequest\"\x82\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dservices/common/rpc/dht.proto\x12\rmeshworker.v1\"\xd0\x02\n\x0eProviderRecord\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x11\n\tissued_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x10\n\x08sequence\x18\x06 \x01(\x04\x12\x12\n\nidempotent\x18\x07 \x01(\x08\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x12\n\npublic_key\x18\n \x01(\t\x12\r\n\x05model\x18\x0b \x01(\t\x12$\n\x06models\x18\x0c \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\r \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12\'\n\x05usage\x18\x0e \x03(\x0b\x32\x18.meshworker.v1.KeyWindow\"J\n\tKeyWindow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"\xb7\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x04 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\n \x01(\r\x12\x0e\n\x06models\x18\x06 \x03(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\x03\x12\x0f\n\x07revoked\x18\x08 \x01(\x08\x12\x12\n\ncreated_at\x18\t \x01(\x03\"`\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\r\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x14\n\x0cload_percent\x18\x05 \x01(\r\"\x86\x02\n\x0f\x41nnounceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\x12\x12\n\nidempotent\x18\x03 \x01(\x08\x12\r\n\x05model\x18\x04 \x01(\t\x12$\n\x06models\x18\x05 \x03(\x0b\x32\x14.meshworker.v1.Model\x12#\n\x04keys\x18\x06 \x03(\x0b\x32\x15.meshworker.v1.ApiKey\x12\'\n\x05usage\x18\x07 \x03(\x0b\x32\x18.meshworker.v1.KeyWindow\x12\x11\n\tgpu_model\x18\x08 \x01(\t\x12\x16\n\x0egpu_free_bytes\x18\t \x01(\x04\x12\x0b\n\x03url\x18\n \x01(\t\"T\n\x10\x41nnounceResponse\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1d.meshworker.v1.ProviderRecord\x12\x11\n\tstored_on\x18\x02 \x01(\r\"\"\n\x0fWithdrawRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"#\n\x10WithdrawResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\'\n\x14\x46indProvidersRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"I\n\x15\x46indProvidersResponse\x12\x30\n\tproviders\x18\x01 \x03(\x0b\x32\x1d.meshworker.v1.ProviderRecord\"\x12\n\x10ListPeersRequest\"P\n\x04Peer\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x11\n\treachable\x18\x04 \x01(\x08\"\x15\n\x13ListServicesRequest\"(\n\x14ListServicesResponse\x12\x10\n\x08services\x18\x01 \x03(\t\"X\n\x0eUnverifiedPeer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\r\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\"j\n\x11ListPeersResponse\x12\"\n\x05peers\x18\x01 \x03(\x0b\x32\x13.meshworker.v1.Peer\x12\x31\n\nunverified\x18\x02 \x03(\x0b\x32\x1d.meshworker.v1.UnverifiedPeer\"\x11\n\x0f\x44htStatsRequest\"\x9c\x01\n\x10\x44htStatsResponse\x12\x13\n\x0bknown_peers\x18\x01 \x01(\r\x12\x16\n\x0estored_records\x18\x02 \x01(\r\x12\x11\n\tannounces\x18\x03 \x01(\x04\x12\x0f\n\x07lookups\x18\x04 \x01(\x04\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x18\n\x10observed_address\x18\x07 \x01(\t2\xee\x03\n\x03\x44ht\x12K\n\x08\x41nnounce\x12\x1e.meshworker.v1.AnnounceRequest\x1a\x1f.meshworker.v1.AnnounceResponse\x12K\n\x08Withdraw\x12\x1e.meshworker.v1.WithdrawRequest\x1a\x1f.meshworker.v1.WithdrawResponse\x12Z\n\rFindProviders\x12#.meshworker.v1.FindProvidersRequest\x1a$.meshworker.v1.FindProvidersResponse\x12N\n\tListPeers\x12\x1f.meshworker.v1.ListPeersRequest\x1a .meshworker.v1.ListPeersResponse\x12W\n\x0cListServices\x12\".meshworker.v1.ListServicesRequest\x1a#.meshworker.v1.ListServicesResponse\x12H\n\x05Stats\x12\x1e.meshworker.v1.DhtStatsRequest\x1a\x1f.meshworker.v1.DhtStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL']._serialized_start=649
   _globals['_MODEL']._serialized_end=745
   _globals['_ANNOUNCEREQUEST']._serialized_start=748
-  _globals['_ANNOUNCEREQUEST']._serialized_end=997
-  _globals['_ANNOUNCERESPONSE']._serialized_start=999
-  _globals['_ANNOUNCERESPONSE']._serialized_end=1083
-  _globals['_WITHDRAWREQUEST']._serialized_start=1085
-  _globals['_WITHDRAWREQUEST']._serialized_end=1119
-  _globals['_WITHDRAWRESPONSE']._serialized_start=1121
-  _globals['_WITHDRAWRESPONSE']._serialized_end=1156
-  _globals['_FINDPROVIDERSREQUEST']._serialized_start=1158
-  _globals['_FINDPROVIDERSREQUEST']._serialized_end=1197
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=1199
-  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=1272
-  _globals['_LISTPEERSREQUEST']._serialized_start=1274
-  _globals['_LISTPEERSREQUEST']._serialized_end=1292
-  _globals['_PEER']._serialized_start=1294
-  _globals['_PEER']._serialized_end=1374
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1376
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1397
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1399
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1439
-  _globals['_UNVERIFIEDPEER']._serialized_start=1441
-  _globals['_UNVERIFIEDPEER']._serialized_end=1529
-  _globals['_LISTPEERSRESPONSE']._serialized_start=1531
-  _globals['_LISTPEERSRESPONSE']._serialized_end=1637
-  _globals['_DHTSTATSREQUEST']._serialized_start=1639
-  _globals['_DHTSTATSREQUEST']._serialized_end=1656
-  _globals['_DHTSTATSRESPONSE']._serialized_start=1659
-  _globals['_DHTSTATSRESPONSE']._serialized_end=1789
-  _globals['_DHT']._serialized_start=1792
-  _globals['_DHT']._serialized_end=2286
+  _globals['_ANNOUNCEREQUEST']._serialized_end=1010
+  _globals['_ANNOUNCERESPONSE']._serialized_start=1012
+  _globals['_ANNOUNCERESPONSE']._serialized_end=1096
+  _globals['_WITHDRAWREQUEST']._serialized_start=1098
+  _globals['_WITHDRAWREQUEST']._serialized_end=1132
+  _globals['_WITHDRAWRESPONSE']._serialized_start=1134
+  _globals['_WITHDRAWRESPONSE']._serialized_end=1169
+  _globals['_FINDPROVIDERSREQUEST']._serialized_start=1171
+  _globals['_FINDPROVIDERSREQUEST']._serialized_end=1210
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_start=1212
+  _globals['_FINDPROVIDERSRESPONSE']._serialized_end=1285
+  _globals['_LISTPEERSREQUEST']._serialized_start=1287
+  _globals['_LISTPEERSREQUEST']._serialized_end=1305
+  _globals['_PEER']._serialized_start=1307
+  _globals['_PEER']._serialized_end=1387
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1389
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1410
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1412
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1452
+  _globals['_UNVERIFIEDPEER']._serialized_start=1454
+  _globals['_UNVERIFIEDPEER']._serialized_end=1542
+  _globals['_LISTPEERSRESPONSE']._serialized_start=1544
+  _globals['_LISTPEERSRESPONSE']._serialized_end=1650
+  _globals['_DHTSTATSREQUEST']._serialized_start=1652
+  _globals['_DHTSTATSREQUEST']._serialized_end=1669
+  _globals['_DHTSTATSRESPONSE']._serialized_start=1672
+  _globals['_DHTSTATSRESPONSE']._serialized_end=1828
+  _globals['_DHT']._serialized_start=1831
+  _globals['_DHT']._serialized_end=2325
 # @@protoc_insertion_point(module_scope)

@@ -87,7 +87,7 @@ class Model(_message.Message):
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., context_length: _Optional[int] = ..., service: _Optional[str] = ..., load_percent: _Optional[int] = ...) -> None: ...
 
 class AnnounceRequest(_message.Message):
-    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys", "usage", "gpu_model", "gpu_free_bytes")
+    __slots__ = ("service", "ttl_seconds", "idempotent", "model", "models", "keys", "usage", "gpu_model", "gpu_free_bytes", "url")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENT_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class AnnounceRequest(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     GPU_MODEL_FIELD_NUMBER: _ClassVar[int]
     GPU_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     service: str
     ttl_seconds: int
     idempotent: bool
@@ -106,7 +107,8 @@ class AnnounceRequest(_message.Message):
     usage: _containers.RepeatedCompositeFieldContainer[KeyWindow]
     gpu_model: str
     gpu_free_bytes: int
-    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ...) -> None: ...
+    url: str
+    def __init__(self, service: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., idempotent: _Optional[bool] = ..., model: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KeyWindow, _Mapping]]] = ..., gpu_model: _Optional[str] = ..., gpu_free_bytes: _Optional[int] = ..., url: _Optional[str] = ...) -> None: ...
 
 class AnnounceResponse(_message.Message):
     __slots__ = ("record", "stored_on")
@@ -191,17 +193,19 @@ class DhtStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DhtStatsResponse(_message.Message):
-    __slots__ = ("known_peers", "stored_records", "announces", "lookups", "port", "node_id")
+    __slots__ = ("known_peers", "stored_records", "announces", "lookups", "port", "node_id", "observed_address")
     KNOWN_PEERS_FIELD_NUMBER: _ClassVar[int]
     STORED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     ANNOUNCES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     known_peers: int
     stored_records: int
     announces: int
     lookups: int
     port: int
     node_id: str
-    def __init__(self, known_peers: _Optional[int] = ..., stored_records: _Optional[int] = ..., announces: _Optional[int] = ..., lookups: _Optional[int] = ..., port: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    observed_address: str
+    def __init__(self, known_peers: _Optional[int] = ..., stored_records: _Optional[int] = ..., announces: _Optional[int] = ..., lookups: _Optional[int] = ..., port: _Optional[int] = ..., node_id: _Optional[str] = ..., observed_address: _Optional[str] = ...) -> None: ...

@@ -28,7 +28,7 @@ async def make_node(make_signer) -> AsyncIterator[Callable]:
 
     async def make(worker_id: str, seeds: tuple[tuple[str, int], ...] = (), secret: str = SECRET,
                    node_id: bytes | None = None, signer: Signer | None = None) -> DhtNode:
-        dht = DhtNode(worker_id, lambda: f"http://{worker_id}:8000", 60, signer or make_signer(worker_id, secret),
+        dht = DhtNode(worker_id, 60, signer or make_signer(worker_id, secret),
                       node_id=node_id)
         nodes.append(dht)
         await dht.start("127.0.0.1", 0, list(seeds))

@@ -31,6 +31,11 @@ SECRET = "m" * 32
 OTHER_SECRET = "o" * 32
 
 
+def url_of(dht: DhtNode) -> str:
+    """The URL a test node's records say (the router chooses it in a real node)."""
+    return f"http://{dht.worker_id}:8000"
+
+
 def seed(dht: DhtNode) -> tuple[tuple[str, int]]:
     """The seeds that make a new node join `dht`."""
     return (("127.0.0.1", dht.port),)

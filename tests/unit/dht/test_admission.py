@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from dhtnodes import RawPeer, plant, seed
+from dhtnodes import RawPeer, plant, seed, url_of
 
 from services.dht import admission, records
 from services.dht.admission import Tokens
@@ -37,7 +37,7 @@ async def test_pings_from_new_node_ids_draw_no_more_than_they_sent(make_node, ra
     # so with a forged source address the node was an amplifier.
     a = await make_node("a")
     for i in range(10):
-        await a.announce(f"svc-{i}")
+        await a.announce(f"svc-{i}", url_of(a))
     peer = raw_peer()
 
     for _ in range(5):

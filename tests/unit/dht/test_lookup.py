@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
-from dhtnodes import OTHER_SECRET, seed
+from dhtnodes import OTHER_SECRET, seed, url_of
 from kademlia.node import Node
 
 from bench.scenarios.lying_nodes import LyingServer  # the attacker's node, a test double
@@ -52,7 +52,7 @@ async def test_a_provider_is_found_past_nodes_next_to_its_key_that_keep_nothing(
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
     await liars(records.storage_key("echo"), seed(a))
-    await a.announce("echo")
+    await a.announce("echo", url_of(a))
 
     c = await make_node("c", seeds=seed(b))  # a reader that met neither before
     c.storage.data.clear()  # what a node sent it when it joined: c must find the record in the DHT
@@ -65,7 +65,7 @@ async def test_a_record_is_stored_past_nodes_that_keep_nothing_and_only_keepers_
     b = await make_node("b", seeds=seed(a))
     await liars(records.storage_key("echo"), seed(a))
 
-    _, stored_on = await a.announce("echo")
+    _, stored_on = await a.announce("echo", url_of(a))
 
     assert stored_on == 2  # a and b; not the liars that accepted the STORE
     assert list(records.decode(b.storage.get(records.storage_key("echo")))) == ["a"]
@@ -80,7 +80,7 @@ async def test_a_lookup_through_dead_contacts_ends_within_the_routers_deadline(m
     servers = await liars(key, seed(a))
     c = await make_node("c", seeds=seed(b))
     await c.find_providers("echo")  # c meets the liars
-    await a.announce("echo")
+    await a.announce("echo", url_of(a))
     for server in servers:
         server.stop()
     c.storage.data.clear()  # c may be one of the holders a widened to: it must read from the others
@@ -111,7 +111,7 @@ async def test_contacts_that_timed_out_are_not_asked_by_the_next_lookup(make_nod
     # not asked them since, named them again in every answer.
     key = int.from_bytes(records.storage_key("echo"), "big")
     a = await make_node("a")
-    await a.announce("echo")  # alone: only a holds its record
+    await a.announce("echo", url_of(a))  # alone: only a holds its record
     d = await make_node("d", seeds=seed(a))
     dead = [Node((key ^ i).to_bytes(20, "big"), *sock.getsockname()) for i, sock in enumerate(silent, 1)]
     for node in dead:

@@ -8,7 +8,7 @@ import time
 import types
 
 import pytest
-from dhtnodes import OTHER_SECRET, SECRET, MeshCa, plant, seed
+from dhtnodes import OTHER_SECRET, SECRET, MeshCa, plant, seed, url_of
 from kademlia.network import Server
 from kademlia.node import Node
 from kademlia.utils import digest
@@ -51,7 +51,7 @@ def test_signer_proof_is_the_mesh_proof_of_its_key(make_signer):
 async def test_one_node_announce_then_find(make_node):
     a = await make_node("a")
 
-    record, stored_on = await a.announce("svc")
+    record, stored_on = await a.announce("svc", url_of(a))
 
     assert stored_on == 1
     assert (record["service"], record["worker_id"]) == ("svc", "a")
@@ -63,24 +63,20 @@ async def test_one_node_announce_then_find(make_node):
 async def test_announce_takes_ttl_and_summary(make_node):
     a = await make_node("a")
 
-    record, _ = await a.announce("svc", ttl_s=10, idempotent=True, gpu_model="H100", gpu_free_bytes=5)
+    record, _ = await a.announce("svc", url_of(a), ttl_s=10, idempotent=True, gpu_model="H100", gpu_free_bytes=5)
 
     assert record["expires_at"] - record["issued_at"] == pytest.approx(10)
     assert (record["idempotent"], record["gpu_model"], record["gpu_free_bytes"]) == (True, "H100", 5)
     assert records.is_authentic(record, MeshTrust(SECRET))
 
 
-async def test_announce_asks_for_the_url_each_time(make_signer):
-    urls = iter(["http://first:8000", "http://second:8000"])
-    a = DhtNode("a", lambda: next(urls), 60, make_signer("a"))
-    await a.start("127.0.0.1", 0, [])
-    try:
-        first, _ = await a.announce("svc")
-        second, _ = await a.announce("svc")
-    finally:
-        a.stop()
+async def test_each_announce_says_the_url_it_is_given(make_node):
+    a = await make_node("a")
 
-    assert (first["url"], second["url"]) == ("http://first:8000", "http://second:8000")
+    first, _ = await a.announce("svc", "https://first:8443")
+    second, _ = await a.announce("svc", "https://second:8443")  # the router chose another
+
+    assert (first["url"], second["url"]) == ("https://first:8443", "https://second:8443")
     assert second["sequence"] > first["sequence"]
 
 
@@ -89,7 +85,7 @@ async def test_withdraw_removes_the_record(make_node, monkeypatch):
     clock = [time.time() - 10]
     monkeypatch.setattr(node_module, "time", types.SimpleNamespace(time=lambda: clock[0]))
     a = await make_node("a")
-    await a.announce("svc")
+    await a.announce("svc", url_of(a))
     clock[0] += 1
 
     assert await a.withdraw("svc") is True
@@ -104,7 +100,7 @@ async def test_withdraw_right_after_announce_removes_the_record(make_node, monke
     frozen = time.time() - 10
     monkeypatch.setattr(node_module, "time", types.SimpleNamespace(time=lambda: frozen))
     a = await make_node("a")
-    await a.announce("svc")
+    await a.announce("svc", url_of(a))
 
     assert await a.withdraw("svc") is True
 
@@ -114,8 +110,8 @@ async def test_withdraw_right_after_announce_removes_the_record(make_node, monke
 async def test_withdraw_reaches_the_peers(make_node):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
-    await a.announce("svc")
-    await b.announce("svc")
+    await a.announce("svc", url_of(a))
+    await b.announce("svc", url_of(b))
 
     await a.withdraw("svc")
 
@@ -126,7 +122,7 @@ async def test_second_node_finds_what_the_first_announced(make_node):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
 
-    _, stored_on = await a.announce("svc")
+    _, stored_on = await a.announce("svc", url_of(a))
 
     assert stored_on == 2
     assert [p.port for p in b.peers()] == [a.port]
@@ -137,8 +133,8 @@ async def test_both_providers_found_from_either_node(make_node):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
 
-    await a.announce("svc")
-    await b.announce("svc")
+    await a.announce("svc", url_of(a))
+    await b.announce("svc", url_of(b))
 
     expected = [("a", "http://a:8000"), ("b", "http://b:8000")]
     assert summary(await a.find_providers("svc")) == expected
@@ -152,7 +148,7 @@ async def test_find_providers_merges_peers_records_with_local_ones(make_node, ma
     b = await make_node("b", seeds=seed(a))
     plant(a, make_signer("c"), "c")
 
-    await b.announce("svc")
+    await b.announce("svc", url_of(b))
 
     assert [r["worker_id"] for r in await a.find_providers("svc")] == ["b", "c"]
     assert [r["worker_id"] for r in await b.find_providers("svc")] == ["b", "c"]
@@ -172,10 +168,10 @@ async def test_records_of_a_node_with_another_secret_are_ignored(make_node):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
     x = await make_node("x", seeds=seed(a), secret=OTHER_SECRET)
-    await a.announce("svc")
+    await a.announce("svc", url_of(a))
 
-    await x.announce("svc")
-    await x.announce("x-only")
+    await x.announce("svc", url_of(x))
+    await x.announce("x-only", url_of(x))
 
     assert summary(await a.find_providers("svc")) == [("a", "http://a:8000")]
     assert summary(await b.find_providers("svc")) == [("a", "http://a:8000")]
@@ -193,7 +189,7 @@ async def test_a_peer_answering_a_non_string_value_does_not_break_lookups(make_n
     await rogue.listen(0, "127.0.0.1")
     try:
         a = await make_node("a", seeds=(("127.0.0.1", rogue.transport.get_extra_info("sockname")[1]),))
-        await a.announce("svc")
+        await a.announce("svc", url_of(a))
         rogue.storage[digest(records.service_key("svc"))] = 42
 
         found = await a.find_providers("svc")
@@ -230,8 +226,8 @@ async def test_an_outsiders_stores_over_udp_leave_nothing_behind(make_node, make
 
 async def test_services_stored_lists_live_services(make_node):
     a = await make_node("a")
-    await a.announce("svc")
-    await a.announce("other")
+    await a.announce("svc", url_of(a))
+    await a.announce("other", url_of(a))
 
     assert a.services_stored() == ["other", "svc"]
 
@@ -247,7 +243,7 @@ async def test_ping_a_live_peer_gives_a_round_trip_time(make_node):
 
 def test_peers_before_start_is_empty(make_signer):
     # Was a bug (node.py peers): before start() kademlia's Server has no protocol yet.
-    assert DhtNode("a", lambda: "http://a:8000", 60, make_signer("a")).peers() == []
+    assert DhtNode("a", 60, make_signer("a")).peers() == []
 
 
 # --- trust from the overlay's CA -----------------------------------------------------------------
@@ -272,9 +268,9 @@ async def test_members_of_one_ca_trust_each_others_records_and_no_outsider(make_
     other.enroll(tmp_path / "other" / "y", "y")
     y = await make_node("y", seeds=seed(a), signer=other.signer(tmp_path / "other" / "y"))
 
-    record, _ = await a.announce("svc")
+    record, _ = await a.announce("svc", url_of(a))
     for outsider in (x, y):
-        await outsider.announce("svc")
+        await outsider.announce("svc", url_of(outsider))
 
     assert proof_kind(unb64(record["proof"])) == "ca"
     assert summary(await b.find_providers("svc")) == [("a", "http://a:8000")]
@@ -287,7 +283,7 @@ async def test_a_revoked_nodes_records_are_dropped_even_where_they_are_held(make
         ca.enroll(tmp_path / name, name)
     a = await make_node("a", signer=ca.signer(tmp_path / "a"))
     b = await make_node("b", seeds=seed(a), signer=ca.signer(tmp_path / "b"))
-    await b.announce("svc")
+    await b.announce("svc", url_of(b))
     assert summary(await a.find_providers("svc")) == [("b", "http://b:8000")]
 
     ca.publish(tmp_path / "a", blocked=("b",))  # `meshworker revoke b` reached node a
@@ -366,7 +362,7 @@ def test_corrupt_state_file_that_cannot_be_moved_is_a_state_error(tmp_path, monk
 async def test_restart_from_saved_state_keeps_the_id_and_rejoins(make_node, tmp_path):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
-    await a.announce("svc")
+    await a.announce("svc", url_of(a))
     state.save(tmp_path, state.DhtState(b.node_id, [(p.ip, p.port) for p in b.peers()]))
     b.stop()
 
@@ -386,13 +382,13 @@ async def test_a_restart_binds_the_port_it_had_when_dht_port_is_0(tmp_path):
                 "MESHWORKER_DHT_HOST": "127.0.0.1", "MESHWORKER_MESH_SECRET": "s" * 32, "MESHWORKER_SERVICES": ""})
     signer = Signer(NodeIdentity.load_or_create(tmp_path), MeshTrust("s" * 32))
     saved = state.DhtState()
-    first = DhtNode("a", lambda: "http://a:8000", 60, signer)
+    first = DhtNode("a", 60, signer)
     await start_on_known_port(cfg, first, saved, [])
     first.stop()
     await asyncio.sleep(0.1)  # the transport closes its socket on the next loop turns
     state.save(tmp_path, saved)
 
-    again = DhtNode("a", lambda: "http://a:8000", 60, signer)
+    again = DhtNode("a", 60, signer)
     try:
         await start_on_known_port(cfg, again, state.load(tmp_path), [])
         assert again.port == first.port != 0

@@ -1,20 +1,18 @@
-"""A node learns the address its DHT peers see it at (rpc_observed) and advertises it when it
-knows none better: services/dht/node.py, services/dht/main.py. Real nodes on 127.0.0.1."""
+"""A node learns the address its DHT peers see it at (rpc_observed) and tells its router, which
+advertises it when it knows none better (services/router/address.py): services/dht/node.py,
+services/dht/main.py. Real nodes on 127.0.0.1."""
 
 from __future__ import annotations
-
-import asyncio
-import socket
-import time
 
 import pytest
 from dhtnodes import seed
 from kademlia.network import Server
+from prometheus_client import CollectorRegistry
 
 from services.common.config import load
+from services.common.rpc import dht_pb2
 from services.dht import main
-from services.dht.main import AddressWatch, Overlay, advertised_url, needs_observed_address
-from services.dht.node import DhtNode
+from services.dht.main import AddressWatch, DhtServicer, Overlay
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -52,25 +50,6 @@ async def test_a_peer_without_the_rpc_is_left_out(make_node):
         old.stop()
 
 
-def test_only_a_node_that_knows_no_better_asks(tmp_path):
-    assert needs_observed_address(config(tmp_path), Overlay())
-    assert not needs_observed_address(config(tmp_path), Overlay(ip="10.42.0.2"))
-    assert not needs_observed_address(config(tmp_path, MESHWORKER_ADVERTISE_URL="https://h:8443"), Overlay())
-    assert not needs_observed_address(config(tmp_path, MESHWORKER_DHT_SEEDS="10.0.0.1:8468"), Overlay())
-
-
-def test_the_observed_address_comes_after_the_overlay_and_the_configured_url(tmp_path):
-    observed = Overlay(observed="10.0.0.1")
-
-    assert advertised_url(config(tmp_path), Overlay()) == f"https://{socket.gethostname()}:8443"
-    assert advertised_url(config(tmp_path), observed) == "https://10.0.0.1:8443"
-    assert advertised_url(config(tmp_path), Overlay(observed="2001:db8::1")) == "https://[2001:db8::1]:8443"
-    assert advertised_url(config(tmp_path), Overlay(ip="10.42.0.2", observed="10.0.0.1")) \
-        == "https://10.42.0.2:8443"
-    assert advertised_url(config(tmp_path, MESHWORKER_ADVERTISE_URL="https://h:8443"), observed) \
-        == "https://h:8443"
-
-
 async def test_the_watch_asks_when_the_peers_change_and_else_rarely(make_node, monkeypatch):
     a = await make_node("a")
     asked = []
@@ -96,24 +75,10 @@ async def test_the_watch_asks_when_the_peers_change_and_else_rarely(make_node, m
     assert len(asked) == 2
 
 
-async def test_the_first_node_reannounces_at_the_address_its_peers_see(make_signer, make_node, tmp_path,
-                                                                       monkeypatch):
-    # The first node of a mesh: no overlay, no advertise_url, no seeds.
-    monkeypatch.setattr(main, "OVERLAY_POLL_S", 0.05)
-    cfg, overlay = config(tmp_path), Overlay()
-    first = DhtNode("first", lambda: advertised_url(cfg, overlay), 60, make_signer("first"))
-    await first.start("127.0.0.1", 0, [])
-    follow = asyncio.create_task(main.follow_overlay(cfg, overlay, first))
-    try:
-        record, _ = await first.announce("svc")
-        assert record["url"] == f"https://{socket.gethostname()}:8443"
-        second = await make_node("second", seeds=seed(first))
+async def test_the_dht_tells_the_router_what_its_peers_see(make_node):
+    node = await make_node("a")
+    servicer = DhtServicer(node, CollectorRegistry(), Overlay(observed="10.0.0.1"))
 
-        deadline = time.monotonic() + 10
-        while [r["url"] for r in await second.find_providers("svc")] != ["https://127.0.0.1:8443"]:
-            assert time.monotonic() < deadline, "the first node did not re-announce"
-            await asyncio.sleep(0.05)
-    finally:
-        follow.cancel()
-        await asyncio.gather(follow, return_exceptions=True)
-        first.stop()
+    stats = await servicer.Stats(dht_pb2.DhtStatsRequest(), None)
+
+    assert stats.observed_address == "10.0.0.1" and stats.port == node.port

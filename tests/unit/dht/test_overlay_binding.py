@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from dhtnodes import MeshCa, RawPeer, seed
+from dhtnodes import MeshCa, RawPeer, seed, url_of
 
 from services.common.config import load
 from services.dht import state
@@ -33,7 +33,7 @@ async def answers_ping(address: tuple[str, int]) -> bool:
 
 async def test_a_node_in_an_overlay_answers_on_its_overlay_address_alone(tmp_path):
     MeshCa().enroll(tmp_path, "a", overlay_ip="127.0.0.2")
-    dht = DhtNode("a", lambda: "https://127.0.0.2:8443", 60, MeshCa.signer(tmp_path))
+    dht = DhtNode("a", 60, MeshCa.signer(tmp_path))
     try:
         await start_on_known_port(config(tmp_path), dht, state.DhtState(), [])
 
@@ -53,7 +53,7 @@ async def test_a_join_moves_the_dht_to_the_overlay_keeping_peers_and_port(make_n
     ca.enroll(tmp_path / "b", "b", overlay_ip="127.0.0.1")
     b = await make_node("b", signer=ca.signer(tmp_path / "b"))
     a = await make_node("a", seeds=seed(b), signer=ca.signer(tmp_path / "a", secret="s" * 32))
-    await b.announce("svc")
+    await b.announce("svc", url_of(b))
     port = a.port
 
     ca.enroll(tmp_path / "a", "a", overlay_ip="127.0.0.3")  # `meshworker join` while a runs
@@ -67,7 +67,7 @@ async def test_a_join_moves_the_dht_to_the_overlay_keeping_peers_and_port(make_n
 
 
 async def test_the_overlay_address_is_bound_before_the_host_holds_it(make_signer):
-    dht = DhtNode("a", lambda: "https://192.0.2.1:8443", 60, make_signer("a"))
+    dht = DhtNode("a", 60, make_signer("a"))
     try:  # 192.0.2.1 (TEST-NET-1) is no address of this host, as the overlay's is not before nebula is up
         await dht.start("192.0.2.1", 0, [])
         assert dht.host == "192.0.2.1" and dht.port

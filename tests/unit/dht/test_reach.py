@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.dht.reach import choose_observed, url_host, usable
+from services.dht.reach import choose_observed, usable
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -64,7 +64,5 @@ def test_ipv4_mapped_ipv6_answers_are_ipv4():
     assert choose_observed([("10.0.0.2", "::ffff:10.0.0.1"), ("10.0.0.3", "10.0.0.1")]) == "10.0.0.1"
 
 
-def test_ipv6_answers_are_canonical_and_bracketed_in_urls():
+def test_ipv6_answers_are_canonical():
     assert usable("2001:db8::2", "2001:DB8:0::1") == "2001:db8::1"
-    assert url_host("2001:db8::1") == "[2001:db8::1]"
-    assert url_host("10.0.0.1") == "10.0.0.1"

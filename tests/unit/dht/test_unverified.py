@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from dhtnodes import OTHER_SECRET, plant, seed
+from dhtnodes import OTHER_SECRET, plant, seed, url_of
 from prometheus_client import CollectorRegistry
 
 from services.common.rpc import dht_pb2
-from services.dht.main import DhtServicer
+from services.dht.main import DhtServicer, Overlay
 from services.dht.unverified import MAX_PEERS, UnverifiedPeers
 
 pytestmark = pytest.mark.timeout(30)
@@ -25,12 +25,12 @@ def warnings_about(caplog, address: str) -> list[str]:
 async def test_a_store_from_another_mesh_is_counted_logged_and_listed(make_node, caplog):
     a = await make_node("a")
     registry = CollectorRegistry()
-    servicer = DhtServicer(a, registry)
+    servicer = DhtServicer(a, registry, Overlay())
     x = await make_node("x", seeds=seed(a), secret=OTHER_SECRET)
     assert registry.get_sample_value(COUNTER) == 0
 
-    await x.announce("svc")
-    await x.announce("x-only")
+    await x.announce("svc", url_of(x))
+    await x.announce("x-only", url_of(x))
 
     assert registry.get_sample_value(COUNTER) == 2
     assert registry.get_sample_value("meshworker_dht_unverified_peers") == 1
@@ -63,8 +63,8 @@ async def test_a_lookup_answered_with_foreign_records_is_reported_per_arrival(ma
 async def test_records_of_the_mesh_are_not_reported(make_node):
     a = await make_node("a")
     b = await make_node("b", seeds=seed(a))
-    await a.announce("svc")
-    await b.announce("svc")
+    await a.announce("svc", url_of(a))
+    await b.announce("svc", url_of(b))
 
     assert [r["worker_id"] for r in await a.find_providers("svc")] == ["a", "b"]
     assert a.unverified.total == b.unverified.total == 0

@@ -28,6 +28,7 @@ class RecordingDht(dht_pb2_grpc.DhtServicer):
         self.announced.append(request.service)
         self.models, self.keys = list(request.models), list(request.keys)
         self.hardware = (request.gpu_model, request.gpu_free_bytes)
+        self.url = request.url
         if request.service in ("b", CATALOG, KEYS):
             self.b_arrived.set()
         else:
@@ -44,11 +45,12 @@ async def dht_and_announcer():
     dht = RecordingDht()
     async with serving(dht_pb2_grpc.add_DhtServicer_to_server, dht) as channel:
         yield dht, Announcer(channel, 60, {}, model_of=lambda service: "", catalog_of=lambda: list(CATALOG_NOW),
-                             key_record_of=lambda: {"keys": list(KEYS_NOW)},
+                             url_of=lambda: URL[0], key_record_of=lambda: {"keys": list(KEYS_NOW)},
                              hardware_of=lambda: {"gpu_model": "NVIDIA L4", "gpu_free_bytes": 7})
 
 
 CATALOG_NOW: list[dht_pb2.Model] = []
+URL: list[str | None] = ["https://10.0.0.1:8443"]  # where peers reach this node, as the router chose it
 KEYS_NOW: list[dht_pb2.ApiKey] = []
 SMOL = dht_pb2.Model(id="smol", kind="chat", service="llm", load_percent=0)
 
@@ -140,3 +142,20 @@ async def test_republish_stores_every_record_again(dht_and_announcer):
     announcer.republish()
 
     assert announcer._wake.is_set() and all(s.wake.is_set() and s.stored is None for s in announcer.summaries.values())
+
+
+async def test_nothing_is_stored_before_the_peer_port_is_bound_and_then_it_is(dht_and_announcer):
+    dht, announcer = dht_and_announcer
+    announcer.set_health("b", True)
+    CATALOG_NOW[:] = [SMOL]
+    URL[0] = None  # Envoy has not bound its peer port: a record must never say port 0
+    try:
+        assert not await announcer._sync() and not await announcer._sync_summary(CATALOG)
+        assert dht.announced == []
+
+        URL[0] = "https://10.0.0.1:8443"
+        assert await announcer._sync() and await announcer._sync_summary(CATALOG)
+        assert sorted(dht.announced) == [CATALOG, "b"] and dht.url == "https://10.0.0.1:8443"
+    finally:
+        URL[0] = "https://10.0.0.1:8443"
+        CATALOG_NOW.clear()
