@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from services.common import capabilities
 
 if TYPE_CHECKING:
-    from services.router.main import RouterServicer
+    from services.router.servicer import RouterServicer
 
 GPU_REFRESH_S = 5.0  # how old the GPU figures on /metrics may be
 

@@ -15,7 +15,7 @@ from services.dht.node import DhtNode, Signer
 from services.identity.node_key import NodeIdentity
 from services.identity.trust import mesh_trust
 from services.nebula.main import NebulaAgentServicer
-from services.router.main import RouterServicer
+from services.router.servicer import RouterServicer
 
 ALLOWED_LABELS = {"service", "route", "code", "component", "result", "gpu", "model", "endpoint"}
 STRUCTURAL_LABELS = {"le"}  # added by prometheus_client to histogram buckets

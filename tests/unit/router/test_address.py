@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import load
 from services.common.rpc import dht_pb2
-from services.router import main as router_main
+from services.router import servicer as router_servicer
 from services.router.address import advertised_url
-from services.router.main import RouterServicer
+from services.router.servicer import RouterServicer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -66,7 +66,7 @@ class Republished:
 
 async def test_the_first_node_of_a_mesh_is_announced_again_at_the_address_its_peers_see(tmp_path, monkeypatch):
     # No overlay, no advertise_url, no seeds: its host name, until a peer says where it sees it.
-    monkeypatch.setattr(router_main, "ADDRESS_CHECK_S", 0.01)
+    monkeypatch.setattr(router_servicer, "ADDRESS_CHECK_S", 0.01)
     cfg = dataclasses.replace(config(tmp_path), worker_id="first")
     cfg.runtime_dir.mkdir(parents=True)
     dht = SeenAt("")

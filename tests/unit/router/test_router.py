@@ -14,9 +14,9 @@ from services.common.config import ServiceConfig, load
 from services.common.models import CATALOG
 from services.common.rpc import dht_pb2, router_pb2
 from services.router import dns
-from services.router import main as router_main
-from services.router.main import RouterServicer
+from services.router import servicer as router_servicer
 from services.router.providers import Provider
+from services.router.servicer import RouterServicer
 from services.router.xds import resources
 
 OCR = ServiceConfig(name="vision-ocr", upstream="unix:/run/svc-vision-ocr.sock", invoke_path="/ocr",
@@ -55,7 +55,7 @@ class StalledDht:
 @pytest.fixture(autouse=True)
 def no_envoy(monkeypatch):
     """No Envoy acknowledges here: Resolve waits only briefly for it."""
-    monkeypatch.setattr(router_main, "APPLY_DEADLINE_S", 0.01)
+    monkeypatch.setattr(router_servicer, "APPLY_DEADLINE_S", 0.01)
 
 
 def servicer(tmp_path, services: tuple[ServiceConfig, ...] = (OCR, LLM), dht: object = None,
@@ -130,17 +130,17 @@ async def test_a_client_starts_only_so_many_lookups_of_unknown_names(tmp_path):
     async def ask(name: str, client: str = "203.0.113.7") -> router_pb2.Resolution:
         return await router.Resolve(router_pb2.ResolveRequest(service=name, client=client), Context())
 
-    for i in range(int(router_main.LOOKUP_BURST)):
+    for i in range(int(router_servicer.LOOKUP_BURST)):
         assert (await ask(f"random-{i}")).kind == router_pb2.ROUTE_KIND_NONE
     with pytest.raises(Refused) as refused:
         await ask("random-more")
 
     assert refused.value.args[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert dht.calls == router_main.LOOKUP_BURST
+    assert dht.calls == router_servicer.LOOKUP_BURST
     assert registry.get_sample_value("meshworker_router_lookups_refused_total") == 1
     assert (await ask("random-0")).kind == router_pb2.ROUTE_KIND_NONE  # remembered: no lookup to refuse
     assert (await ask("random-more", client="198.51.100.1")).kind == router_pb2.ROUTE_KIND_NONE  # another client
-    assert dht.calls == router_main.LOOKUP_BURST + 1
+    assert dht.calls == router_servicer.LOOKUP_BURST + 1
 
 
 async def test_a_healthy_local_service_counts_nothing(tmp_path):
@@ -179,7 +179,7 @@ async def test_a_dht_that_does_not_answer_is_unavailable(tmp_path):
 
 
 async def test_an_expired_provider_leaves_envoys_endpoints_while_a_refresh_lookup_hangs(tmp_path, monkeypatch):
-    monkeypatch.setattr(router_main, "REFRESH_TICK_S", 0.1)
+    monkeypatch.setattr(router_servicer, "REFRESH_TICK_S", 0.1)
     dht = StalledDht()
     router = servicer(tmp_path, services=(), dht=dht)
     now = time.time()

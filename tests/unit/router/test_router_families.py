@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from services.common import capabilities
 from services.common.config import load
 from services.router import families
-from services.router.main import RouterServicer
+from services.router.servicer import RouterServicer
 
 GIB = 2**30
 GPUS = [{"name": "NVIDIA H200", "memory_total_bytes": 140 * GIB, "memory_free_bytes": 100 * GIB,
