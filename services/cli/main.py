@@ -17,7 +17,7 @@ from services.common import config
 from services.common.config import ConfigError
 from services.common.statefile import StateError
 from services.nebula import cli as nebula_cli
-from services.nebula.tokens import parse_duration
+from services.nebula.authority.tokens import parse_duration
 
 
 def duration(text: str) -> int:

@@ -25,7 +25,7 @@ from services.common.config import Config, ConfigError
 from services.common.statefile import StateError, write_atomically
 from services.identity.node_key import NodeIdentity
 from services.identity.trust import new_mesh_secret
-from services.nebula import supervise
+from services.nebula.agent import supervise
 
 
 def configure_logging(component: str, level: str) -> None:
@@ -139,7 +139,7 @@ def run_component(cfg: Config, component: str) -> int:
         return 0
     if component.startswith("svc-") and cfg.service(component[4:]) is not None:
         return run_backend(cfg, component[4:])
-    servers = {"nebula-agent": "services.nebula.main", "dht": "services.dht.main",
+    servers = {"nebula-agent": "services.nebula.agent.main", "dht": "services.dht.main",
                "router": "services.router.main"}
     if component not in servers:
         known = [*servers, "gateway", "api", *(s.program for s in cfg.services if s.command)]

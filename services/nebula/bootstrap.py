@@ -20,11 +20,13 @@ from services.identity import overlay
 from services.identity.mesh_ca import issue_node_certificate, load_or_create_node_key, serial_of
 from services.identity.node_key import NodeIdentity, b64, unb64
 from services.identity.proofs import check_ca_proof, sign_ca_proof
-from services.nebula import allocation, client, membership, pki, records, tls, tokens
-from services.nebula.authority import check_name
-from services.nebula.membership import Membership
-from services.nebula.records import MeshRecord
-from services.nebula.state import EnrollmentError, NebulaPaths, StateError, write_atomically
+from services.nebula import client
+from services.nebula.authority import allocation, tls, tokens
+from services.nebula.authority.holder import check_name
+from services.nebula.overlay import membership, pki, records
+from services.nebula.overlay.membership import Membership
+from services.nebula.overlay.records import MeshRecord
+from services.nebula.overlay.state import EnrollmentError, NebulaPaths, StateError, write_atomically
 
 log = logging.getLogger(__name__)
 

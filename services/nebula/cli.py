@@ -18,8 +18,10 @@ import grpc
 
 from services.common.config import Config
 from services.common.rpc import nebula_pb2, nebula_pb2_grpc
-from services.nebula import authority, bootstrap, client, membership, tokens
-from services.nebula.state import EnrollmentError, NebulaPaths, StateError
+from services.nebula import bootstrap, client
+from services.nebula.authority import holder, tokens
+from services.nebula.overlay import membership
+from services.nebula.overlay.state import EnrollmentError, NebulaPaths, StateError
 
 COMMANDS = ("init", "token", "join", "revoke")
 RPC_TIMEOUT_S = 20.0
@@ -108,7 +110,7 @@ def init(cfg: Config, args: argparse.Namespace) -> int:
         sync_interval_s=tokens.parse_duration(args.sync_interval), ca_duration=args.ca_duration)
     member = bootstrap.init_mesh(cfg.state_dir, opts)
     paths = NebulaPaths.of(cfg.state_dir)
-    text = authority.issue_token(paths, tokens.parse_duration(args.token_ttl), args.token_uses, [], False,
+    text = holder.issue_token(paths, tokens.parse_duration(args.token_ttl), args.token_uses, [], False,
                                  time.time())
     print(f"Created mesh {member.network}: this node ({member.name}) is its CA holder and lighthouse "
           f"at {member.overlay_ip}.\nCA fingerprint: {member.ca_fingerprint}")
@@ -124,7 +126,7 @@ def token(cfg: Config, args: argparse.Namespace) -> int:
     member = membership.load(paths)
     if member is None or not paths.is_authority():
         raise ValueError("tokens are issued on the node that ran `meshworker init` (it holds the CA)")
-    text = authority.issue_token(paths, tokens.parse_duration(args.ttl), args.uses, _split(args.groups),
+    text = holder.issue_token(paths, tokens.parse_duration(args.ttl), args.uses, _split(args.groups),
                                  args.lighthouse, time.time())
     print(join_command(member, text) + (" --lighthouse --advertise HOST" if args.lighthouse else ""))
     return 0
@@ -171,7 +173,7 @@ def revoke(cfg: Config, args: argparse.Namespace) -> int:
     paths = NebulaPaths.of(cfg.state_dir)
     if not paths.is_authority():
         raise ValueError("revoke runs on the node that ran `meshworker init` (it holds the CA)")
-    fingerprint, record = authority.revoke(paths, args.name, time.time())
+    fingerprint, record = holder.revoke(paths, args.name, time.time())
     print(f"Revoked {args.name} (certificate {fingerprint}); mesh record {record.serial} blocks it.")
     applied = _reload(cfg, wait=False)
     here = "applied on this node" if applied is not None else "applied here at the next `meshworker up`"

@@ -12,7 +12,7 @@ import json
 import ssl
 from typing import Any
 
-from services.nebula import tls
+from services.nebula.authority import tls
 
 TIMEOUT_S = 10.0
 MAX_REPLY_BYTES = 256 * 1024

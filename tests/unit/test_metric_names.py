@@ -14,7 +14,7 @@ from services.dht.main import DhtServicer, Overlay
 from services.dht.node import DhtNode, Signer
 from services.identity.node_key import NodeIdentity
 from services.identity.trust import mesh_trust
-from services.nebula.main import NebulaAgentServicer
+from services.nebula.agent.main import NebulaAgentServicer
 from services.router.servicer import RouterServicer
 
 ALLOWED_LABELS = {"service", "route", "code", "component", "result", "gpu", "model", "endpoint"}

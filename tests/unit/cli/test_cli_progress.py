@@ -17,9 +17,10 @@ import pytest
 from services.cli import node as cli_node
 from services.cli import progress
 from services.common.config import load
-from services.nebula import bootstrap, membership
+from services.nebula import bootstrap
 from services.nebula import cli as nebula_cli
-from services.nebula.state import EnrollmentError
+from services.nebula.overlay import membership
+from services.nebula.overlay.state import EnrollmentError
 
 LLM = progress.ModelFile("SmolLM2-135M-Instruct-Q4_1", 98_362_432)
 ALL = frozenset(progress.PROGRESS_COMPONENTS)

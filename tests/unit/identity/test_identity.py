@@ -27,8 +27,8 @@ from services.identity.trust import (
     mesh_trust,
     new_mesh_secret,
 )
-from services.nebula import records
-from services.nebula.state import NebulaPaths
+from services.nebula.overlay import records
+from services.nebula.overlay.state import NebulaPaths
 
 SECRET = "s" * 32
 T0 = 1_700_000_000.0

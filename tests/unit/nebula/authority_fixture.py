@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from services.nebula import bootstrap
-from services.nebula.authority import SignedCert
-from services.nebula.state import NebulaPaths
+from services.nebula.authority.holder import SignedCert
+from services.nebula.overlay.state import NebulaPaths
 
 FAR_FUTURE = 4_000_000_000
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from authority_fixture import copy_authority, make_authority
 
-from services.nebula.state import NebulaPaths
+from services.nebula.overlay.state import NebulaPaths
 
 
 @pytest.fixture(scope="session")

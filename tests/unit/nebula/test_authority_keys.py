@@ -1,12 +1,12 @@
-"""The CA holder's checks of what a joiner asks it to certify (services/nebula/authority.py)."""
+"""The CA holder's checks of what a joiner asks it to certify (services/nebula/authority/holder.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.identity.node_key import b64
-from services.nebula.authority import check_identity_key
-from services.nebula.state import EnrollmentError
+from services.nebula.authority.holder import check_identity_key
+from services.nebula.overlay.state import EnrollmentError
 
 DEGENERATE_KEY = bytes([1]) + bytes(31)  # the identity point: R = key, S = 0 "signs" anything
 

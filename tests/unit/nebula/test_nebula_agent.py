@@ -6,9 +6,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common import config
-from services.nebula import cli, logs, node, render, supervise
-from services.nebula.agent import NOT_A_MEMBER, Agent, status_reason
-from services.nebula.main import NebulaAgentServicer
+from services.nebula import cli
+from services.nebula.agent import logs, supervise
+from services.nebula.agent.core import NOT_A_MEMBER, Agent, status_reason
+from services.nebula.agent.main import NebulaAgentServicer
+from services.nebula.overlay import node, render
 
 
 def cfg_for(state_dir, **env):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from authority_fixture import FAR_FUTURE, fake_signer
 
-from services.nebula import allocation, authority, tokens
-from services.nebula.authority import JoinRequest
-from services.nebula.state import EnrollmentError, StateError
+from services.nebula.authority import allocation, holder, tokens
+from services.nebula.authority.holder import JoinRequest
+from services.nebula.overlay.state import EnrollmentError, StateError
 
 PUB = "-----BEGIN NEBULA X25519 PUBLIC KEY-----\n" + "A" * 43 + "=\n-----END NEBULA X25519 PUBLIC KEY-----\n"
 NOW = time.time()
@@ -70,21 +70,21 @@ def snapshot(paths) -> tuple[str, str]:
 
 
 def test_enrollment_takes_the_next_address_and_spends_the_token(ca_paths):
-    token = authority.issue_token(ca_paths, 3600, 1, ["gpu"], False, NOW)
-    reply = authority.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)
+    token = holder.issue_token(ca_paths, 3600, 1, ["gpu"], False, NOW)
+    reply = holder.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)
 
     assert reply["overlay_ip"] == "10.42.0.2" and reply["groups"] == ["mesh", "gpu"]
     with pytest.raises(EnrollmentError, match="used up"):
-        authority.enroll(ca_paths, request(token, "n3"), NOW, fake_signer)
+        holder.enroll(ca_paths, request(token, "n3"), NOW, fake_signer)
 
 
 @pytest.mark.parametrize(("case", "code"), [("unknown", "unknown_token"), ("expired", "token_expired"),
                                             ("used_up", "token_used_up"), ("lighthouse", "lighthouse_not_allowed"),
                                             ("name_taken", "name_taken")])
 def test_refusals_spend_no_address(ca_paths, case, code):
-    token = authority.issue_token(ca_paths, 60, 1, [], False, NOW)
+    token = holder.issue_token(ca_paths, 60, 1, [], False, NOW)
     if case == "used_up":
-        authority.enroll(ca_paths, request(token, "first"), NOW, fake_signer)
+        holder.enroll(ca_paths, request(token, "first"), NOW, fake_signer)
     before = snapshot(ca_paths)
     attempt = {"unknown": (request("0" * 8 + "." + "0" * 32, "n2"), NOW),
                "expired": (request(token, "n2"), NOW + 61),
@@ -93,25 +93,25 @@ def test_refusals_spend_no_address(ca_paths, case, code):
                "name_taken": (request(token, "lh"), NOW)}[case]
 
     with pytest.raises(EnrollmentError) as err:
-        authority.enroll(ca_paths, attempt[0], attempt[1], fake_signer)
+        holder.enroll(ca_paths, attempt[0], attempt[1], fake_signer)
     assert err.value.code == code
     assert snapshot(ca_paths) == before
 
 
 def test_a_revoked_nodes_address_is_never_handed_out_again(ca_paths):
-    token = authority.issue_token(ca_paths, 3600, 2, [], False, NOW)
-    first = authority.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)["overlay_ip"]
-    fingerprint, record = authority.revoke(ca_paths, "n2", NOW)
-    second = authority.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)["overlay_ip"]
+    token = holder.issue_token(ca_paths, 3600, 2, [], False, NOW)
+    first = holder.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)["overlay_ip"]
+    fingerprint, record = holder.revoke(ca_paths, "n2", NOW)
+    second = holder.enroll(ca_paths, request(token, "n2"), NOW, fake_signer)["overlay_ip"]
 
     assert fingerprint == "fp-n2" and "fp-n2" in record.blocklist
     assert first == "10.42.0.2" and second == "10.42.0.3"
 
 
 def test_concurrent_joins_from_threads_get_different_addresses(ca_paths):
-    token = authority.issue_token(ca_paths, 3600, 40, [], False, NOW)
+    token = holder.issue_token(ca_paths, 3600, 40, [], False, NOW)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        replies = list(pool.map(lambda i: authority.enroll(ca_paths, request(token, f"t{i}"), NOW, fake_signer),
+        replies = list(pool.map(lambda i: holder.enroll(ca_paths, request(token, f"t{i}"), NOW, fake_signer),
                                 range(40)))
 
     ips = [r["overlay_ip"] for r in replies]
@@ -123,24 +123,24 @@ WORKER = """
 import sys, time
 sys.path.insert(0, {here!r})
 from authority_fixture import fake_signer
-from services.nebula import authority
-from services.nebula.authority import JoinRequest
-from services.nebula.state import NebulaPaths
+from services.nebula.authority import holder
+from services.nebula.authority.holder import JoinRequest
+from services.nebula.overlay.state import NebulaPaths
 from pathlib import Path
 paths = NebulaPaths(Path({root!r}))
 for i in range(6):
-    reply = authority.enroll(paths, JoinRequest({token!r}, f"p{{sys.argv[1]}}-{{i}}", {pub!r}), time.time(), fake_signer)
+    reply = holder.enroll(paths, JoinRequest({token!r}, f"p{{sys.argv[1]}}-{{i}}", {pub!r}), time.time(), fake_signer)
     print(reply["overlay_ip"])
 """
 
 
 def test_concurrent_joins_from_processes_and_threads_get_different_addresses(ca_paths):
-    token = authority.issue_token(ca_paths, 3600, 36, [], False, NOW)
+    token = holder.issue_token(ca_paths, 3600, 36, [], False, NOW)
     code = WORKER.format(here=str(Path(__file__).parent), root=str(ca_paths.root), token=token, pub=PUB)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], stdout=subprocess.PIPE, text=True)
              for n in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        local = list(pool.map(lambda i: authority.enroll(ca_paths, request(token, f"t{i}"), time.time(),
+        local = list(pool.map(lambda i: holder.enroll(ca_paths, request(token, f"t{i}"), time.time(),
                                                          fake_signer)["overlay_ip"], range(12)))
     remote = [line for p in procs for line in p.communicate(timeout=60)[0].split()]
 

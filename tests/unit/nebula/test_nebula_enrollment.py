@@ -21,21 +21,13 @@ from services.identity.mesh_ca import NODE_KEY_FILE, spiffe_id
 from services.identity.node_key import NodeIdentity
 from services.identity.proofs import check_ca_proof, proof_kind
 from services.identity.trust import mesh_trust
-from services.nebula import (
-    authority,
-    bootstrap,
-    cli,
-    client,
-    membership,
-    node,
-    pki,
-    records,
-    server,
-    supervise,
-)
-from services.nebula.agent import Agent
-from services.nebula.ratelimit import JoinRateLimiter
-from services.nebula.state import EnrollmentError, NebulaPaths, StateError
+from services.nebula import bootstrap, cli, client
+from services.nebula.agent import supervise
+from services.nebula.agent.core import Agent
+from services.nebula.authority import holder, server
+from services.nebula.authority.ratelimit import JoinRateLimiter
+from services.nebula.overlay import membership, node, pki, records
+from services.nebula.overlay.state import EnrollmentError, NebulaPaths, StateError
 from tests.unit.identity import test_envoy_tls as envoy_tls  # its real-Envoy helpers, not its tests
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,7 +83,7 @@ def endpoint(ca_paths):
 
 
 def token(ep: Endpoint, uses: int = 1, ttl: int = 3600, **kw) -> str:
-    return authority.issue_token(ep.app.paths, ttl, uses, kw.get("groups", []), kw.get("lighthouse", False),
+    return holder.issue_token(ep.app.paths, ttl, uses, kw.get("groups", []), kw.get("lighthouse", False),
                                  time.time())
 
 
@@ -167,8 +159,8 @@ def test_a_tls_public_key_that_is_no_p256_key_is_refused(endpoint, tmp_path, key
 
 
 def test_a_tls_certificate_for_another_name_stops_the_joiner(endpoint, tmp_path, monkeypatch):
-    real = authority.node_tls
-    monkeypatch.setattr(authority, "node_tls",
+    real = holder.node_tls
+    monkeypatch.setattr(holder, "node_tls",
                         lambda paths, request, cert, now: real(paths, replace(request, name="other"), cert, now))
 
     with pytest.raises(client.JoinError, match="mesh TLS certificate is unusable"):
@@ -177,8 +169,8 @@ def test_a_tls_certificate_for_another_name_stops_the_joiner(endpoint, tmp_path,
 
 
 def test_a_proof_for_another_key_stops_the_joiner(endpoint, tmp_path, monkeypatch):
-    real = authority.identity_proof
-    monkeypatch.setattr(authority, "identity_proof",
+    real = holder.identity_proof
+    monkeypatch.setattr(holder, "identity_proof",
                         lambda paths, request, cert: real(paths, replace(request, identity_key=b"k" * 32), cert))
 
     with pytest.raises(client.JoinError, match="proof of this node's identity key"):
@@ -265,8 +257,8 @@ def test_two_joins_at_the_same_moment_get_different_addresses(endpoint, tmp_path
 def test_members_fetch_the_signed_record(endpoint, tmp_path):
     bootstrap.join_mesh(tmp_path / "n2", endpoint.join_options(token(endpoint, uses=2)))
     bootstrap.join_mesh(tmp_path / "n3", endpoint.join_options(token(endpoint), name="n3"))
-    fingerprint, _ = authority.revoke(endpoint.app.paths, "n3", time.time())
-    from services.nebula.agent import fetch_record
+    fingerprint, _ = holder.revoke(endpoint.app.paths, "n3", time.time())
+    from services.nebula.agent.core import fetch_record
     record, signed = fetch_record(node.load(NebulaPaths.of(tmp_path / "n2")))
 
     assert fingerprint in record.blocklist and record.serial == 2
@@ -288,7 +280,7 @@ async def test_a_revoked_nodes_tls_certificate_is_refused_by_a_members_envoy_aft
     await agent.reconcile()
     assert overlay.overlay_mode_credentials(tmp_path / "node-1").revocation_list_pem == b""
 
-    authority.revoke(endpoint.app.paths, "node-2", time.time())
+    holder.revoke(endpoint.app.paths, "node-2", time.time())
     assert await agent.refresh_record()
 
     ours = overlay.overlay_mode_credentials(tmp_path / "node-1")
@@ -344,7 +336,7 @@ def test_a_corrupt_authority_file_is_a_clear_error(ca_paths, capsys, victim):
     assert run_cli(cfg_for(ca_paths.root.parent), "token") == (1 if victim == "tokens" else 0)
     if victim == "allocations":
         with pytest.raises(StateError, match=f"{path} is corrupt"):
-            authority.revoke(ca_paths, "lh", time.time())
+            holder.revoke(ca_paths, "lh", time.time())
     else:
         assert f"{path} is corrupt" in capsys.readouterr().err
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from services.nebula import logs
+from services.nebula.agent import logs
 
 UP_AS_INITIATOR = {"level": "info", "msg": "Handshake message received", "handshake": {"stage": 2},
                    "vpnIp": "10.42.0.1", "certName": "lh"}
@@ -54,7 +54,7 @@ def test_a_new_nebula_process_has_no_tunnels():
 
 
 def test_relog_uses_our_logger(caplog):
-    with caplog.at_level(logging.INFO, logger="services.nebula.logs"):
+    with caplog.at_level(logging.INFO, logger="services.nebula.agent.logs"):
         logs.relog(logs.parse(json.dumps(BLOCKED)))
 
     assert "nebula: Remote certificate is no longer valid" in caplog.text

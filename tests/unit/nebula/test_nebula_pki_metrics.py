@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from services.nebula import nebmetrics, pki
-from services.nebula.state import EnrollmentError
+from services.nebula.agent import nebmetrics
+from services.nebula.overlay import pki
+from services.nebula.overlay.state import EnrollmentError
 
 PUB = "-----BEGIN NEBULA X25519 PUBLIC KEY-----\n" + base64.b64encode(bytes(range(32))).decode() + \
       "\n-----END NEBULA X25519 PUBLIC KEY-----\n"

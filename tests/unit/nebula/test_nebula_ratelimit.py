@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.nebula.ratelimit import JoinRateLimiter
+from services.nebula.authority.ratelimit import JoinRateLimiter
 
 
 class Clock:

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from services.identity.proofs import MESH_RECORD_CONTEXT
-from services.nebula import records
-from services.nebula.records import MeshRecord, RecordError
+from services.nebula.overlay import records
+from services.nebula.overlay.records import MeshRecord, RecordError
 
 
 def nebula_ca_key() -> tuple[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.nebula import render
+from services.nebula.overlay import render
 
 LH = {"10.42.0.1": ["10.77.0.11:4242"], "10.42.0.9": ["10.77.0.19:4242"]}
 

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.identity import overlay
 from services.identity.mesh_ca import serial_of
-from services.nebula import allocation, authority, membership
-from services.nebula.authority import JoinRequest
+from services.nebula.authority import allocation, holder
+from services.nebula.authority.holder import JoinRequest
+from services.nebula.overlay import membership
 
 PUB = "-----BEGIN NEBULA X25519 PUBLIC KEY-----\n" + "A" * 43 + "=\n-----END NEBULA X25519 PUBLIC KEY-----\n"
 NOW = time.time()
@@ -22,8 +23,8 @@ NOW = time.time()
 def enroll(paths, name: str, tls: bool = True, lighthouse: bool = False) -> int | None:
     """Enroll `name` with a fresh TLS key; the serial of the TLS certificate it got."""
     key = overlay.public_key_pem(ec.generate_private_key(ec.SECP256R1())) if tls else None
-    token = authority.issue_token(paths, 3600, 1, [], lighthouse, NOW)
-    reply = authority.enroll(paths, JoinRequest(token=token, name=name, public_key=PUB, tls_public_key=key,
+    token = holder.issue_token(paths, 3600, 1, [], lighthouse, NOW)
+    reply = holder.enroll(paths, JoinRequest(token=token, name=name, public_key=PUB, tls_public_key=key,
                                                 lighthouse=lighthouse, advertise=("1.2.3.4:4242",) * lighthouse),
                              NOW, fake_signer)
     return serial_of(reply["tls_certificate"].encode()) if tls else None
@@ -50,16 +51,16 @@ def test_revoke_names_exactly_the_revoked_nodes_in_the_records_crl(ca_paths):
     record, _ = membership.load_record(ca_paths, membership.load(ca_paths))
     assert record.tls_crl == ""  # nothing revoked yet: no CRL
 
-    authority.revoke(ca_paths, "n3", NOW)
+    holder.revoke(ca_paths, "n3", NOW)
     assert [r.serial_number for r in crl_of(ca_paths)] == [first]
-    authority.revoke(ca_paths, "n4", NOW)
+    holder.revoke(ca_paths, "n4", NOW)
     assert sorted(r.serial_number for r in crl_of(ca_paths)) == sorted([first, second])
     assert crl_of(ca_paths).get_revoked_certificate_by_serial_number(kept) is None
 
 
 def test_a_later_record_keeps_the_crl(ca_paths):
     enroll(ca_paths, "n2")
-    _, updated = authority.revoke(ca_paths, "n2", NOW)
+    _, updated = holder.revoke(ca_paths, "n2", NOW)
     enroll(ca_paths, "lh2", lighthouse=True)  # a new lighthouse makes the next record
     record, _ = membership.load_record(ca_paths, membership.load(ca_paths))
 
@@ -68,7 +69,7 @@ def test_a_later_record_keeps_the_crl(ca_paths):
 
 def test_a_node_without_a_tls_certificate_is_revoked_without_a_crl(ca_paths, caplog):
     enroll(ca_paths, "old", tls=False)
-    _, record = authority.revoke(ca_paths, "old", NOW)
+    _, record = holder.revoke(ca_paths, "old", NOW)
 
     assert record.tls_crl == "" and "fp-old" in record.blocklist
     assert "no CRL names it" in caplog.text
@@ -77,6 +78,6 @@ def test_a_node_without_a_tls_certificate_is_revoked_without_a_crl(ca_paths, cap
 def test_a_mesh_made_before_its_tls_ca_still_revokes(ca_paths):
     enroll(ca_paths, "n2")
     ca_paths.mesh_tls_ca_key.unlink()
-    _, record = authority.revoke(ca_paths, "n2", NOW)
+    _, record = holder.revoke(ca_paths, "n2", NOW)
 
     assert record.tls_crl == "" and "fp-n2" in record.blocklist

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from services.nebula import tokens
-from services.nebula.state import EnrollmentError, StateError
+from services.nebula.authority import tokens
+from services.nebula.overlay.state import EnrollmentError, StateError
 
 NOW = 1_800_000_000.0
 

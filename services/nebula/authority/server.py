@@ -28,9 +28,10 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from services.nebula import authority, membership
-from services.nebula.ratelimit import JoinRateLimiter
-from services.nebula.state import EnrollmentError, NebulaPaths, StateError
+from services.nebula.authority import holder
+from services.nebula.authority.ratelimit import JoinRateLimiter
+from services.nebula.overlay import membership
+from services.nebula.overlay.state import EnrollmentError, NebulaPaths, StateError
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 16 * 1024
@@ -47,7 +48,7 @@ class EnrollmentApp:
         self.paths, self.clock = paths, clock
         self.limiter = limiter or JoinRateLimiter(clock=clock)
         self.on_record_change = on_record_change or (lambda: None)
-        self.signer = authority.nebula_cert_signer(paths)
+        self.signer = holder.nebula_cert_signer(paths)
         self.outcomes = Counter("meshworker_nebula_join_attempts", "Join requests to this lighthouse "
                                 "by result", ["result"], registry=registry or CollectorRegistry())
 
@@ -95,9 +96,9 @@ class EnrollmentApp:
             doc = json.loads(body)
         except ValueError:
             raise EnrollmentError("bad_request", "the body is not JSON") from None
-        join = authority.parse_join_request(doc)
+        join = holder.parse_join_request(doc)
         # Locking, nebula-cert and fsync block: keep them off the event loop.
-        reply = await asyncio.to_thread(authority.enroll, self.paths, join, self.clock(), self.signer)
+        reply = await asyncio.to_thread(holder.enroll, self.paths, join, self.clock(), self.signer)
         if join.lighthouse:
             self.on_record_change()
         return reply

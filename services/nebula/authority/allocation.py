@@ -13,7 +13,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from services.nebula.state import EnrollmentError, read_table, write_table
+from services.nebula.overlay.state import EnrollmentError, read_table, write_table
 
 
 def live(table: dict[str, Any], now: float) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.config import Config
-from services.nebula import membership, pki, render
-from services.nebula.membership import Membership
-from services.nebula.records import MeshRecord
-from services.nebula.state import NebulaPaths, StateError, write_atomically
+from services.nebula.overlay import membership, pki, render
+from services.nebula.overlay.membership import Membership
+from services.nebula.overlay.records import MeshRecord
+from services.nebula.overlay.state import NebulaPaths, StateError, write_atomically
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from services.nebula.state import EnrollmentError, StateError
+from services.nebula.overlay.state import EnrollmentError, StateError
 
 log = logging.getLogger(__name__)
 NEBULA_CERT = "nebula-cert"

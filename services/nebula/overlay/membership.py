@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from services.nebula import records
-from services.nebula.records import MeshRecord, RecordError
-from services.nebula.state import STATE_VERSION, NebulaPaths, StateError, read_json, write_json
+from services.nebula.overlay import records
+from services.nebula.overlay.records import MeshRecord, RecordError
+from services.nebula.overlay.state import STATE_VERSION, NebulaPaths, StateError, read_json, write_json
 
 
 @dataclass(frozen=True)

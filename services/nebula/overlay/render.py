@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.nebula.tokens import BASE_GROUP
+from services.nebula.authority.tokens import BASE_GROUP
 
 HEADER = "# Rendered by meshworker's nebula-agent; edits are overwritten. JSON is valid YAML.\n"
 # Changes to these keys are applied by nebula on SIGHUP (its reload callbacks: pki incl. the

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from services.common import programs
 from services.common.config import Config
-from services.nebula import node
-from services.nebula.state import NebulaPaths, write_atomically
+from services.nebula.overlay import node
+from services.nebula.overlay.state import NebulaPaths, write_atomically
 
 log = logging.getLogger(__name__)
 PROGRAM = "nebula"

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from services.identity.proofs import MESH_RECORD_CONTEXT
-from services.nebula.pki import ED25519_PRIVATE, pem_body
+from services.nebula.overlay.pki import ED25519_PRIVATE, pem_body
 
 DEFAULT_SYNC_INTERVAL_S = 30
 # Domain separation: this key signs nebula certs and node-key proofs too. services.common.

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.nebula.state import EnrollmentError, read_table, write_table
+from services.nebula.overlay.state import EnrollmentError, read_table, write_table
 
 GROUP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 BASE_GROUP = "mesh"  # every member has it; the firewall admits the mesh by this group

@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry, Gauge
 from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.rpc import nebula_pb2, nebula_pb2_grpc
-from services.nebula import logs, node, server
-from services.nebula.agent import Agent
+from services.nebula.agent import logs
+from services.nebula.agent.core import Agent
+from services.nebula.authority import server
+from services.nebula.overlay import node
 
 log = logging.getLogger(__name__)
 LOG_POLL_S = 0.5

@@ -15,11 +15,13 @@ from collections.abc import Callable
 
 from services.common.config import Config
 from services.common.rpc import nebula_pb2
-from services.nebula import client, logs, membership, node, records, supervise
-from services.nebula.logs import LogLine, Tunnels
-from services.nebula.nebmetrics import NebulaStats
-from services.nebula.node import NodeState
-from services.nebula.state import NebulaPaths, StateError
+from services.nebula import client
+from services.nebula.agent import logs, supervise
+from services.nebula.agent.logs import LogLine, Tunnels
+from services.nebula.agent.nebmetrics import NebulaStats
+from services.nebula.overlay import membership, node, records
+from services.nebula.overlay.node import NodeState
+from services.nebula.overlay.state import NebulaPaths, StateError
 
 log = logging.getLogger(__name__)
 NOT_A_MEMBER = ("no overlay configured on this node: peers reach it on its advertised URL. Run "

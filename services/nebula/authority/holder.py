@@ -20,8 +20,9 @@ from services.identity.mesh_ca import issue_node_certificate, serial_of
 from services.identity.node_key import b64, is_usable_key, unb64
 from services.identity.proofs import sign_ca_proof
 from services.identity.revocation import revocation_list
-from services.nebula import allocation, membership, pki, records, tokens
-from services.nebula.state import EnrollmentError, NebulaPaths, locked
+from services.nebula.authority import allocation, tokens
+from services.nebula.overlay import membership, pki, records
+from services.nebula.overlay.state import EnrollmentError, NebulaPaths, locked
 
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # a host name: no '/', no '..' prefix
