@@ -97,8 +97,10 @@ def pytest_runtest_makereport(item, call):
 
 
 # Each test is marked by the directory it is in (registered in pyproject.toml): `pytest -m unit`
-# runs the pure cores, `-m "not mesh"` leaves out the meshes in network namespaces.
+# runs the pure cores, `-m "not mesh"` leaves out the meshes in network namespaces; and `slow`
+# when it may take minutes (its timeout says so), so `-m "not slow"` is a quick pass.
 KINDS = {"unit": "unit", "integration": "integration", "mesh": "mesh", "bench": "integration"}
+SLOW_TIMEOUT_S = 180
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -107,3 +109,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = KINDS.get(item.path.relative_to(root).parts[0])
         if kind is not None:
             item.add_marker(kind)
+        timeout = item.get_closest_marker("timeout")
+        if timeout is not None and timeout.args and timeout.args[0] >= SLOW_TIMEOUT_S:
+            item.add_marker("slow")
