@@ -8,6 +8,7 @@ import dataclasses
 import socket
 
 import pytest
+from announcer_double import CountingAnnouncer
 from prometheus_client import CollectorRegistry
 
 from services.common.config import load
@@ -56,31 +57,23 @@ class SeenAt:
         return dht_pb2.DhtStatsResponse(observed_address=self.observed)
 
 
-class Republished:
-    def __init__(self):
-        self.times = 0
-
-    def republish(self):
-        self.times += 1
-
-
 async def test_the_first_node_of_a_mesh_is_announced_again_at_the_address_its_peers_see(tmp_path, monkeypatch):
     # No overlay, no advertise_url, no seeds: its host name, until a peer says where it sees it.
     monkeypatch.setattr(router_servicer, "ADDRESS_CHECK_S", 0.01)
     cfg = dataclasses.replace(config(tmp_path), worker_id="first")
     cfg.runtime_dir.mkdir(parents=True)
     dht = SeenAt("")
-    router = RouterServicer(cfg, CollectorRegistry(), dht, announcer := Republished())
+    router = RouterServicer(cfg, CollectorRegistry(), dht, announcer := CountingAnnouncer())
     assert router.url() == f"https://{socket.gethostname()}:8443"
     task = asyncio.create_task(router.address_forever())
     try:
         await asyncio.sleep(0.05)
-        assert announcer.times == 0  # nothing changed
+        assert announcer.republished == 0  # nothing changed
 
         dht.observed = "10.0.0.1"
         async with asyncio.timeout(5):
-            while announcer.times == 0:
+            while announcer.republished == 0:
                 await asyncio.sleep(0.01)
-        assert router.url() == "https://10.0.0.1:8443" and announcer.times == 1
+        assert router.url() == "https://10.0.0.1:8443" and announcer.republished == 1
     finally:
         task.cancel()

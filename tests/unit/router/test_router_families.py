@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from announcer_double import CountingAnnouncer
 from prometheus_client import CollectorRegistry
 
 from services.common import capabilities
@@ -93,14 +94,6 @@ async def test_each_gpu_memory_and_use_as_nvml_reports_them(router, monkeypatch)
     assert registry.get_sample_value("meshworker_router_gpu_utilization_ratio", {"gpu": "0"}) == 0.37
     # A GPU that cannot report its use has no sample, rather than a false 0.
     assert registry.get_sample_value("meshworker_router_gpu_utilization_ratio", {"gpu": "1"}) is None
-
-
-class CountingAnnouncer:
-    def __init__(self):
-        self.republished = 0
-
-    def republish(self):
-        self.republished += 1
 
 
 async def test_records_say_the_first_gpu_and_are_stored_again_when_the_gpus_change(router, monkeypatch):
