@@ -26,10 +26,11 @@ run: $(STAMP)
 	$(VENV)/bin/meshworker up
 
 test: $(STAMP) protos-check
-	$(PY) -m pytest
+	$(PY) -m pytest -p randomly -m unit
+	$(PY) -m pytest -m "not unit"
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -p randomly tests/unit
 
 # The virtual include path makes generated modules import each other as services.common.rpc.*
 protos: $(STAMP)
