@@ -145,8 +145,8 @@ async def follow_overlay(cfg: Config, overlay: Overlay, node: DhtNode) -> None:
                 status = None
             if status is not None:
                 overlay.ip, overlay.lighthouses = status.overlay_ip, tuple(status.lighthouses)
-            if listen_host(cfg, trust) != host:
-                host = listen_host(cfg, trust)
+            if (wanted := listen_host(cfg, trust)) != host:
+                host = wanted
                 await move(cfg, node, host, overlay)
             await watch.update(overlay, time.monotonic())
             await asyncio.sleep(OVERLAY_POLL_S)

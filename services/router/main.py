@@ -60,8 +60,7 @@ async def serve(cfg: Config) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
-                          tasks.create_task(servicer.watch_credentials()),
-                          tasks.create_task(servicer.address_forever()),
+                          tasks.create_task(servicer.watch_node()),
                           tasks.create_task(servicer.publish_forever()),
                           tasks.create_task(servicer.catalog_forever()),
                           tasks.create_task(servicer.keys.read_forever(servicer.dht, cfg.worker_id,

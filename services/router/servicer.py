@@ -41,8 +41,9 @@ from services.router.xds.view import LocalService, MeshView, ModelRoute, Peer, R
 log = logging.getLogger(__name__)
 REFRESH_TICK_S = 1.0
 APPLY_DEADLINE_S = 2.0  # how long a first request waits for Envoy to take its new route
-CREDENTIALS_CHECK_S = 2.0  # reading two small files: cheap, and a join or revoke shows soon
-ADDRESS_CHECK_S = 2.0  # how soon a record says a new URL (a join, a port, what the DHT peers see)
+# How soon a join, a renewal, a revocation list or a new URL (a join, the port Envoy bound,
+# where the DHT peers see this node) takes effect: a few small files and one local call.
+NODE_CHECK_S = 2.0
 # How often the mesh's model catalog is read: a model announced anywhere (or a provider's
 # new load) is routed here within this, well inside one announce period.
 CATALOG_REFRESH_S = 5.0
@@ -134,12 +135,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Where peers reach this node: what every record of it says (address.py)."""
         return address.advertised_url(self.cfg, self.overlay.view.address, self.bound_peer_port, self.observed)
 
-    async def address_forever(self) -> None:
-        """Every record is stored again when the URL changes: a join (the overlay address, read
-        by watch_credentials), the port Envoy bound, or where the DHT peers see this node."""
+    async def watch_node(self) -> None:
+        """What this node is to its peers: its overlay address and TLS credentials, which Envoy
+        takes at once, and the URL every record says, stored again when it changes."""
         announced = self.url()
         while True:
-            await asyncio.sleep(ADDRESS_CHECK_S)
+            await asyncio.sleep(NODE_CHECK_S)
+            await self.check_credentials()
             try:
                 stats = await self.dht.Stats(dht_pb2.DhtStatsRequest(), timeout=grpcclient.HEALTH_DEADLINE_S)
                 self.observed = stats.observed_address
@@ -372,21 +374,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.cache.put(service, providers, time.time())
         await self.publish()
 
-    async def watch_credentials(self) -> None:
+    async def check_credentials(self) -> None:
         """A fresh certificate before the old one runs out, and a joined overlay's (its
-        certificate, its new revocation list, this node's address in it) within seconds of
-        their arrival on disk."""
-        while True:
-            await asyncio.sleep(CREDENTIALS_CHECK_S)
-            address = self.overlay.view.address
-            await asyncio.to_thread(self.overlay.refresh)
-            if self.overlay.view.address != address:
-                self.changed.set()
-            try:
-                fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
-            except StateError as err:  # a record or CRL that cannot be used: keep what Envoy has
-                log.error("keeping the TLS credentials Envoy holds: %s", err)
-                continue
-            if fresh != self.tls:
-                self.tls = fresh
-                self.changed.set()
+        certificate, its new revocation list, this node's address in it) once on disk."""
+        address = self.overlay.view.address
+        await asyncio.to_thread(self.overlay.refresh)
+        if self.overlay.view.address != address:
+            self.changed.set()
+        try:
+            fresh = await asyncio.to_thread(trust.current, self.cfg, self.tls, time.time())
+        except StateError as err:  # a record or CRL that cannot be used: keep what Envoy has
+            log.error("keeping the TLS credentials Envoy holds: %s", err)
+            return
+        if fresh != self.tls:
+            self.tls = fresh
+            self.changed.set()

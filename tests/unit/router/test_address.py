@@ -1,5 +1,5 @@
 """Where peers reach this node (services/router/address.py), and the router storing every
-record again when that changes (RouterServicer.address_forever)."""
+record again when that changes (RouterServicer.watch_node)."""
 
 from __future__ import annotations
 
@@ -59,13 +59,13 @@ class SeenAt:
 
 async def test_the_first_node_of_a_mesh_is_announced_again_at_the_address_its_peers_see(tmp_path, monkeypatch):
     # No overlay, no advertise_url, no seeds: its host name, until a peer says where it sees it.
-    monkeypatch.setattr(router_servicer, "ADDRESS_CHECK_S", 0.01)
+    monkeypatch.setattr(router_servicer, "NODE_CHECK_S", 0.01)
     cfg = dataclasses.replace(config(tmp_path), worker_id="first")
     cfg.runtime_dir.mkdir(parents=True)
     dht = SeenAt("")
     router = RouterServicer(cfg, CollectorRegistry(), dht, announcer := CountingAnnouncer())
     assert router.url() == f"https://{socket.gethostname()}:8443"
-    task = asyncio.create_task(router.address_forever())
+    task = asyncio.create_task(router.watch_node())
     try:
         await asyncio.sleep(0.05)
         assert announcer.republished == 0  # nothing changed
