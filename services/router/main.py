@@ -15,7 +15,7 @@ from services.common.config import Config
 from services.common.grpcserver import ComponentServer
 from services.common.keys import KEYS
 from services.common.rpc import dht_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import gateway_file
+from services.router import gateway_watch
 from services.router.announcer import Announcer
 from services.router.checker import check_forever
 from services.router.families import hardware
@@ -68,7 +68,7 @@ async def serve(cfg: Config) -> None:
                           tasks.create_task(servicer.keys.limits_forever(servicer.changed.set,
                                                                          lambda: announcer.changed(KEYS))),
                           tasks.create_task(servicer.families.gpus_forever()),
-                          tasks.create_task(gateway_file.keep_written(cfg, servicer.ads, servicer.on_ports))] + [
+                          tasks.create_task(gateway_watch.follow(cfg, servicer.ads, servicer.on_ports))] + [
                 tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
                                                 cfg.health_interval_s, on_health_change, servicer.on_offer))
                 for svc in cfg.services]

@@ -20,6 +20,7 @@ from meshtest import SENTENCE, alive, descendants, render_png, wait_for
 pytestmark = pytest.mark.timeout(240)
 COMPONENTS = ["nebula-agent", "dht", "router", "api", "svc-vision-ocr", "gateway"]
 OFF_THE_DATA_PATH = ["nebula-agent", "dht", "router", "api"]
+ROUTER_ASKED = "Envoy left its ADS stream; supervisord has it"
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +99,16 @@ def test_kill_9_off_the_data_path_costs_no_request(node, program):
 
 
 def test_a_killed_gateway_answers_again(node):
-    # How fast (about a second) is for make bench; here only that it comes back by itself.
+    # How fast is for make bench; here that it comes back by itself, and that the router, seeing
+    # Envoy leave its ADS stream, asked supervisord at once: the request turns supervisord's
+    # loop, which would otherwise notice the exit at its next one-second poll.
     node.wait_healthy()
+    asked = node.log_path.read_text().count(ROUTER_ASKED)
     old_pid = node.pid_of("gateway")
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: node.health() is not None and node.pid_of("gateway") != old_pid, 30,
              "the gateway to answer again")
+    assert node.log_path.read_text().count(ROUTER_ASKED) > asked
 
 
 def test_router_down_means_degraded_but_local_requests_still_succeed(node, ocr_request):

@@ -1,4 +1,4 @@
-"""nebula as its own supervisord program, and the agent's handle on it (supervisorctl).
+"""nebula as its own supervisord program, and the agent's handle on it (supervisord's XML-RPC).
 
 nebula runs beside nebula-agent, not under it: killing the agent must leave the overlay
 up (DESIGN.md, "What one crash may cost"). nebula's JSON log goes to a file in the runtime
@@ -8,13 +8,12 @@ directory, which the agent tails, parses and re-logs.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
+import xmlrpc.client
+from collections.abc import Callable
 from pathlib import Path
 
-from services.common import programs
+from services.common import supervisor
 from services.common.config import Config
 from services.nebula.overlay import node
 from services.nebula.overlay.state import NebulaPaths, write_atomically
@@ -72,34 +71,29 @@ def write_program(cfg: Config) -> bool:
 
 
 class Supervisor:
-    """supervisorctl against this node's supervisord (its unix socket in the runtime dir)."""
+    """The agent's handle on the nebula program: a failed call is logged, never raised, as
+    nebula keeps its last configuration and the next reconcile tries again."""
 
     def __init__(self, cfg: Config):
-        self.cfg = cfg
-        bindir = Path(sys.executable).parent
-        self.argv = [str(bindir / "supervisorctl"), "-c", str(programs.SUPERVISORD_CONF)]
+        self.supervisord = supervisor.Supervisor(cfg.runtime_dir, TIMEOUT_S)
 
     def available(self) -> bool:
-        return (self.cfg.runtime_dir / "supervisor.sock").exists()
+        return self.supervisord.available()
 
-    def ctl(self, *args: str) -> str:
-        # supervisord.conf expands %(ENV_MESHWORKER_RUNTIME_DIR)s, so supervisorctl needs it too.
-        env = {"MESHWORKER_RUNTIME_DIR": str(self.cfg.runtime_dir), "PATH": os.defpath}
+    def _tried(self, what: str, call: Callable[[], str | None]) -> str:
         try:
-            out = subprocess.run([*self.argv, *args], capture_output=True, text=True, env=env,
-                                 timeout=TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            log.warning("supervisorctl %s did not answer within %.0f s", " ".join(args), TIMEOUT_S)
+            return call() or ""
+        except (OSError, xmlrpc.client.Fault) as err:
+            log.warning("supervisord did not %s nebula: %s", what, err)
             return ""
-        return (out.stdout + out.stderr).strip()
 
     def update(self) -> str:
         """Add nebula if supervisord does not run it yet, restart it if its section changed."""
-        return self.ctl("update", PROGRAM)
+        return self._tried("update", lambda: self.supervisord.update(PROGRAM))
 
     def apply(self, action: str) -> str:
         if action == "hup":
-            return self.ctl("signal", "HUP", PROGRAM)
+            return self._tried("signal", lambda: self.supervisord.signal(PROGRAM, "HUP") or "signalled")
         if action == "restart":
-            return self.ctl("restart", PROGRAM)
+            return self._tried("restart", lambda: self.supervisord.restart(PROGRAM) or "restarted")
         return ""

@@ -27,7 +27,7 @@ from services.common.envoy_admin import EnvoyAdmin
 from services.gateway.bootstrap import bootstrap, command
 from services.gateway.main import envoy_binary
 from services.identity.mesh_ca import TlsCredentials, secret_mode_credentials
-from services.router import gateway_file
+from services.router import gateway_watch
 from services.router.ads import AdsServer, Applied, Sent
 from services.router.xds import resources
 from services.router.xds.view import LocalService, MeshView, Peer, RemoteService
@@ -101,7 +101,7 @@ def mesh_view(cfg, **changes) -> MeshView:
 async def client_port(cfg) -> int:
     admin = EnvoyAdmin(cfg.envoy_admin_socket)
     try:
-        return gateway_file.ports_of(await admin.listeners() or {})["client"]
+        return gateway_watch.ports_of(await admin.listeners() or {})["client"]
     finally:
         await admin.close()
 
