@@ -163,7 +163,7 @@ def unknown_model(view: MeshView) -> dict[str, Any]:
     (Envoy replays the held body), or answers 404 model_not_found."""
     route = routes.to_api({"prefix": PREFIX, "headers": [{"name": MODEL, "present_match": True}]})
     route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1, "redirect_response_codes": [307]}
-    route["per_request_buffer_limit_bytes"] = view.max_body_bytes
+    route["request_body_buffer_limit"] = view.max_body_bytes
     return route
 
 
@@ -172,7 +172,7 @@ def needs_model(view: MeshView) -> dict[str, Any]:
     picked again. One still here named no model (or was not a JSON object): the api
     answers why."""
     route = routes.to_api({"prefix": PREFIX, "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]})
-    return route | {"typed_per_filter_config": model_read(), "per_request_buffer_limit_bytes": view.max_body_bytes}
+    return route | {"typed_per_filter_config": model_read(), "request_body_buffer_limit": view.max_body_bytes}
 
 
 def peer_routes(view: MeshView) -> list[dict[str, Any]]:

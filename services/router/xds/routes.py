@@ -213,7 +213,7 @@ def lookup_route(view: MeshView) -> dict[str, Any]:
     route = to_api({"prefix": "/service/"})
     route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1,
                                                   "redirect_response_codes": [307]}
-    route["per_request_buffer_limit_bytes"] = view.max_body_bytes
+    route["request_body_buffer_limit"] = view.max_body_bytes
     return route
 
 

@@ -219,7 +219,7 @@ def test_listeners_are_not_shared_with_another_process_on_the_same_port(tmp_path
 
 def test_the_first_request_for_a_service_may_be_replayed_whole_and_retries_have_room(tmp_path):
     lookup = matching(client_routes(view(tmp_path)), prefix="/service/")[0]
-    assert lookup["per_request_buffer_limit_bytes"] == 1000  # max_body_bytes
+    assert int(lookup["request_body_buffer_limit"]) == 1000  # max_body_bytes
     remote = as_dict(next(c for c in clusters.clusters(view(tmp_path)) if c.name == "remote:ocr"))
     assert remote["circuit_breakers"]["thresholds"][0]["retry_budget"]["min_retry_concurrency"] == 32
 
