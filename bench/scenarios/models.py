@@ -13,7 +13,9 @@ kind (chat: the LLM's, embedding: the embeddings model's).
   mesh's OpenAI API (`POST /v1/embeddings` with `"model"`, which Envoy routes by the body's
   model; directly the backend's `POST /v1/embeddings`, the same body). The gateway's share of
   a batch-1 request is judged on each (issue #9: ≤ 3 %); batch 32 through the mesh's API
-  against direct: texts/s ≥ 0.97 of direct's (issue #10).
+  against direct: texts/s ≥ 0.97 of direct's (issue #10). The transparent path also goes
+  through a bare Envoy (bench.proxies: the same binary, a static route to the same socket),
+  the proxy's own share on this machine, with which our layer's is compared.
 - OCR: seconds for one rendered A4 page of text (`POST /service/vision-ocr`; directly `POST /`).
 - LLM: a streamed chat completion (`"stream": true`, `"model"` in the body) of a fixed prompt
   at temperature 0: time to the first chunk with text, and decode speed, i.e. the tokens after
@@ -51,7 +53,7 @@ from typing import Self
 import aiohttp
 from PIL import Image, ImageDraw, ImageFont
 
-from bench import procs, stats
+from bench import procs, proxies, stats
 from bench.context import Context, Settings, mesh_started
 from bench.mesh import Mesh
 from bench.report import Row, ScenarioResult, Target
@@ -61,6 +63,7 @@ NAME = "models"
 EMBEDDINGS, OCR, LLM = "rag-embeddings", "vision-ocr", "llm-inference"
 BUILTINS = (OCR, EMBEDDINGS, LLM)
 ROUTES = ("direct", "gateway")  # every workload's
+BARE_ROUTES = (*ROUTES, "envoy")  # the transparent embeddings path's: a bare Envoy beside ours
 LLM_ROUTES = (*ROUTES, "forwarded")  # the streamed completion's
 # Loading the LLM takes ~20 s on 2 cores, beside the embeddings model: room for a busy machine.
 MODELS_READY_DEADLINE_S = 180
@@ -129,9 +132,10 @@ class Routes:
     """HTTP sessions to each backend's unix socket on A (direct) and to the gateways: A's own
     (gateway) and B's, which forwards to A (forwarded); the model ids the mesh lists."""
 
-    def __init__(self, mesh: Mesh, model_ids: dict[str, str]):
+    def __init__(self, mesh: Mesh, model_ids: dict[str, str], bare_envoy: str):
         self.node = mesh.providers["a"]
         self.gateways = {"gateway": self.node.url, "forwarded": mesh.forwarder.url}
+        self.bare_envoy = bare_envoy  # routes every path to A's embeddings backend as it is
         self.models = model_ids  # service -> the id of the model it serves
         self.sessions: dict[str, aiohttp.ClientSession] = {}
 
@@ -155,9 +159,12 @@ class Routes:
         return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}", True)
 
     def api(self, route: str, service: str, path: str) -> Endpoint:
-        """The backend's own API at `path`, proxied as is by the gateways under /service/<name>."""
+        """The backend's own API at `path`, proxied as is by the gateways under /service/<name>
+        (by the bare Envoy at `path` itself)."""
         if route == "direct":
             return Endpoint(self.sessions[service], f"http://localhost{path}", False)
+        if route == "envoy":
+            return Endpoint(self.sessions["http"], f"{self.bare_envoy}{path}", False)
         return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}{path}", False)
 
     def mesh_api(self, route: str, service: str, path: str) -> Endpoint:
@@ -269,10 +276,11 @@ async def measure_embeddings(routes: Routes, settings: Settings, index: int) -> 
     workloads = [(api, batch, requests) for api in EMBEDDING_PATHS
                  for batch, requests in ((1, settings.embed_requests), (BIG_BATCH, settings.embed_batches))]
     for k, (api, batch, requests) in enumerate(workloads):
-        seconds: dict[str, list[float]] = {route: [] for route in ROUTES}
+        compared = BARE_ROUTES if api == "openai" else ROUTES
+        seconds: dict[str, list[float]] = {route: [] for route in compared}
         model = routes.models[EMBEDDINGS] if api == "v1" else ""
         for i in range(requests):
-            for route in order(index, k, i):
+            for route in order(index, k, i, routes=compared):
                 endpoint = routes.embeddings(api, route)
                 seconds[route].append(await embed_seconds(endpoint, api != "seed", batch, i, model))
         median_s = {route: stats.median(values) for route, values in seconds.items()}
@@ -284,7 +292,9 @@ async def measure_embeddings(routes: Routes, settings: Settings, index: int) -> 
             "ratio": median_s["direct"] / median_s["gateway"],  # texts/s through the gateway over direct
             "added_ms": 1e3 * (median_s["gateway"] - median_s["direct"]),
             "share_pct": share(median_s["direct"], median_s["gateway"]),
-        }
+        } | ({"envoy_added_ms": 1e3 * (median_s["envoy"] - median_s["direct"]),
+              "added_over_envoy_ms": 1e3 * (median_s["gateway"] - median_s["envoy"]),
+              "envoy_share_pct": share(median_s["direct"], median_s["envoy"])} if "envoy" in median_s else {})
     return result
 
 
@@ -379,12 +389,13 @@ async def warm_up(routes: Routes) -> None:
         await reply.read()
 
 
-async def measure(mesh: Mesh, ctx: Context, png: bytes, lines: list[str], model_ids: dict[str, str]) -> list[dict]:
+async def measure(mesh: Mesh, ctx: Context, png: bytes, lines: list[str], model_ids: dict[str, str],
+                  bare_envoy: str) -> list[dict]:
     """The runs, as many as the settings ask unless they outlast the budget (a machine busy with
     something else can make a model 40 times slower): then the runs done so far."""
     give_up_at = time.monotonic() + RUN_BUDGET_S * ctx.settings.runs
     runs: list[dict] = []
-    async with Routes(mesh, model_ids) as routes:
+    async with Routes(mesh, model_ids, bare_envoy) as routes:
         await warm_up(routes)
         for i in range(ctx.settings.runs):
             if runs and time.monotonic() > give_up_at:
@@ -439,7 +450,9 @@ def run(ctx: Context) -> ScenarioResult:
         listed_after_s["b"] = time.monotonic() - waited
         ctx.progress(f"models in the mesh: {', '.join(model_ids.values())}; listed by A {listed_after_s['a']:.1f} s "
                      f"and by B {listed_after_s['b']:.1f} s after A was healthy")
-        runs = asyncio.run(measure(mesh, ctx, png, lines, model_ids))
+        embeddings_socket = mesh.providers["a"].state_dir / "run" / f"svc-{EMBEDDINGS}.sock"
+        with proxies.Envoy(procs.make_tmpdir(), embeddings_socket) as bare:
+            runs = asyncio.run(measure(mesh, ctx, png, lines, model_ids, bare.url))
     ctx.progress("models mesh stopped")
     raw = {"runs_done": len(runs), "prompt": PROMPT, "model_ids": model_ids,
            "models_listed_after_s": listed_after_s, "max_tokens": ctx.settings.llm_max_tokens,
@@ -473,6 +486,13 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
             Row(f"gateway share of the time, embeddings batch 1, {label} (%)",
                 med(f"embeddings.{api}_batch1.share_pct"), target=small_share_target),
         ]
+        rows += [] if api != "openai" else [
+            Row(f"bare Envoy's added time per embeddings request, batch 1, {label} (ms)",
+                med(f"embeddings.{api}_batch1.envoy_added_ms")),
+            Row(f"bare Envoy's share of the time, embeddings batch 1, {label} (%)",
+                med(f"embeddings.{api}_batch1.envoy_share_pct")),
+            Row(f"gateway's added time over bare Envoy's, embeddings batch 1, {label} (ms)",
+                med(f"embeddings.{api}_batch1.added_over_envoy_ms"))]
         # The mesh API's batch 32 is judged by its texts/s against direct's, above.
         rows += [] if api == "v1" else [
             Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, {label} (%)",

@@ -6,27 +6,16 @@ Calls block (up to TIMEOUT_S); a process with an event loop runs them in a threa
 
 from __future__ import annotations
 
-import http.client
-import socket
 import xmlrpc.client
 from pathlib import Path
+
+from services.common.unix_socket import UnixHTTPConnection
 
 TIMEOUT_S = 15.0
 # supervisor.xmlrpc.Faults, the codes a caller may expect; importing supervisor here would load
 # its whole RPC machinery into processes that need three numbers.
 ALREADY_STARTED = 60
 NOT_RUNNING = 70
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout_s: float):
-        super().__init__("localhost", timeout=timeout_s)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self.path))
 
 
 class UnixTransport(xmlrpc.client.Transport):

@@ -8,6 +8,7 @@ connect; one left by a killed predecessor is replaced, a live one never.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import os
 import socket
@@ -61,3 +62,16 @@ def listening(path: Path) -> socket.socket:
         sock.bind(str(path))
     sock.listen(BACKLOG)
     return sock
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: supervisord's XML-RPC, Envoy's admin API, a backend."""
+
+    def __init__(self, path: Path | str, timeout_s: float):
+        super().__init__("localhost", timeout=timeout_s)
+        self.path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)

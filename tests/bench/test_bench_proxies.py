@@ -34,6 +34,13 @@ def test_envoy_bootstrap_routes_everything_to_the_backend() -> None:
     assert "per_connection_buffer_limit_bytes" not in cluster | listener
 
 
+def test_envoy_bootstrap_may_name_a_unix_socket() -> None:
+    bootstrap = proxies.envoy_bootstrap(Path("/tmp/x/svc.sock"), Path("/tmp/x/admin.sock"))
+    [cluster] = bootstrap["static_resources"]["clusters"]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"] == {"pipe": {"path": "/tmp/x/svc.sock"}}
+
+
 @pytest.mark.timeout(30)
 def test_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
     conf = tmp_path / "envoy.json"
