@@ -71,13 +71,11 @@ async def crawl(target: Node, start: list[Node], ask: Ask, ksize: int, deadline_
     still in flight at the end are left to rpcudp's timeout, which resolves each of them.
     """
     known = {n.id: n for n in start}
-    asked: set[bytes] = set()
-    failed: set[bytes] = set()
+    asked, failed = set[bytes](), set[bytes]()
     answered: dict[bytes, Node] = {}
     pending: dict[asyncio.Future, Node] = {}
     width, found = ksize, False
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline_s
+    end = asyncio.get_running_loop().time() + deadline_s
     while True:
         closest = sorted((n for i, n in known.items() if i not in failed and n not in skip),
                          key=target.distance_to)[:width]
@@ -90,7 +88,7 @@ async def crawl(target: Node, start: list[Node], ask: Ask, ksize: int, deadline_
                 break
             width = WIDEN * ksize  # the k closest answered, none with a value: go on past them
             continue
-        done, _ = await asyncio.wait(pending, timeout=end - loop.time(), return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(pending, timeout=end - asyncio.get_running_loop().time(), return_when=asyncio.FIRST_COMPLETED)
         if not done:
             break  # the deadline: what was found so far
         for future in done:
@@ -100,11 +98,15 @@ async def crawl(target: Node, start: list[Node], ask: Ask, ksize: int, deadline_
                 failed.add(node.id)
                 continue
             answered[node.id] = node
-            if isinstance(reply, dict) and "value" in reply and take_value is not None:
-                found = take_value(node, reply["value"]) or found
+            found = _took_value(node, reply, take_value) or found
             for contact in contacts(reply, ksize):
                 known.setdefault(contact.id, contact)
     return sorted(answered.values(), key=target.distance_to)[:ksize]
+
+
+def _took_value(node: Node, reply: object, take_value: Callable[[Node, Any], bool] | None) -> bool:
+    """Whether a {"value": v} answer held what was looked for, as take_value judges it."""
+    return take_value is not None and isinstance(reply, dict) and "value" in reply and take_value(node, reply["value"])
 
 
 def contacts(reply: object, limit: int) -> list[Node]:

@@ -72,6 +72,21 @@ def network_of(text: str) -> ipaddress.IPv4Network:
     return network
 
 
+def _certify_self(tmp: NebulaPaths, state_dir: Path, opts: InitOptions, host: pki.CertInfo, now: float
+                  ) -> tuple[int, str]:
+    """The CA holder's own proofs, as it makes a joiner's: its identity key certified, its mesh
+    TLS certificate, and the enrollment endpoint's certificate. (TLS serial, enrollment cert.)"""
+    identity = NodeIdentity.load_or_create(state_dir)
+    write_atomically(tmp.identity_proof, sign_ca_proof(
+        records.ca_signing_key(tmp.ca_key.read_text()), identity.public_key, opts.name, host.fingerprint,
+        host.not_after), 0o644)
+    tls_serial = _make_mesh_tls_ca(tmp, state_dir, opts.name, now, host.not_after)
+    tls_crt, tls_key = tls.self_signed(f"meshworker enrollment {opts.name}", list(opts.advertise))
+    write_atomically(tmp.tls_crt, tls_crt, 0o644)
+    write_atomically(tmp.tls_key, tls_key)
+    return tls_serial, tls_crt
+
+
 def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> Membership:
     """A new CA, this node as the first lighthouse, the authority's tables, a first record."""
     now = time.time() if now is None else now
@@ -88,15 +103,7 @@ def init_mesh(state_dir: Path, opts: InitOptions, now: float | None = None) -> M
     pki.sign(tmp.ca_crt, tmp.ca_key, opts.name, f"{ip}/{network.prefixlen}",
              [tokens.BASE_GROUP, tokens.LIGHTHOUSE_GROUP], (tmp.root / "host.pub").read_text(), tmp.host_crt)
     host = pki.cert_info(tmp.host_crt)
-    # The CA holder certifies its own identity key too, as it does a joiner's.
-    identity = NodeIdentity.load_or_create(Path(state_dir))
-    write_atomically(tmp.identity_proof, sign_ca_proof(
-        records.ca_signing_key(tmp.ca_key.read_text()), identity.public_key, opts.name, host.fingerprint,
-        host.not_after), 0o644)
-    tls_serial = _make_mesh_tls_ca(tmp, Path(state_dir), opts.name, now, host.not_after)
-    tls_crt, tls_key = tls.self_signed(f"meshworker enrollment {opts.name}", list(opts.advertise))
-    write_atomically(tmp.tls_crt, tls_crt, 0o644)
-    write_atomically(tmp.tls_key, tls_key)
+    tls_serial, tls_crt = _certify_self(tmp, Path(state_dir), opts, host, now)
     allocation.save(tmp.allocations,
                     allocation.assign({}, ip, opts.name, host.fingerprint, host.not_after, lighthouse=True,
                                       tls_serial=tls_serial))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
@@ -34,6 +35,21 @@ def log_client_auth(cfg: Config) -> None:
                  cfg.gateway_port, ", except from loopback" if cfg.client_auth_loopback else "")
 
 
+def loops(cfg: Config, servicer: RouterServicer, announcer: Announcer) -> list[Coroutine]:
+    """What keeps the node's view current while the server runs."""
+    def on_health_change(service: str, healthy: bool) -> None:
+        announcer.set_health(service, healthy)
+        servicer.changed.set()
+
+    return [announcer.run(), servicer.refresh_forever(), servicer.watch_node(), servicer.publish_forever(),
+            servicer.catalog_forever(), servicer.keys.read_forever(servicer.dht, cfg.worker_id, servicer.changed.set),
+            servicer.keys.limits_forever(servicer.changed.set, lambda: announcer.changed(KEYS)),
+            servicer.families.gpus_forever(), gateway_watch.follow(cfg, servicer.ads, servicer.on_ports)] + [
+        check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name], cfg.health_interval_s,
+                      on_health_change, servicer.on_offer)
+        for svc in cfg.services]
+
+
 async def serve(cfg: Config) -> None:
     registry = CollectorRegistry()
     dht = grpcclient.channel(cfg, "dht")
@@ -51,27 +67,11 @@ async def serve(cfg: Config) -> None:
     server.add(als_pb2_grpc.add_AccessLogServiceServicer_to_server, AccessLog(servicer.keys.usage),
                als_pb2.DESCRIPTOR.services_by_name["AccessLogService"].full_name)
 
-    def on_health_change(service: str, healthy: bool) -> None:
-        announcer.set_health(service, healthy)
-        servicer.changed.set()
-
     log_client_auth(cfg)
     await server.start()
     try:
         async with asyncio.TaskGroup() as tasks:
-            background = [tasks.create_task(announcer.run()), tasks.create_task(servicer.refresh_forever()),
-                          tasks.create_task(servicer.watch_node()),
-                          tasks.create_task(servicer.publish_forever()),
-                          tasks.create_task(servicer.catalog_forever()),
-                          tasks.create_task(servicer.keys.read_forever(servicer.dht, cfg.worker_id,
-                                                                       servicer.changed.set)),
-                          tasks.create_task(servicer.keys.limits_forever(servicer.changed.set,
-                                                                         lambda: announcer.changed(KEYS))),
-                          tasks.create_task(servicer.families.gpus_forever()),
-                          tasks.create_task(gateway_watch.follow(cfg, servicer.ads, servicer.on_ports))] + [
-                tasks.create_task(check_forever(svc, servicer.health[svc.name], servicer.backends[svc.name],
-                                                cfg.health_interval_s, on_health_change, servicer.on_offer))
-                for svc in cfg.services]
+            background = [tasks.create_task(loop) for loop in loops(cfg, servicer, announcer)]
             await server.set_serving(True)
             await server.run_until_stopped()
             for task in background:
