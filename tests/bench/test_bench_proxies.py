@@ -7,11 +7,14 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench import proxies
+from services.identity import mesh_ca
 
 LISTENERS = {"listener_statuses": [
     {"name": "other", "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": 1111}}},
@@ -72,3 +75,29 @@ def test_haproxy_accepts_its_config_on_an_inherited_socket(tmp_path: Path) -> No
         done = subprocess.run([binary, "-c", "-f", str(conf)], pass_fds=[sock.fileno()],
                               capture_output=True, text=True, timeout=20, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def credentials(worker_id: str):
+    ca = mesh_ca.secret_mode_ca("a-secret-of-the-bench-mesh")
+    key = ec.generate_private_key(ec.SECP256R1())
+    return mesh_ca.credentials(ca.certificate, key, mesh_ca.issue_node_certificate(ca, key.public_key(), worker_id,
+                                                                                    time.time()))
+
+
+@pytest.mark.timeout(30)
+def test_a_chained_envoy_speaks_mutual_tls_as_the_gateway_does(tmp_path: Path) -> None:
+    back, front = credentials("back"), credentials("front")
+    serving = proxies.envoy_bootstrap(5678, tmp_path / "admin.sock", serve_mtls=back)
+    connecting = proxies.envoy_bootstrap(5679, tmp_path / "admin.sock", upstream_mtls=front)
+    server_tls = serving["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"]
+    client_tls = connecting["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+    assert server_tls["require_client_certificate"] is True
+    for tls in (server_tls, client_tls):
+        [san] = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+        assert san["matcher"]["prefix"] == mesh_ca.spiffe_prefix(back.mesh_id)  # one mesh CA
+    for bootstrap in (serving, connecting):
+        conf = tmp_path / "envoy.json"
+        conf.write_text(json.dumps(bootstrap))
+        done = subprocess.run([proxies.envoy_binary({}), "--mode", "validate", "-c", str(conf),
+                               "--disable-hot-restart"], capture_output=True, text=True, timeout=20, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
