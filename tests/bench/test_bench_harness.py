@@ -71,12 +71,16 @@ def test_local_route_measures_every_baseline_and_its_cpu(smoke_results: tuple[di
 @pytest.mark.timeout(380)
 def test_forwarded_route_reports_routes_and_lookup_counters(smoke_results: tuple[dict, str]) -> None:
     raw = smoke_results[0]["scenarios"]["forwarded_route"]["raw"]
-    assert set(raw["urls"]) == {"direct", "local", "forwarded"}
+    # Beside ours, the same shapes with nothing of ours: one bare Envoy, two chained by mTLS.
+    assert set(raw["urls"]) == {"direct", "local", "forwarded", "envoy", "envoy_chain"}
     for run in raw["runs"]:
-        assert {"p50_ms", "p99_ms", "rps", "added_p50_ms"} <= set(run["forwarded"]) & set(run["local"])
+        for route in ("local", "forwarded", "envoy", "envoy_chain"):
+            assert {"p50_ms", "p99_ms", "rps", "added_p50_ms"} <= set(run[route]), route
+        assert run["envoy_chain"]["failures"] == 0  # the chain's mTLS holds, or it fails every request
     assert {"router_dht_lookups", "forwarded_requests", "dht_find_providers_served"} <= set(raw["counters_delta"])
     metrics = {row["metric"] for row in smoke_results[0]["scenarios"]["forwarded_route"]["rows"]}
     assert "DHT lookups by B's router during cached forwarded requests" in metrics
+    assert "bare Envoy chain (mTLS): added p50 over direct, 1 connection (ms)" in metrics
 
 
 @pytest.mark.timeout(380)
