@@ -1,6 +1,10 @@
-"""Three real nodes in network namespaces: `init` on one, `join` on two, then the overlay's
+"""Real nodes in network namespaces: `init` on one, `join` on two, then the overlay's
 promises: every pair talks over it, crashes cost what DESIGN.md says, revoke cuts a node off.
-The nodes share no mesh secret: only the overlay's CA makes them trust each other's keys."""
+The nodes share no mesh secret: only the overlay's CA makes them trust each other's keys.
+
+The tests share the nodes and pass in any order: what a test changes for good (a second
+lighthouse joins, a member is revoked) happens to a node of its own, and a node that is
+restarted or loses its nebula is waited for until it is back."""
 
 from __future__ import annotations
 
@@ -77,7 +81,7 @@ def join_args(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def lab():
     lab = Lab(prefix=f"mwn{os.getpid()}")
-    for name in ("h1", "h2", "h3", "h4"):
+    for name in ("h1", "h2", "h3", "h4", "h5"):
         lab.add_host(name)
     yield lab
     lab.close()
@@ -85,12 +89,13 @@ def lab():
 
 @pytest.fixture(scope="module")
 def mesh(lab, start_module_node):
-    """node1 inits, node2 and node3 join at once; node4 runs but stays outside for now."""
+    """node1 inits, node2 and node3 join at once; node4 runs outside until a test joins it as a
+    second lighthouse (second_lighthouse); node5 runs outside for good."""
     nodes = [start_module_node(HOSTS_ECHO if h.name == "h2" else NO_SERVICES, host=h, wait=False, **NODE_ENV)
              for h in lab.hosts]
     for node in nodes:
         node.wait_healthy()
-    first, second, third, _ = nodes
+    first, second, third, *_ = nodes
     out = cli(first, "init", "--advertise", first.host.address, "--sync-interval", "2s")
     assert out.returncode == 0, out.stderr
     assert "Overlay up: 10.42.0.1" in out.stdout, out.stdout
@@ -116,11 +121,12 @@ def overlay_ips(mesh) -> dict[str, str]:
 def test_concurrent_joins_got_different_addresses_and_the_overlay_is_up(mesh):
     nodes, _ = mesh
     ips = overlay_ips(mesh)
+    first_three = {name: ips[name] for name in ("node1", "node2", "node3")}
 
-    assert ips["node1"] == "10.42.0.1" and sorted(ips.values()) == ["10.42.0.1", "10.42.0.2", "10.42.0.3"]
+    assert ips["node1"] == "10.42.0.1" and sorted(first_three.values()) == ["10.42.0.1", "10.42.0.2", "10.42.0.3"]
     for name, ip in ips.items():
         assert nodes[name].health()["vpn_ip"] == ip
-    outside = nodes["node4"].health()
+    outside = nodes["node5"].health()
     assert outside["vpn_ip"] is None and "no overlay configured" in outside["vpn_reason"]
 
 
@@ -161,12 +167,22 @@ def to_node2(nodes, sender, credentials, workdir: Path, address: str | None = No
 
 def test_only_certificates_of_the_mesh_ca_may_forward(mesh, tmp_path):
     nodes = mesh[0]
-    outsider = nodes["node4"]  # runs, outside the overlay, with a mesh secret of its own
+    outsider = nodes["node5"]  # runs, outside the overlay, with a mesh secret of its own
     own_secret = (outsider.state_dir / MESH_SECRET_FILE).read_text().strip()
-    self_issued = secret_mode_credentials(own_secret, tmp_path / "node4", "node4", time.time())
+    self_issued = secret_mode_credentials(own_secret, tmp_path / "node5", "node5", time.time())
     assert to_node2(nodes, outsider, self_issued, tmp_path / "a") != 200
     member = overlay_mode_credentials(nodes["node3"].state_dir)
-    assert to_node2(nodes, nodes["node3"], member, tmp_path / "b") == 200
+    served_member(nodes, nodes["node3"], member, tmp_path / "b")
+
+
+def served_member(nodes, sender, credentials, workdir: Path, address: str | None = None) -> None:
+    """Until node2 serves the member: a test before may have restarted node2 or a nebula."""
+    def served() -> bool:
+        try:
+            return to_node2(nodes, sender, credentials, workdir, address) == 200
+        except grpc.RpcError:  # an agent restarting: its status a moment later
+            return False
+    wait_for(served, 30, "node2 to serve a member's certificate")
 
 
 def udp_listeners(node, port: int) -> set[str]:
@@ -181,9 +197,10 @@ def test_dht_and_peer_traffic_stay_in_the_overlay(mesh, tmp_path):
     and its peer listener, which serves a member's certificate over the overlay, closes the
     connection that member makes to node2's underlay address."""
     nodes, ips = mesh[0], overlay_ips(mesh)
-    assert udp_listeners(nodes["node2"], 8468) == {f"{ips['node2']}:8468"}
+    wait_for(lambda: udp_listeners(nodes["node2"], 8468) == {f"{ips['node2']}:8468"}, 20,
+             "node2's DHT on its overlay address alone")
     member = overlay_mode_credentials(nodes["node3"].state_dir)
-    assert to_node2(nodes, nodes["node3"], member, tmp_path / "a", address=ips["node2"]) == 200
+    served_member(nodes, nodes["node3"], member, tmp_path / "a", address=ips["node2"])
     underlay = to_node2(nodes, nodes["node3"], member, tmp_path / "b", address=nodes["node2"].host.address)
     assert underlay not in (200, 403, 404)  # refused before any HTTP: no TLS handshake at all
 
@@ -193,7 +210,7 @@ def test_status_reports_certificate_lighthouse_and_tunnels(mesh):
     member = wait_for(lambda: (s := status(nodes["node2"])).tunnels_up >= 2 and s, 20, "nebula's tunnel gauge")
 
     assert member.lighthouse_reachable and member.cert_name == "node2" and member.network == "10.42.0.0/16"
-    assert member.cert_expires_unix > 0 and list(member.lighthouses) == ["10.42.0.1"]
+    assert member.cert_expires_unix > 0 and member.lighthouses[0] == "10.42.0.1"  # node4 may be second
     assert status(nodes["node1"]).am_authority and not member.am_authority
 
 
@@ -206,22 +223,30 @@ def test_nebula_metrics_are_in_the_node_metrics(mesh):
 
 
 def test_refusals_reach_the_joiner_with_the_reason(mesh):
-    first, outsider, output = mesh[0]["node1"], mesh[0]["node4"], mesh[1]
+    first, outsider, output = mesh[0]["node1"], mesh[0]["node5"], mesh[1]
     args = join_args(output)
-    used_up = cli(outsider, *args)  # init's token had one use, spent by a join above
+    lighthouses = list(status(first).lighthouses)
+    used_up = cli(outsider, *args)  # init's token had one use, spent by a join in the fixture
     wrong_ca = cli(outsider, *args[:5], "ab" * 32, *args[6:])
 
     assert used_up.returncode == 1 and "used up" in used_up.stderr
     assert wrong_ca.returncode == 1 and "the token was not sent" in wrong_ca.stderr
-    assert len(status(first).lighthouses) == 1 and not (outsider.state_dir / "nebula").exists()
+    assert list(status(first).lighthouses) == lighthouses and not (outsider.state_dir / "nebula").exists()
 
 
-def test_a_second_lighthouse_keeps_new_tunnels_possible_without_the_first(mesh):
+@pytest.fixture(scope="module")
+def second_lighthouse(mesh):
+    """node4, joined as a second lighthouse, once for the module, by the first test that asks."""
     nodes = mesh[0]
     token = cli(nodes["node1"], "token", "--lighthouse")
     out = cli(nodes["node4"], *join_args(token.stdout), "--lighthouse", "--advertise", nodes["node4"].host.address)
     assert out.returncode == 0, out.stderr
-    lighthouses = ["10.42.0.1", status(nodes["node4"]).overlay_ip]
+    return nodes["node4"]
+
+
+def test_a_second_lighthouse_keeps_new_tunnels_possible_without_the_first(mesh, second_lighthouse):
+    nodes = mesh[0]
+    lighthouses = ["10.42.0.1", status(second_lighthouse).overlay_ip]
     for name in ("node2", "node3"):  # the CA holder's record reaches every member
         wait_for(lambda n=name: list(status(nodes[n]).lighthouses) == lighthouses, 15, f"{name} to list both")
     ips = overlay_ips(mesh)
@@ -234,10 +259,10 @@ def test_a_second_lighthouse_keeps_new_tunnels_possible_without_the_first(mesh):
     wait_for(lambda: reaches(nodes["node2"], ips["node1"]) == "node1", 20, "node1 back on the overlay")
 
 
-def test_a_node_that_joined_while_running_is_trusted_at_once(mesh):
-    """node4 ran outside the overlay until the test above joined it: its router now hands
-    Envoy the certificate the CA gave it at join, so node2 serves what node4 forwards."""
-    node4 = mesh[0]["node4"]
+def test_a_node_that_joined_while_running_is_trusted_at_once(second_lighthouse):
+    """node4 ran outside the overlay until it joined: its router now hands Envoy the
+    certificate the CA gave it at join, so node2 serves what node4 forwards."""
+    node4 = second_lighthouse
 
     def forwarded():
         reply = node4.get("/service/echo/whoami")
@@ -283,22 +308,37 @@ def test_a_restarted_node_comes_back_on_the_same_address(mesh):
     health = wait_for(lambda: (h := nodes["node2"].health()) and h.get("vpn_ip") and h, 30, "node2's overlay")
     assert health["vpn_ip"] == ips["node2"]
     wait_for(lambda: reaches(nodes["node2"], ips["node1"]) == "node1", 20, "node2 to reach node1")
+    nodes["node2"].wait_healthy(timeout=30)  # the tests after this one take it whole
 
 
-def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh, tmp_path):
-    nodes, ips = mesh[0], overlay_ips(mesh)
-    out = cli(nodes["node1"], "revoke", "node3")
+def member_to_revoke(mesh, lab, start_module_node):
+    """A node that joins only to be revoked, so the module's members stay members."""
+    node = start_module_node(NO_SERVICES, host=lab.add_host("h6"), **NODE_ENV)
+    out = cli(node, *join_args(cli(mesh[0]["node1"], "token").stdout))
+    assert out.returncode == 0, out.stderr
+    return node
+
+
+def test_after_revoke_the_node_can_no_longer_reach_the_others(mesh, second_lighthouse, lab, start_module_node,
+                                                              tmp_path):
+    nodes = mesh[0]
+    doomed = member_to_revoke(mesh, lab, start_module_node)
+    name = doomed.env["MESHWORKER_WORKER_ID"]
+    ips = overlay_ips(mesh)
+    ips[name] = wait_for(lambda: (s := status_when_up(doomed)) and s.overlay_ip, 30, f"{name}'s overlay address")
+    wait_for(lambda: reaches(doomed, ips["node1"]) == "node1", 20, f"{name} to reach node1")
+    out = cli(nodes["node1"], "revoke", name)
     assert out.returncode == 0, out.stderr
 
     for peer in ("node1", "node2"):
-        wait_for(lambda p=peer: reaches(nodes["node3"], ips[p]) is None, 30, f"node3 to be cut off from {peer}")
-        assert reaches(nodes[peer], ips["node3"]) is None
-    wait_for(lambda: reaches(nodes["node4"], ips["node3"]) is None, 15, "lighthouse 2 to block node3 too")
+        wait_for(lambda p=peer: reaches(doomed, ips[p]) is None, 30, f"{name} to be cut off from {peer}")
+        assert reaches(nodes[peer], ips[name]) is None
+    wait_for(lambda: reaches(second_lighthouse, ips[name]) is None, 15, f"lighthouse 2 to block {name} too")
     assert reaches(nodes["node1"], ips["node2"]) == "node2" and reaches(nodes["node2"], ips["node1"]) == "node1"
-    assert status(nodes["node3"]).revoked and "revoked" in nodes["node3"].health()["vpn_reason"]
+    assert status(doomed).revoked and "revoked" in doomed.health()["vpn_reason"]
     # Nor may it forward on the underlay, which an overlay's peer listeners do not serve (and its
     # certificate is on the CA's revocation list: test_nebula_enrollment checks that on its own).
-    revoked = overlay_mode_credentials(nodes["node3"].state_dir)
-    wait_for(lambda: to_node2(nodes, nodes["node3"], revoked, tmp_path) != 200, 15,
-             "node2's Envoy to refuse node3's revoked certificate")
+    revoked = overlay_mode_credentials(doomed.state_dir)
+    wait_for(lambda: to_node2(nodes, doomed, revoked, tmp_path) != 200, 15,
+             f"node2's Envoy to refuse {name}'s revoked certificate")
 
