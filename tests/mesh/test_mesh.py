@@ -73,8 +73,9 @@ def mesh(lab, start_module_node):
     nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin", "chat"]\n'
                         + backend("twin", 9101) + chat_double("a"), "")}
     seed = f"{a.address}:8468"
-    nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat"]\n' + backend("echo", 9100)
-                       + backend("twin", 9101) + chat_double("b"), seed)
+    # tally: asked for by the seed-counters test alone, so C has never routed it before.
+    nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat", "tally"]\n' + backend("echo", 9100)
+                       + backend("twin", 9101) + chat_double("b") + backend("tally", 9103), seed)
     nodes["c"] = start(c, "c", "services = []\n", seed)
     wait_for(lambda: providers(nodes["c"], "twin") == ["a", "b"] and providers(nodes["c"], "echo") == ["b"],
              30, "C to see every provider")
@@ -98,12 +99,12 @@ def routing(node) -> dict:
 def test_counters_keep_the_seeds_meaning(mesh):
     c = mesh["c"]
     before = routing(c)
-    first = c.post_json("/service/echo", {"n": 1})
+    first = c.post_json("/service/tally", {"n": 1})
     after_first = routing(c)
-    second = c.post_json("/service/echo", {"n": 2})
+    second = c.post_json("/service/tally", {"n": 2})
     after_second = routing(c)
     assert first.status == second.status == 200
-    assert first.json()["data"] == {"name": "echo", "echo": {"n": 1}}
+    assert first.json()["data"] == {"name": "tally", "echo": {"n": 1}}
     delta = {k: after_first[k] - before[k] for k in ("cache_misses", "dht_lookups", "forwarded_requests",
                                                      "cache_hits", "local_requests", "failed_requests")}
     assert delta == {"cache_misses": 1, "dht_lookups": 1, "forwarded_requests": 1, "cache_hits": 0,
@@ -268,6 +269,8 @@ def test_killing_one_of_two_providers_costs_no_request(mesh):
     stop.set()
     worker.join(timeout=60)
     assert results and all(status == 200 for status in results), [s for s in results if s != 200]
+    wait_for(lambda: ((a.health() or {}).get("backends") or {}).get("twin") == "healthy", 30,
+             "A's twin back for the other tests")
 
 
 def test_forged_and_expired_records_are_ignored(mesh, lab, tmp_path):
@@ -427,6 +430,7 @@ def test_a_node_cut_off_is_dropped_within_one_ttl(mesh):
         assert reply.status in (404, 503) and "error" in reply.json()
     finally:
         a.host.link(True)
+    mesh_whole_again(mesh)
 
 
 def cli(node, *args: str) -> str:
@@ -442,6 +446,20 @@ def test_cli_tables_and_drain(mesh):
     assert any(line.split()[:3] == ["echo", "b", "remote"] for line in lines[1:])
     peers = cli(mesh["c"], "peers")
     assert "10.77.0.12:8468" in peers and "yes" in peers
-    assert "withdrew chat, echo, twin" in cli(mesh["b"], "drain")
-    wait_for(lambda: providers(mesh["a"], "twin") == ["a"], TTL_S + 5, "B's twin record to be withdrawn")
-    assert mesh["b"].get("/service/twin/whoami").json()["name"] == "twin"  # still serves what reaches it
+    try:
+        assert "withdrew chat, echo, tally, twin" in cli(mesh["b"], "drain")
+        wait_for(lambda: providers(mesh["a"], "twin") == ["a"], TTL_S + 5, "B's twin record to be withdrawn")
+        assert mesh["b"].get("/service/twin/whoami").json()["name"] == "twin"  # still serves what reaches it
+    finally:  # a drained router stays so: a new one announces again
+        mesh["b"].supervisorctl("restart", "router")
+    mesh_whole_again(mesh)
+
+
+def mesh_whole_again(mesh) -> None:
+    """After a test that cut a node off or drained it: C sees every provider and model again,
+    as the next test (in any order) expects."""
+    c = mesh["c"]
+    wait_for(lambda: providers(c, "twin") == ["a", "b"] and providers(c, "vision-ocr") == ["a"]
+             and providers(c, "echo") == ["b"], TTL_S * 3, "C to see every provider again")
+    wait_for(lambda: len(mesh_models(c).get(DOUBLE_MODEL, [])) == 2
+             and any("SmolLM2" in m for m in mesh_models(c)), 30, "C to list every model again")
