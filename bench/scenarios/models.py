@@ -42,32 +42,35 @@ the scenario ends.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import json
 import os
 import time
-from dataclasses import dataclass
-from typing import Self
-
-import aiohttp
-from PIL import Image, ImageDraw, ImageFont
+from collections.abc import Callable
 
 from bench import procs, proxies, stats
 from bench.context import Context, Settings, mesh_started
 from bench.mesh import Mesh
+from bench.model_calls import (
+    BUILTINS,
+    EMBEDDINGS,
+    LLM,
+    OCR,
+    PROMPT,
+    Routes,
+    embed_seconds,
+    llm_stream,
+    ocr_seconds,
+    page_lines,
+    page_png,
+)
 from bench.report import Row, ScenarioResult, Target
 from bench.targets import Hosted, Node, http_get_json
 
 NAME = "models"
-EMBEDDINGS, OCR, LLM = "rag-embeddings", "vision-ocr", "llm-inference"
-BUILTINS = (OCR, EMBEDDINGS, LLM)
 ROUTES = ("direct", "gateway")  # every workload's
 BARE_ROUTES = (*ROUTES, "envoy")  # the transparent embeddings path's: a bare Envoy beside ours
 LLM_ROUTES = (*ROUTES, "forwarded")  # the streamed completion's
 # Loading the LLM takes ~20 s on 2 cores, beside the embeddings model: room for a busy machine.
 MODELS_READY_DEADLINE_S = 180
-REQUEST_TIMEOUT_S = 120
 # A full run takes ~12 s here (2 CPUs); runs stop starting after this much a run on average.
 RUN_BUDGET_S = 30
 CATALOG_DEADLINE_S = 60  # for a node's /v1/models to list the models (B reads the catalog every 5 s)
@@ -82,177 +85,10 @@ SHARE_TARGET_PCT = 5.0     # the gateway's share of a request's time: "negligibl
 SMALL_SHARE_TARGET_PCT = 3.0  # issue #9: its share of a batch-1 embeddings request, either path
 GATEWAY_ADDED_MS = 1.0     # issue #10: time to first token through /v1 on the serving node less direct
 FORWARDED_ADDED_MS = 3.0   # issue #10: the same, forwarded from another node
-EMBEDDING_PATHS = ("seed", "openai", "v1")  # envelope, transparent, the mesh's OpenAI API
-PROMPT = "Explain in two sentences what a service mesh does."
-PAGE_TEXT = "the quick brown fox jumps over a lazy dog while meshworker routes every request to a model"
-
-
-# --- what is sent --------------------------------------------------------------------------
-
-def page_lines(count: int) -> list[str]:
-    """`count` different lines of ordinary words, numbered."""
-    words = PAGE_TEXT.split()
-    return [" ".join(words[(i * 3 + j) % len(words)] for j in range(8)).capitalize() + f" {i + 1}."
-            for i in range(count)]
-
-
-def page_png(lines: list[str]) -> bytes:
-    """A white A4 page at 150 dpi (1240 x 1754) with the lines in a 32 px font, as PNG."""
-    image = Image.new("L", (1240, 1754), 255)
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=32)
-    for i, line in enumerate(lines):
-        draw.text((100, 120 + 76 * i), line, fill=0, font=font)
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
-
-
-def texts(batch: int, request: int) -> list[str]:
-    # Different texts per request, the same ones on both routes.
-    return [f"Request {request}, text {i}: meshworker routes requests to model services on a mesh."
-            for i in range(batch)]
-
-
-def chat_request(model: str, max_tokens: int) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-
-
-# --- the routes ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Endpoint:
-    session: aiohttp.ClientSession
-    url: str
-    envelope: bool  # the gateway's seed API wraps the backend's answer in {"data": ...}
-
-
-class Routes:
-    """HTTP sessions to each backend's unix socket on A (direct) and to the gateways: A's own
-    (gateway) and B's, which forwards to A (forwarded); the model ids the mesh lists."""
-
-    def __init__(self, mesh: Mesh, model_ids: dict[str, str], bare_envoy: str):
-        self.node = mesh.providers["a"]
-        self.gateways = {"gateway": self.node.url, "forwarded": mesh.forwarder.url}
-        self.bare_envoy = bare_envoy  # routes every path to A's embeddings backend as it is
-        self.models = model_ids  # service -> the id of the model it serves
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
-
-    async def __aenter__(self) -> Self:
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-        for name in BUILTINS:
-            sock = self.node.state_dir / "run" / f"svc-{name}.sock"
-            self.sessions[name] = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)),
-                                                        timeout=timeout)
-        self.sessions["http"] = aiohttp.ClientSession(timeout=timeout)  # to both gateways
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        for session in self.sessions.values():
-            await session.close()
-
-    def seed_api(self, route: str, service: str) -> Endpoint:
-        """The seed's POST /service/<name> (the backend's POST /)."""
-        if route == "direct":
-            return Endpoint(self.sessions[service], "http://localhost/", False)
-        return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}", True)
-
-    def api(self, route: str, service: str, path: str) -> Endpoint:
-        """The backend's own API at `path`, proxied as is by the gateways under /service/<name>
-        (by the bare Envoy at `path` itself)."""
-        if route == "direct":
-            return Endpoint(self.sessions[service], f"http://localhost{path}", False)
-        if route == "envoy":
-            return Endpoint(self.sessions["http"], f"{self.bare_envoy}{path}", False)
-        return Endpoint(self.sessions["http"], f"{self.gateways[route]}/service/{service}{path}", False)
-
-    def mesh_api(self, route: str, service: str, path: str) -> Endpoint:
-        """The mesh's OpenAI API at `path` (routed by the body's model); directly, the backend's."""
-        if route == "direct":
-            return Endpoint(self.sessions[service], f"http://localhost{path}", False)
-        return Endpoint(self.sessions["http"], f"{self.gateways[route]}{path}", False)
-
-    def embeddings(self, api: str, route: str) -> Endpoint:
-        if api == "seed":
-            return self.seed_api(route, EMBEDDINGS)
-        if api == "openai":
-            return self.api(route, EMBEDDINGS, "/v1/embeddings")
-        return self.mesh_api(route, EMBEDDINGS, "/v1/embeddings")
-
-    def chat(self, route: str) -> Endpoint:
-        return self.mesh_api(route, LLM, "/v1/chat/completions")
-
-
-async def post_json(endpoint: Endpoint, payload: dict) -> dict:
-    async with endpoint.session.post(endpoint.url, json=payload) as reply:
-        body = await reply.read()
-        if reply.status != 200:
-            raise RuntimeError(f"POST {endpoint.url}: status {reply.status}: {body[:300]!r}")
-    answer = json.loads(body)
-    return answer["data"] if endpoint.envelope else answer
-
-
-# --- one measurement each ------------------------------------------------------------------
-
-async def embed_seconds(endpoint: Endpoint, openai: bool, batch: int, request: int, model: str = "") -> float:
-    """Seconds for one embeddings request of `batch` texts (OpenAI's body naming `model`, if given)."""
-    payload = {"input": texts(batch, request)} if openai else {"texts": texts(batch, request)}
-    payload |= {"model": model} if model else {}
-    start = time.perf_counter()
-    answer = await post_json(endpoint, payload)
-    elapsed = time.perf_counter() - start
-    vectors = answer["data"] if openai else answer["embeddings"]
-    if len(vectors) != batch:
-        raise RuntimeError(f"{endpoint.url}: {len(vectors)} embeddings for {batch} texts")
-    return elapsed
-
-
-async def ocr_seconds(endpoint: Endpoint, png: bytes, lines: list[str]) -> tuple[float, int]:
-    """Seconds to read the page, and how many of its lines came back exactly."""
-    payload = {"image_base64": base64.b64encode(png).decode("ascii")}
-    start = time.perf_counter()
-    answer = await post_json(endpoint, payload)
-    elapsed = time.perf_counter() - start
-    read = set(answer["text"].splitlines())
-    exact = sum(line in read for line in lines)
-    if not answer["text"].strip():
-        raise RuntimeError(f"{endpoint.url}: OCR read no text from the page")
-    return elapsed, exact
-
-
-async def llm_stream(endpoint: Endpoint, model: str, max_tokens: int) -> dict:
-    """One streamed chat completion, timed as its server-sent events arrive."""
-    chunks: list[float] = []
-    text, tokens, done = [], 0, False
-    start = time.perf_counter()
-    async with endpoint.session.post(endpoint.url, json=chat_request(model, max_tokens)) as reply:
-        if reply.status != 200:
-            raise RuntimeError(f"POST {endpoint.url}: status {reply.status}: {(await reply.read())[:300]!r}")
-        mesh = {"route": reply.headers.get("x-mesh-route", ""), "worker": reply.headers.get("x-mesh-worker", "")}
-        async for line in reply.content:
-            if not line.startswith(b"data: "):
-                continue
-            data = line[6:].strip()
-            if data == b"[DONE]":
-                done = True
-                break
-            event = json.loads(data)
-            if "error" in event:
-                raise RuntimeError(f"{endpoint.url}: error mid-stream: {event['error']}")
-            if event.get("usage"):
-                tokens = event["usage"]["completion_tokens"]
-            piece = event["choices"][0]["delta"].get("content") if event.get("choices") else None
-            if piece:
-                chunks.append(time.perf_counter())
-                text.append(piece)
-    end = time.perf_counter()
-    if not done or not chunks:
-        raise RuntimeError(f"{endpoint.url}: stream ended without text or [DONE]")
-    decode_s = chunks[-1] - chunks[0]
-    return {"ttft_s": chunks[0] - start, "total_s": end - start, "chunks": len(chunks), "tokens": tokens,
-            "tokens_per_s": (tokens - 1) / decode_s if tokens > 1 and decode_s > 0 else None,
-            "text": "".join(text), "mesh_route": mesh["route"], "mesh_worker": mesh["worker"]}
+# envelope, transparent, the mesh's OpenAI API: how the report names each
+EMBEDDING_PATHS = {"seed": "envelope POST /service/rag-embeddings",
+                   "openai": "transparent /service/rag-embeddings/v1/embeddings",
+                   "v1": "mesh API POST /v1/embeddings"}
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -461,45 +297,53 @@ def run(ctx: Context) -> ScenarioResult:
     return ScenarioResult(summarize(runs, healthy_after_s), raw)
 
 
+Median = Callable[[str], float | None]  # a figure's median over the runs, by its path in a run
+
+
 def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
     def med(path: str) -> float | None:
         values = [value for r in runs if (value := dig(r, path)) is not None]
         return stats.median(values) if values else None
 
+    return embedding_rows(med) + [
+        Row("OCR, one A4 page (s)", med("ocr.seconds.gateway"), med("ocr.seconds.direct"), "direct",
+            Target("<=", RATIO_TARGET, of="ratio"), ratio=med("ocr.ratio")),
+        *llm_rows(med),
+        Row("time from `meshworker up` to healthy, three models loaded (s)", healthy_after_s),
+    ]
+
+
+def embedding_rows(med: Median) -> list[Row]:
     rows = []
-    paths = (("seed", "envelope POST /service/rag-embeddings"),
-             ("openai", "transparent /service/rag-embeddings/v1/embeddings"),
-             ("v1", "mesh API POST /v1/embeddings"))
-    for api, label in paths:
+    for api, label in EMBEDDING_PATHS.items():
         for batch in (1, BIG_BATCH):
             key = f"embeddings.{api}_batch{batch}"
             speed = V1_BATCH_TARGET if api == "v1" else SPEED_SHARE_TARGET
             target = Target(">=", speed, of="ratio") if batch > 1 else None
             rows.append(Row(f"embeddings, batch {batch}, {label} (texts/s)", med(f"{key}.texts_per_s.gateway"),
                             med(f"{key}.texts_per_s.direct"), "direct", target, ratio=med(f"{key}.ratio")))
-    share_target = Target("<=", SHARE_TARGET_PCT, unit="%")
-    small_share_target = Target("<=", SMALL_SHARE_TARGET_PCT, unit="%")
-    for api, label in paths:
+    for api, label in EMBEDDING_PATHS.items():
+        batch1 = f"embeddings.{api}_batch1"
         rows += [
-            Row(f"gateway's added time per embeddings request, batch 1, {label} (ms)",
-                med(f"embeddings.{api}_batch1.added_ms")),
-            Row(f"gateway share of the time, embeddings batch 1, {label} (%)",
-                med(f"embeddings.{api}_batch1.share_pct"), target=small_share_target),
+            Row(f"gateway's added time per embeddings request, batch 1, {label} (ms)", med(f"{batch1}.added_ms")),
+            Row(f"gateway share of the time, embeddings batch 1, {label} (%)", med(f"{batch1}.share_pct"),
+                target=Target("<=", SMALL_SHARE_TARGET_PCT, unit="%")),
         ]
         rows += [] if api != "openai" else [
             Row(f"bare Envoy's added time per embeddings request, batch 1, {label} (ms)",
-                med(f"embeddings.{api}_batch1.envoy_added_ms")),
-            Row(f"bare Envoy's share of the time, embeddings batch 1, {label} (%)",
-                med(f"embeddings.{api}_batch1.envoy_share_pct")),
+                med(f"{batch1}.envoy_added_ms")),
+            Row(f"bare Envoy's share of the time, embeddings batch 1, {label} (%)", med(f"{batch1}.envoy_share_pct")),
             Row(f"gateway's added time over bare Envoy's, embeddings batch 1, {label} (ms)",
-                med(f"embeddings.{api}_batch1.added_over_envoy_ms"))]
+                med(f"{batch1}.added_over_envoy_ms"))]
         # The mesh API's batch 32 is judged by its texts/s against direct's, above.
         rows += [] if api == "v1" else [
             Row(f"gateway share of the time, embeddings batch {BIG_BATCH}, {label} (%)",
-                med(f"embeddings.{api}_batch{BIG_BATCH}.share_pct"), target=share_target)]
-    rows += [
-        Row("OCR, one A4 page (s)", med("ocr.seconds.gateway"), med("ocr.seconds.direct"), "direct",
-            Target("<=", RATIO_TARGET, of="ratio"), ratio=med("ocr.ratio")),
+                med(f"embeddings.{api}_batch{BIG_BATCH}.share_pct"), target=Target("<=", SHARE_TARGET_PCT, unit="%"))]
+    return rows
+
+
+def llm_rows(med: Median) -> list[Row]:
+    return [
         Row("LLM time to first token (ms)", scaled(med("llm.gateway.ttft_s"), 1e3),
             scaled(med("llm.direct.ttft_s"), 1e3), "direct", Target("<=", RATIO_TARGET, of="ratio"),
             ratio=med("llm.gateway.ttft_ratio")),
@@ -514,10 +358,8 @@ def summarize(runs: list[dict], healthy_after_s: float) -> list[Row]:
         Row("LLM tokens/s, streamed, forwarded", med("llm.forwarded.tokens_per_s"),
             med("llm.direct.tokens_per_s"), "direct", ratio=med("llm.forwarded.tokens_per_s_ratio")),
         Row("gateway share of the time, streamed completion (%)", med("llm.gateway.share_pct"),
-            target=share_target),
-        Row("time from `meshworker up` to healthy, three models loaded (s)", healthy_after_s),
+            target=Target("<=", SHARE_TARGET_PCT, unit="%")),
     ]
-    return rows
 
 
 def dig(record: dict, path: str):
