@@ -12,9 +12,8 @@ from pathlib import Path
 from services.common.unix_socket import UnixHTTPConnection
 
 TIMEOUT_S = 15.0
-# supervisor.xmlrpc.Faults, the codes a caller may expect; importing supervisor here would load
-# its whole RPC machinery into processes that need three numbers.
-ALREADY_STARTED = 60
+# supervisor.xmlrpc.Faults.NOT_RUNNING: importing supervisor here would load its whole RPC
+# machinery into processes that need one number.
 NOT_RUNNING = 70
 
 

@@ -32,6 +32,7 @@ def supervisord(tmp_path):
         "[unix_http_server]", f"file={tmp_path}/supervisor.sock", "chmod=0700",
         "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         section("worker", WORKER.format(dir=tmp_path)),
+        section("idle", "sleep 600") + "autostart=false\n",
         "[include]", f"files={tmp_path}/programs/*.conf", ""]))
     proc = subprocess.Popen([BIN / "supervisord", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     client = Supervisor(tmp_path, timeout_s=5)
@@ -53,6 +54,12 @@ def test_restart_gives_the_program_a_new_process(supervisord, tmp_path):
     supervisord.restart("worker")
     assert supervisord.state_of("worker") == "RUNNING"
     wait_for(lambda: len(pids(tmp_path)) == 2, 10, "the new process's pid")
+
+
+def test_restart_starts_a_program_that_was_not_running(supervisord):
+    assert supervisord.state_of("idle") == "STOPPED"
+    supervisord.restart("idle")
+    assert supervisord.state_of("idle") == "RUNNING"
 
 
 def test_a_signal_reaches_the_program(supervisord, tmp_path):
