@@ -167,14 +167,17 @@ def test_mesh_views_list_services_and_peers(mesh):
     assert mesh["c"].get("/health").json()["dht_peers"] == 2
 
 
-def sdk(node):
+def sdk() -> openai.OpenAI:
+    """A client of the node whose namespace it is made in; closed by its `with` (a socket left
+    to the garbage collector fails the session: ResourceWarning is an error here)."""
     return openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused", max_retries=0)
 
 
 def mesh_models(node) -> dict[str, list[tuple[str, int]]]:
     """model id -> [(worker, load_percent)] as `node` lists them, asked from inside its host."""
     def ask():
-        return {m.id: [(n["worker_id"], n["load_percent"]) for n in m.nodes] for m in sdk(node).models.list()}
+        with sdk() as client:
+            return {m.id: [(n["worker_id"], n["load_percent"]) for n in m.nodes] for m in client.models.list()}
     return node.host.call(ask)
 
 
@@ -189,23 +192,24 @@ def test_every_node_lists_the_models_of_the_mesh_and_who_serves_them(mesh):
 
 def test_a_node_without_models_streams_a_chat_from_the_node_that_has_it(mesh):
     def chat():
-        client = sdk(mesh["c"])
-        llm = next(m.id for m in client.models.list() if "SmolLM2" in m.id)
-        raw = client.chat.completions.with_raw_response.create(
-            model=llm, messages=[{"role": "user", "content": "Count to five."}], max_tokens=8, stream=True)
-        pieces = [c.choices[0].delta.content for c in raw.parse() if c.choices and c.choices[0].delta.content]
-        return raw.headers["x-mesh-route"], raw.headers["x-mesh-worker"], pieces
+        with sdk() as client:
+            llm = next(m.id for m in client.models.list() if "SmolLM2" in m.id)
+            raw = client.chat.completions.with_raw_response.create(
+                model=llm, messages=[{"role": "user", "content": "Count to five."}], max_tokens=8, stream=True)
+            pieces = [c.choices[0].delta.content for c in raw.parse() if c.choices and c.choices[0].delta.content]
+            return raw.headers["x-mesh-route"], raw.headers["x-mesh-worker"], pieces
     route, worker, pieces = mesh["c"].host.call(chat)
     assert (route, worker) == ("forwarded", "a") and len(pieces) >= 3
 
 
 def served_by(node, count: int, pause_s: float = 0.0) -> list[str]:
     def ask():
-        client, served = sdk(node), []
-        for _ in range(count):
-            served.append(client.chat.completions.create(
-                model=DOUBLE_MODEL, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)
-            time.sleep(pause_s)
+        served = []
+        with sdk() as client:
+            for _ in range(count):
+                served.append(client.chat.completions.create(
+                    model=DOUBLE_MODEL, messages=[{"role": "user", "content": "hi"}]).choices[0].message.content)
+                time.sleep(pause_s)
         return served
     return node.host.call(ask)
 
