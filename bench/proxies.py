@@ -9,7 +9,6 @@ enter, stopped on exit.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -27,7 +26,8 @@ from bench import procs
 from bench.targets import READY_DEADLINE_S, ServerProcess, stopped_on_failure
 from services.common.unix_socket import UnixHTTPConnection
 from services.identity import mesh_ca
-from services.identity.mesh_ca import TlsCredentials, spiffe_prefix
+from services.identity.mesh_ca import TlsCredentials
+from services.router.xds import resources
 
 NGINX_CONF = """\
 daemon off;
@@ -181,19 +181,12 @@ def mtls(context: str, credentials: TlsCredentials) -> dict:
     """A TLS transport socket (context: DownstreamTlsContext or UpstreamTlsContext) with what
     the gateway's peer listener and remote clusters get by SDS, inline: this node's certificate,
     and a peer's must come from the mesh CA and name a node of the mesh."""
-    common = {"tls_certificates": [{"certificate_chain": {"inline_bytes": b64(credentials.certificate_chain_pem)},
-                                    "private_key": {"inline_bytes": b64(credentials.private_key_pem)}}],
-              "validation_context": {"trusted_ca": {"inline_bytes": b64(credentials.trusted_ca_pem)},
-                                     "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {
-                                         "prefix": spiffe_prefix(credentials.mesh_id)}}]}}
+    common = {"tls_certificates": [resources.node_certificate(credentials)],
+              "validation_context": resources.mesh_validation(credentials)}
     server = {"require_client_certificate": True} if context == "DownstreamTlsContext" else {}
     return {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context}",
         **server, "common_tls_context": common}}
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def envoy_bootstrap(upstream: int | Path, admin_socket: Path, serve_mtls: TlsCredentials | None = None,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 
-from services.identity.mesh_ca import spiffe_prefix
+from services.identity.mesh_ca import TlsCredentials, spiffe_prefix
 from services.router.xds import auth, clusters, listeners, models, routes
 from services.router.xds.typed import TYPES, Secret, make
 from services.router.xds.view import MeshView
@@ -49,20 +50,27 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def node_certificate(tls: TlsCredentials) -> dict[str, Any]:
+    """This node's certificate and key, as Envoy's TlsCertificate (SDS `node-cert`)."""
+    return {"certificate_chain": {"inline_bytes": _b64(tls.certificate_chain_pem)},
+            "private_key": {"inline_bytes": _b64(tls.private_key_pem)}}
+
+
+def mesh_validation(tls: TlsCredentials) -> dict[str, Any]:
+    """What a peer's certificate must be (SDS `mesh-ca`): issued by the mesh CA, naming a node
+    of this mesh, not on the CA's revocation list (an overlay's)."""
+    validation = {"trusted_ca": {"inline_bytes": _b64(tls.trusted_ca_pem)},
+                  "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.mesh_id)}}]}
+    if tls.revocation_list_pem:
+        validation["crl"] = {"inline_bytes": _b64(tls.revocation_list_pem)}
+    return validation
+
+
 def secrets(view: MeshView) -> list[Secret]:
     if view.tls is None:
         return []
-    tls = view.tls
-    validation = {"trusted_ca": {"inline_bytes": _b64(tls.trusted_ca_pem)},
-                  "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.mesh_id)}}]}
-    if tls.revocation_list_pem:  # the overlay CA's list of revoked node certificates
-        validation["crl"] = {"inline_bytes": _b64(tls.revocation_list_pem)}
-    return [
-        make(Secret, {"name": clusters.NODE_CERT, "tls_certificate": {
-            "certificate_chain": {"inline_bytes": _b64(tls.certificate_chain_pem)},
-            "private_key": {"inline_bytes": _b64(tls.private_key_pem)}}}),
-        make(Secret, {"name": clusters.MESH_CA, "validation_context": validation}),
-    ]
+    return [make(Secret, {"name": clusters.NODE_CERT, "tls_certificate": node_certificate(view.tls)}),
+            make(Secret, {"name": clusters.MESH_CA, "validation_context": mesh_validation(view.tls)})]
 
 
 def build(view: MeshView, version: int) -> Snapshot:
