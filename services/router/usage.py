@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from services.router import limits
 from services.router.limits import Count
 from services.router.xds.auth import KEY, USAGE
+from services.router.xds.routes import LOOKUP_ROUTE
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Usage(Collector):
 
     def count(self, entry: accesslog_pb2.HTTPAccessLogEntry, now: float) -> None:
         name = entry.request.request_headers.get(KEY)
-        if not name:
+        if not name or redirected(entry):
             return
         use = self.by_key.setdefault(name, KeyUse())
         use.requests += 1
@@ -74,6 +75,12 @@ class Usage(Collector):
             tokens.add_metric([name, "prompt"], use.prompt_tokens)
             tokens.add_metric([name, "completion"], use.completion_tokens)
         yield from (requests, errors, tokens)
+
+
+def redirected(entry: accesslog_pb2.HTTPAccessLogEntry) -> bool:
+    """The first pass of a request Envoy sent through its routes again after a lookup
+    (routes.api_lookup): counted once, where it ends."""
+    return entry.common_properties.route_name == LOOKUP_ROUTE and entry.response.response_code.value == 307
 
 
 class AccessLog(als_pb2_grpc.AccessLogServiceServicer):

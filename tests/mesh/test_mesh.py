@@ -73,9 +73,11 @@ def mesh(lab, start_module_node):
     nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin", "chat"]\n'
                         + backend("twin", 9101) + chat_double("a"), "")}
     seed = f"{a.address}:8468"
-    # tally: asked for by the seed-counters test alone, so C has never routed it before.
-    nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat", "tally"]\n' + backend("echo", 9100)
-                       + backend("twin", 9101) + chat_double("b") + backend("tally", 9103), seed)
+    # tally and metered: each asked for by one test alone (the seed-counters test, the
+    # key-limit test), so A and C have never routed it before. metered is echo's backend.
+    nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat", "tally", "metered"]\n' + backend("echo", 9100)
+                       + backend("twin", 9101) + chat_double("b") + backend("tally", 9103)
+                       + '[service.metered]\nurl = "http://127.0.0.1:9100"\n', seed)
     nodes["c"] = start(c, "c", "services = []\n", seed)
     wait_for(lambda: providers(nodes["c"], "twin") == ["a", "b"] and providers(nodes["c"], "echo") == ["b"],
              30, "C to see every provider")
@@ -371,7 +373,9 @@ def test_a_key_used_up_at_one_node_is_refused_at_another(mesh):
     with_minute_left(30)
     token = next(line for line in cli(a, "keys", "create", "--name", "four-a-minute", "--rpm", "4").splitlines()
                  if line.startswith(keys.PREFIX))
-    at = {n: f"http://{mesh[n].host.address}:8000/service/echo/whoami" for n in "ac"}
+    # The first request for metered at C (and at A) is looked up and sent through the routes
+    # again: it still costs the key one request.
+    at = {n: f"http://{mesh[n].host.address}:8000/service/metered/whoami" for n in "ac"}
     wait_for(lambda: status_from(b.host, at["c"], {"X-API-Key": token}) == 200, 10, "C to accept the key")
     assert [status_from(b.host, at["c"], {"X-API-Key": token}) for _ in range(3)] == [200] * 3
     wait_for(lambda: minute_requests(a, "four-a-minute") >= 4, 10, "A to count C's four requests")
@@ -451,7 +455,7 @@ def test_cli_tables_and_drain(mesh):
     peers = cli(mesh["c"], "peers")
     assert "10.77.0.12:8468" in peers and "yes" in peers
     try:
-        assert "withdrew chat, echo, tally, twin" in cli(mesh["b"], "drain")
+        assert "withdrew chat, echo, metered, tally, twin" in cli(mesh["b"], "drain")
         wait_for(lambda: providers(mesh["a"], "twin") == ["a"], TTL_S + 5, "B's twin record to be withdrawn")
         assert mesh["b"].get("/service/twin/whoami").json()["name"] == "twin"  # still serves what reaches it
     finally:  # a drained router stays so: a new one announces again

@@ -161,10 +161,7 @@ def per_filter(configs: dict[str, Any]) -> dict[str, Any]:
 def unknown_model(view: MeshView) -> dict[str, Any]:
     """A name no route knows: the api reads the catalog again and redirects back here once
     (Envoy replays the held body), or answers 404 model_not_found."""
-    route = routes.to_api({"prefix": PREFIX, "headers": [{"name": MODEL, "present_match": True}]})
-    route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1, "redirect_response_codes": [307]}
-    route["request_body_buffer_limit"] = view.max_body_bytes
-    return route
+    return routes.api_lookup(view, {"prefix": PREFIX, "headers": [{"name": MODEL, "present_match": True}]})
 
 
 def needs_model(view: MeshView) -> dict[str, Any]:

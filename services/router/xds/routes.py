@@ -4,7 +4,7 @@
 to the api, which asks the router to look the name up (or answers 404 from the router's
 brief memory of names found nowhere) and answers 307 to the same URL: Envoy follows that
 redirect internally (internal_redirect_policy), so the first request for a new service
-reaches its provider with one lookup.
+reaches its provider with one lookup (api_lookup; unknown /v1 models go the same way).
 
 `peer` routes only to this node's own backends: a forwarded request is never forwarded
 again, by construction.
@@ -35,6 +35,9 @@ SAFE_RETRIES = "connect-failure,reset-before-request,retriable-headers"
 UNSERVED = "x-mesh-unserved"
 BUFFER_FILTER = "envoy.filters.http.buffer"
 API_ROUTE = "the node's api"
+LOOKUP_ROUTE = "the node's api, looking a name up"
+# A key's token bucket (auth.py); named here, where the lookup route turns it off.
+LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 IDEMPOTENT_RETRIES = SAFE_RETRIES + ",5xx,gateway-error,reset"
 # The envelope's body is read whole and parsed by the api, where JSON costs up to 25 times
 # its size and parsing it holds every other request the api serves, /health included
@@ -206,14 +209,20 @@ def remote_routes(view: MeshView) -> list[dict[str, Any]]:
     return found
 
 
-def lookup_route(view: MeshView) -> dict[str, Any]:
-    """Any other service name: the api looks it up and redirects back here once. Envoy
+def api_lookup(view: MeshView, match: dict[str, Any]) -> dict[str, Any]:
+    """A name no route knows: the api looks it up and redirects back here once. Envoy
     replays the body from its buffer, so it may hold a whole one (the first request for
-    a service only; later ones stream on their own route)."""
-    route = to_api({"prefix": "/service/"})
+    a name only; later ones stream on their own route).
+
+    The redirected request passes every filter again, so this first pass takes nothing
+    from the key's token bucket, and the access log's entry for its 307 is not counted
+    (usage.py): a request costs its key one, on the route it ends on."""
+    route = to_api(match)
+    route["name"] = LOOKUP_ROUTE
     route["route"]["internal_redirect_policy"] = {"max_internal_redirects": 1,
                                                   "redirect_response_codes": [307]}
     route["request_body_buffer_limit"] = view.max_body_bytes
+    route["typed_per_filter_config"] = {LIMIT_FILTER: typed("envoy.config.route.v3.FilterConfig", {"disabled": True})}
     return route
 
 
@@ -223,7 +232,7 @@ def client_routes(view: MeshView, openai: list[dict[str, Any]], over_limit: list
     routes = refusals(view) + over_limit
     for svc in view.local:
         routes += local_routes(view, svc)
-    routes += remote_routes(view) + openai + [lookup_route(view), to_api({"prefix": "/"})]
+    routes += remote_routes(view) + openai + [api_lookup(view, {"prefix": "/service/"}), to_api({"prefix": "/"})]
     return make(RouteConfiguration, {
         # The routes' additions win over the virtual host's (the default order is the reverse).
         "name": CLIENT, "most_specific_header_mutations_wins": True,

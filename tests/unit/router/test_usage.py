@@ -8,10 +8,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from services.router.limits import Count
 from services.router.usage import Usage
+from services.router.xds.routes import LOOKUP_ROUTE
 
 
-def entry(key: str | None, status: int, tokens: tuple[int, int] | None = None) -> accesslog_pb2.HTTPAccessLogEntry:
+def entry(key: str | None, status: int, tokens: tuple[int, int] | None = None,
+          route: str = "echo") -> accesslog_pb2.HTTPAccessLogEntry:
     found = accesslog_pb2.HTTPAccessLogEntry()
+    found.common_properties.route_name = route
     if key is not None:
         found.request.request_headers["x-mesh-key"] = key
     found.response.response_code.value = status
@@ -30,6 +33,16 @@ def test_requests_errors_and_tokens_add_up_per_key():
     ci = usage.by_key["ci"]
     assert (ci.requests, ci.errors, ci.prompt_tokens, ci.completion_tokens, ci.last_used_at) == (3, 1, 5, 12, 100.0)
     assert set(usage.by_key) == {"ci", "other"} and usage.by_key["other"].errors == 1
+
+
+def test_a_request_sent_through_the_routes_again_after_a_lookup_counts_once():
+    usage = Usage()
+    for e in (entry("ci", 307, route=LOOKUP_ROUTE), entry("ci", 200),  # one request, two passes
+              entry("ci", 404, route=LOOKUP_ROUTE),  # found nowhere: the api's answer is the client's
+              entry("ci", 307)):  # a backend's own redirect, on the route the request ended on
+        usage.count(e, 100.0)
+    assert (usage.by_key["ci"].requests, usage.by_key["ci"].errors) == (3, 1)
+    assert usage.in_window(1) == {"ci": Count(3, 0)}
 
 
 def test_a_keys_use_this_minute_starts_again_with_the_next():

@@ -8,6 +8,7 @@ import json
 from google.protobuf import json_format
 
 from services.router.xds import clusters, resources
+from services.router.xds.routes import LIMIT_FILTER, LOOKUP_ROUTE
 from services.router.xds.view import LocalService, MeshView, Peer
 from tests.unit.router.xds_fixtures import view
 
@@ -85,6 +86,10 @@ def test_an_unknown_name_goes_to_the_api_which_may_redirect_once(tmp_path):
     lookup = matching(routes, prefix="/service/")[0]["route"]
     assert lookup["cluster"] == clusters.API
     assert lookup["internal_redirect_policy"] == {"max_internal_redirects": 1, "redirect_response_codes": [307]}
+    # the request passes the filters again on the route it is redirected to: only there
+    # does it take a token from its key's bucket
+    assert matching(routes, prefix="/service/")[0]["name"] == LOOKUP_ROUTE
+    assert matching(routes, prefix="/service/")[0]["typed_per_filter_config"][LIMIT_FILTER]["disabled"] is True
     assert routes.index(matching(routes, prefix="/service/")[0]) > routes.index(matching(
         routes, prefix="/service/ocr/")[0])
 
