@@ -165,6 +165,7 @@ def create_app(cfg: Config, started_at: float,
     @asynccontextmanager
     async def lifespan(app: Starlette):
         app.state.node = ApiNode(cfg, started_at, channels)
+        app.state.node.start()
         try:
             yield
         finally:

@@ -28,6 +28,11 @@ from services.common.rpc import (
     router_pb2_grpc,
 )
 
+# How often Envoy's cluster counters are read when nobody asks for /stats: a remote cluster
+# removed with its providers takes its counts with it, so only what it served in its last
+# second can be missing from /stats (routing.ClusterCounters keeps the rest).
+CLUSTER_SAMPLE_S = 1.0
+
 
 class ApiNode:
     def __init__(self, cfg: Config, started_at: float, channels: Mapping[str, grpc.aio.Channel] | None = None):
@@ -49,6 +54,15 @@ class ApiNode:
         self.last_router_counters = router_pb2.RouterCounters()
         self.clusters = ClusterCounters()
         self.last_cluster_totals = ClusterTotals()
+        self.sampling: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.sampling = asyncio.create_task(self.sample_clusters_forever())
+
+    async def sample_clusters_forever(self) -> None:
+        while True:
+            await self.cluster_totals()
+            await asyncio.sleep(CLUSTER_SAMPLE_S)
 
     async def component_health(self) -> dict[str, str]:
         """gRPC health of each component, ours, and Envoy's readiness as "gateway"."""
@@ -101,5 +115,7 @@ class ApiNode:
         return self.last_cluster_totals
 
     async def close(self) -> None:
+        if self.sampling is not None:
+            self.sampling.cancel()
         await asyncio.gather(self.envoy.close(), self.backends.close(),
                              *(c.close() for c in self._own.values()))

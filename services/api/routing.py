@@ -64,8 +64,9 @@ class ClusterCounters:
     """Envoy's cluster counters, summed so that no total ever goes down. A remote cluster
     goes when its providers leave (or a service stops being asked for), and a restarted
     Envoy counts from 0: either would take requests already served out of /stats. What a
-    counter had counted when it went (or fell) is kept; one that starts again counts on.
-    (An Envoy restart is missed if its counters passed their old values between two reads.)"""
+    counter had counted at its last read before it went (or fell) is kept; one that starts
+    again counts on. The api reads them every second (node.CLUSTER_SAMPLE_S). (An Envoy
+    restart is missed if its counters passed their old values between two reads.)"""
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}

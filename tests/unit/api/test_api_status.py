@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.api.app import node_status
@@ -74,6 +76,21 @@ async def test_stats_adds_envoy_counters_router_counters_and_served_envelopes(st
     assert stats["backends"][0]["name"] == "echo" and stats["backends"][0]["model"] == "m1"
     assert "hostname" in stats["capabilities"]
     assert api.admin.filters and "upstream_rq_" in api.admin.filters[0]
+
+
+async def test_stats_keeps_what_a_cluster_served_after_it_went_unread(start_api):
+    api = await start_api()
+    api.admin.stats = [{"name": "cluster.remote_gone.upstream_rq_total", "value": 3}]
+    reads = len(api.admin.filters)
+    # the api reads Envoy's counters on its own, every second, asked or not (two reads: the
+    # first one after the change is surely counted)
+    for _ in range(50):
+        if len(api.admin.filters) >= reads + 2:
+            break
+        await asyncio.sleep(0.1)
+    api.admin.stats = []  # the cluster went with its providers before anyone asked for /stats
+    async with api.client.get("/stats") as resp:
+        assert (await resp.json())["routing"]["forwarded_requests"] == 3
 
 
 async def test_metrics_is_one_page_with_envoy_stats_appended(start_api):
