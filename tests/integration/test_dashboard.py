@@ -196,9 +196,13 @@ def test_every_variable_lists_values(prometheus, traffic):
         if variable["type"] != "query":
             continue
         selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"]).groups()
-        values = {s["metric"][label] for s in run(f"count by ({label}) ({selector})")}
         pattern = variable["regex"].strip("/")
-        assert [v for v in values if re.search(pattern, v)], (variable["name"], values)
+
+        def listed(selector=selector, label=label, pattern=pattern) -> list[str]:
+            return [v for v in {s["metric"][label] for s in run(f"count by ({label}) ({selector})")}
+                    if re.search(pattern, v)]
+        # the traffic's series reach Prometheus a scrape (and for Envoy's histograms, 5 s) later
+        wait_for(listed, 60, f"variable {variable['name']} to list values", interval=2)
 
 
 def test_every_metric_an_alert_reads_is_on_the_nodes_pages(prometheus, traffic):
@@ -207,7 +211,13 @@ def test_every_metric_an_alert_reads_is_on_the_nodes_pages(prometheus, traffic):
     names = words - set(api_get("/api/v1/labels"))  # envoy_cluster_name and the like are labels
 
     assert len(names) >= 15
-    assert {name for name in names if not run(f"count({name})")} == set()
+
+    def missing() -> set[str]:
+        return {name for name in names if not run(f"count({name})")}
+    try:  # the traffic's series reach Prometheus a scrape (and for Envoy's histograms, 5 s) later
+        wait_for(lambda: not missing(), 60, "every metric an alert reads", interval=2)
+    except AssertionError:
+        pytest.fail(f"metrics no node exports: {sorted(missing())}")
 
 
 def test_every_rule_evaluates_without_error_and_none_fires_on_a_healthy_mesh(prometheus, traffic):
