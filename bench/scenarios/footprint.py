@@ -7,11 +7,20 @@ supervisord, Envoy included (supervisord's own RSS is shown apart, and in the to
 
 Each run starts a fresh node (the one other scenarios share has already served load), so
 "idle" means just started and not yet called.
+
+Beside it, the floor of this design, measured in the same run: what a node of four Python
+gRPC programs and an Envoy takes before any of our code does anything. Each Python program
+is at least the interpreter, grpcio and a health service; Envoy is at least a bare one
+(same binary, one worker, static config).
 """
 
 from __future__ import annotations
 
-from bench import procs, stats
+import subprocess
+import sys
+import time
+
+from bench import procs, proxies, stats
 from bench.context import Context
 from bench.report import Row, ScenarioResult, Target
 from bench.targets import Node
@@ -24,6 +33,24 @@ LOAD_CONNECTIONS = 16
 COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "api", "gateway")
 PROGRESS_EXIT_S = 10
 IDLE_TARGET_MIB = 250  # issue #9: a node without models, every program under supervisord
+PYTHON_PROGRAMS = ("nebula-agent", "dht", "router", "api")
+READY_S = 30
+SETTLE_S = 1.0  # as the node's programs, measured a while after they started
+MINIMAL_PROGRAM = """
+import asyncio, sys
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+async def main():
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    server.add_insecure_port("unix:" + sys.argv[1])
+    await server.start()
+    print("serving", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
 
 
 def idle_rss_mib(node: Node) -> dict[str, float]:
@@ -38,6 +65,24 @@ def idle_rss_mib(node: Node) -> dict[str, float]:
     by_name["programs_pss"] = sum(procs.pss_kib(p.pid) for p in procs.process_tree(node.proc.pid)
                                   if p.pid != node.proc.pid) / KIB_PER_MIB
     return by_name
+
+
+def floor_rss_mib(ctx: Context) -> dict[str, float]:
+    """Idle RSS of one minimal Python gRPC program and of a bare Envoy, and the floor they
+    make for a node: one such program per Python program of ours, and one Envoy."""
+    workdir = procs.make_tmpdir()
+    program = procs.spawn([sys.executable, "-c", MINIMAL_PROGRAM, str(workdir / "grpc.sock")], workdir / "grpc.log",
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        procs.read_first_line(program, READY_S)
+        time.sleep(SETTLE_S)
+        python = procs.rss_kib(program.pid) / KIB_PER_MIB
+    finally:
+        procs.stop(program)
+    with proxies.Envoy(workdir, ctx.backend().port) as bare:
+        time.sleep(SETTLE_S)
+        envoy = procs.rss_kib(bare.proc.pid) / KIB_PER_MIB
+    return {"python": python, "envoy": envoy, "node": len(PYTHON_PROGRAMS) * python + envoy}
 
 
 def loaded_rss_mib(ctx: Context, node: Node) -> dict[str, float]:
@@ -68,12 +113,17 @@ def one_run(ctx: Context, index: int, with_load: bool) -> dict:
 def run(ctx: Context) -> ScenarioResult:
     count = ctx.settings.footprint_runs
     runs = [one_run(ctx, i, with_load=i == count - 1) for i in range(count)]
+    floors = [floor_rss_mib(ctx) for _ in range(count)]
+    floor = {name: stats.median([f[name] for f in floors]) for name in floors[0]}
     names = [n for n in COMPONENTS if n in runs[0]["idle_mib"]]
     names += sorted(set(runs[0]["idle_mib"]) - set(names) - {"total", "programs", "programs_pss"})
     rows = [Row(f"idle RSS, {name} (MiB)", stats.median([r["idle_mib"].get(name, 0) for r in runs]))
             for name in names]
-    rows += [Row("idle RSS, every program under supervisord, Envoy included (MiB)",
-                 stats.median([r["idle_mib"]["programs"] for r in runs]),
+    rows += [Row("idle RSS, a minimal Python gRPC program (MiB)", floor["python"]),
+             Row("idle RSS, a bare Envoy (MiB)", floor["envoy"]),
+             Row("idle RSS, every program under supervisord, Envoy included (MiB)",
+                 stats.median([r["idle_mib"]["programs"] for r in runs]), floor["node"],
+                 f"this design's floor: {len(PYTHON_PROGRAMS)} minimal Python gRPC programs and a bare Envoy",
                  target=Target("<=", IDLE_TARGET_MIB, unit="MiB")),
              Row("idle PSS, every program under supervisord (shared pages split) (MiB)",
                  stats.median([r["idle_mib"]["programs_pss"] for r in runs])),
@@ -82,4 +132,4 @@ def run(ctx: Context) -> ScenarioResult:
     rows += [Row(f"RSS under {LOAD_CONNECTIONS}-connection load, {name} (MiB)", loaded[name])
              for name in ("gateway", "total")]
     rows.append(Row("time from `meshworker up` to healthy (s)", stats.median_of(runs, "up_to_healthy_s")))
-    return ScenarioResult(rows, {"runs": runs})
+    return ScenarioResult(rows, {"runs": runs, "floor_mib": floors})

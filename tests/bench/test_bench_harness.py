@@ -195,3 +195,7 @@ def test_footprint_names_supervisords_programs_and_judges_their_sum(smoke_result
     assert "envoy" not in idle, "Envoy must count as the gateway program"
     judged = [row for row in scenario["rows"] if row["target"]]
     assert [row["metric"] for row in judged] == ["idle RSS, every program under supervisord, Envoy included (MiB)"]
+    # beside it, the design's floor: one minimal Python gRPC program per program of ours, a bare Envoy
+    floor = scenario["raw"]["floor_mib"][0]
+    assert 0 < floor["python"] < idle["router"] and 0 < floor["envoy"] < idle["gateway"]
+    assert judged[0]["baseline"] == pytest.approx(4 * floor["python"] + floor["envoy"])
