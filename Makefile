@@ -27,7 +27,7 @@ run: $(STAMP)
 
 test: $(STAMP) protos-check
 	$(PY) -m pytest -p randomly -m unit
-	$(PY) -m pytest -m "not unit"
+	$(PY) -m pytest -p randomly -m "not unit"
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -p randomly tests/unit
