@@ -8,6 +8,7 @@ UNREACHABLE status) instead of failing the request that asked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from importlib.metadata import version
 
@@ -117,5 +118,7 @@ class ApiNode:
     async def close(self) -> None:
         if self.sampling is not None:
             self.sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sampling
         await asyncio.gather(self.envoy.close(), self.backends.close(),
                              *(c.close() for c in self._own.values()))

@@ -73,8 +73,8 @@ def mesh(lab, start_module_node):
     nodes = {"a": start(a, "a", 'services = ["vision-ocr", "llm-inference", "twin", "chat"]\n'
                         + backend("twin", 9101) + chat_double("a"), "")}
     seed = f"{a.address}:8468"
-    # tally and metered: each asked for by one test alone (the seed-counters test, the
-    # key-limit test), so A and C have never routed it before. metered is echo's backend.
+    # tally and metered (echo's backend): each asked for by one test alone (the seed-counters
+    # test, the key-limit test), so no node has routed it before that test.
     nodes["b"] = start(b, "b", 'services = ["echo", "twin", "chat", "tally", "metered"]\n' + backend("echo", 9100)
                        + backend("twin", 9101) + chat_double("b") + backend("tally", 9103)
                        + '[service.metered]\nurl = "http://127.0.0.1:9100"\n', seed)
