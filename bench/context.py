@@ -10,6 +10,7 @@ import contextlib
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench import procs
 from bench.mesh import Mesh
@@ -88,6 +89,10 @@ class Context:
         self._node: Node | None = None
         self._mesh: Mesh | None = None
         self._started = time.monotonic()
+
+    def scratch(self) -> Path:
+        """A new folder of the run's own, removed with the run's workdir."""
+        return procs.make_tmpdir(self.workdir)
 
     def progress(self, message: str) -> None:
         print(f"[bench {time.monotonic() - self._started:6.1f}s] {message}", flush=True)

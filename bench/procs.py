@@ -22,9 +22,9 @@ STOP_GRACE_S = 20
 _spawned: list[subprocess.Popen] = []
 
 
-def make_tmpdir() -> Path:
+def make_tmpdir(under: Path = Path("/tmp")) -> Path:
     # Short on purpose: unix sockets live below it and sun_path holds only 108 bytes.
-    return Path(tempfile.mkdtemp(prefix="mwb-", dir="/tmp"))
+    return Path(tempfile.mkdtemp(prefix="mwb-", dir=under))
 
 
 def spawn(argv: list[str], log_path: Path, **kwargs) -> subprocess.Popen:

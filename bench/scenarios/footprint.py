@@ -33,7 +33,7 @@ LOAD_CONNECTIONS = 16
 COMPONENTS = ("supervisord", "nebula-agent", "dht", "router", "api", "gateway")
 PROGRESS_EXIT_S = 10
 IDLE_TARGET_MIB = 250  # issue #9: a node without models, every program under supervisord
-PYTHON_PROGRAMS = ("nebula-agent", "dht", "router", "api")
+PYTHON_PROGRAMS = tuple(c for c in COMPONENTS if c not in ("supervisord", "gateway"))  # Envoy is the gateway
 READY_S = 30
 SETTLE_S = 1.0  # as the node's programs, measured a while after they started
 MINIMAL_PROGRAM = """
@@ -70,7 +70,7 @@ def idle_rss_mib(node: Node) -> dict[str, float]:
 def floor_rss_mib(ctx: Context) -> dict[str, float]:
     """Idle RSS of one minimal Python gRPC program and of a bare Envoy, and the floor they
     make for a node: one such program per Python program of ours, and one Envoy."""
-    workdir = procs.make_tmpdir()
+    workdir = ctx.scratch()
     program = procs.spawn([sys.executable, "-c", MINIMAL_PROGRAM, str(workdir / "grpc.sock")], workdir / "grpc.log",
                           stdout=subprocess.PIPE, text=True)
     try:

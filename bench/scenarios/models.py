@@ -287,7 +287,7 @@ def run(ctx: Context) -> ScenarioResult:
         ctx.progress(f"models in the mesh: {', '.join(model_ids.values())}; listed by A {listed_after_s['a']:.1f} s "
                      f"and by B {listed_after_s['b']:.1f} s after A was healthy")
         embeddings_socket = mesh.providers["a"].state_dir / "run" / f"svc-{EMBEDDINGS}.sock"
-        with proxies.Envoy(procs.make_tmpdir(), embeddings_socket) as bare:
+        with proxies.Envoy(ctx.scratch(), embeddings_socket) as bare:
             runs = asyncio.run(measure(mesh, ctx, png, lines, model_ids, bare.url))
     ctx.progress("models mesh stopped")
     raw = {"runs_done": len(runs), "prompt": PROMPT, "model_ids": model_ids,
