@@ -37,7 +37,6 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 USAGE_FILTER = "meshworker.usage"
 USAGE = "meshworker.usage"  # dynamic metadata: a keyed answer's prompt_tokens, completion_tokens
 ACCESS_LOG = "api-keys"
-LIMIT_FILTER = routes.LIMIT_FILTER
 RBAC_FILTER = "envoy.filters.http.rbac"
 KEY = routes.KEY
 PROVIDER = "mesh-keys"
@@ -107,7 +106,7 @@ def limit_filter(keys: tuple[ApiKey, ...]) -> dict[str, Any]:
         every_s, tokens = refill(key)
         descriptors.append({"entries": [{"key": "key", "value": key.name}], "token_bucket": {
             "max_tokens": key.requests_per_minute, "tokens_per_fill": tokens, "fill_interval": f"{every_s:.3f}s"}})
-    return {"name": LIMIT_FILTER, "typed_config": typed(
+    return {"name": routes.LIMIT_FILTER, "typed_config": typed(
         "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit", {
             "stat_prefix": "api_keys", "token_bucket": UNLIMITED,
             "filter_enabled": {"default_value": {"numerator": 100}, "runtime_key": "meshworker.keys.enabled"},
